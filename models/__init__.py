@@ -1,0 +1,1 @@
+"""kpiguard detectors. Importable with only torch, numpy and pandas installed."""

@@ -1,0 +1,44 @@
+"""Column names of the frames that flow between pipeline stages and detectors.
+
+The canonical (raw) frame is owned by ``pipeline.contract``; it reuses these names so that
+``models`` stays importable with only torch, numpy and pandas.
+
+A *prepared* frame is what the windows stage writes and what every detector consumes:
+one row per (kpi_id, timestamp), sorted by kpi_id then timestamp, on a regular grid per KPI.
+
+=========== ========= ===================================================================
+column      dtype     meaning
+=========== ========= ===================================================================
+kpi_id      str       KPI identifier
+timestamp   datetime  timezone-aware UTC, regular per KPI
+value       float64   normalised value (train-split statistics of that KPI), gaps interpolated
+raw_value   float64   the value in its original units, gaps interpolated
+missing     bool      True where the point was absent from the source and interpolated
+label       int8      1 = anomalous; absent for unlabelled data
+=========== ========= ===================================================================
+"""
+from __future__ import annotations
+
+KPI_ID = "kpi_id"
+TIMESTAMP = "timestamp"
+VALUE = "value"
+RAW_VALUE = "raw_value"
+LABEL = "label"
+MISSING = "missing"
+
+PREPARED_COLUMNS = (KPI_ID, TIMESTAMP, VALUE, RAW_VALUE, MISSING)
+
+
+def has_labels(frame) -> bool:
+    """True when the frame carries a label column with at least one non-null value."""
+    return LABEL in frame.columns and frame[LABEL].notna().any()
+
+
+def kpi_slices(frame) -> list[tuple[str, slice]]:
+    """Contiguous row ranges of each KPI in a frame sorted by kpi_id (no copy, no per-row loop)."""
+    ids = frame[KPI_ID].to_numpy()
+    if len(ids) == 0:
+        return []
+    starts = [0, *(i for i in (ids[1:] != ids[:-1]).nonzero()[0] + 1)]
+    ends = [*starts[1:], len(ids)]
+    return [(str(ids[s]), slice(s, e)) for s, e in zip(starts, ends)]

@@ -1,0 +1,1 @@
+"""kpiguard pipeline: one module per stage, plus the ``kpiguard`` CLI."""

@@ -1,0 +1,109 @@
+"""The ``kpiguard`` command line: one subcommand per pipeline stage, plus tools.
+
+Every subcommand reads params.yaml (``--params``), validated on load, with ``-S section.key=value``
+overrides. Bad input ends with one clear paragraph on stderr and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from pipeline.contract import DataError
+from pipeline.params import ParamsError, load_params
+
+EXIT_BAD_INPUT = 2
+
+
+def _params(args):
+    return load_params(args.params, args.set)
+
+
+def cmd_ingest(args) -> dict:
+    from pipeline import ingest
+
+    p = _params(args)
+    return ingest.run(p, Path(p.paths.raw), start=args.start, end=args.end)
+
+
+def cmd_validate(args) -> dict:
+    from pipeline import validate
+
+    p = _params(args)
+    return validate.run(p, Path(p.paths.raw), Path(p.paths.validated), Path(p.paths.quarantine),
+                        Path(p.paths.validation_report))
+
+
+def cmd_windows(args) -> dict:
+    from pipeline import windows
+
+    p = _params(args)
+    return windows.run(p, Path(p.paths.validated), Path(p.paths.windows))
+
+
+def cmd_train(args) -> dict:
+    from pipeline import train
+
+    p = _params(args)
+    names = p.train.detectors if args.detector == "all" else args.detector.split(",")
+    reports = [train.run(p, name, progress=not args.no_progress) for name in names]
+    return {r["detector"]: {k: r.get(k) for k in ("status", "train_seconds", "device", "epochs", "reason")
+                            if r.get(k) is not None} for r in reports}
+
+
+def cmd_speed(args) -> None:
+    from pipeline import speed
+
+    speed.main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kpiguard", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    common.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a parameter, e.g. -S windows.length=96 (repeatable)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", parents=[common], help="read the train/test sources into data/raw")
+    p.add_argument("--start", help="first timestamp to read (synthetic: generate from here)")
+    p.add_argument("--end", help="end timestamp, exclusive")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("validate", parents=[common], help="Great Expectations checks; quarantine bad rows")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("windows", parents=[common], help="regularise, split, normalise, window")
+    p.set_defaults(func=cmd_windows)
+
+    p = sub.add_parser("train", parents=[common], help="fit detectors on the windows stage's splits")
+    p.add_argument("--detector", default="all", help="a registered name, a,b,c, or all (train.detectors)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("speed", help="benchmark training and scoring speed of the detectors",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_speed)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        result = args.func(args)
+    except (DataError, ParamsError) as exc:
+        print(f"kpiguard {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if result is not None:
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

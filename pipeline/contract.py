@@ -1,0 +1,78 @@
+"""The canonical KPI frame: the one data contract every source produces and every stage reads.
+
+Long format, one row per (kpi_id, timestamp):
+
+- ``kpi_id``: str
+- ``timestamp``: timezone-aware UTC (``datetime64[ns, UTC]``)
+- ``value``: float64
+- ``label``: int8 in {0, 1}; the column may be absent for unlabelled data
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from models.frame import KPI_ID, LABEL, TIMESTAMP, VALUE
+
+CANONICAL_COLUMNS = (KPI_ID, TIMESTAMP, VALUE)
+OPTIONAL_COLUMNS = (LABEL,)
+DTYPES = {KPI_ID: "string", TIMESTAMP: "datetime64[ns, UTC]", VALUE: "float64", LABEL: "int8"}
+
+
+class DataError(ValueError):
+    """Bad input, reported so a person can fix it: which source, which column, which rule."""
+
+    def __init__(self, source: str, rule: str, detail: str, column: str | None = None):
+        self.source, self.rule, self.detail, self.column = source, rule, detail, column
+        where = f"column '{column}' of " if column else ""
+        super().__init__(f"{where}{source}: rule '{rule}' failed: {detail}")
+
+
+def empty_frame(with_label: bool = True) -> pd.DataFrame:
+    cols = [*CANONICAL_COLUMNS, *(OPTIONAL_COLUMNS if with_label else ())]
+    return pd.DataFrame({c: pd.Series(dtype=DTYPES[c]) for c in cols})
+
+
+def to_canonical(df: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Coerce a frame that already has the canonical column names to the canonical dtypes.
+
+    Raises :class:`DataError` naming the source and column when a required column is absent or a
+    column cannot be parsed. Value problems that concern single rows (NaN, inf, duplicates, labels
+    outside {0, 1}) are *not* raised here: the validate stage quarantines those rows with a reason.
+    """
+    missing = [c for c in CANONICAL_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(source, "required_columns", f"missing {missing}; found {list(df.columns)}",
+                        column=missing[0])
+    out = pd.DataFrame(index=pd.RangeIndex(len(df)))
+    out[KPI_ID] = df[KPI_ID].astype("string").to_numpy()
+    out[TIMESTAMP] = _to_utc(df[TIMESTAMP], source).to_numpy()
+    out[VALUE] = _to_float(df[VALUE], source, VALUE).to_numpy()
+    if LABEL in df.columns:
+        # Kept as float here so that a bad label (NaN, 2, -1) reaches validation and quarantine.
+        out[LABEL] = _to_float(df[LABEL], source, LABEL).to_numpy()
+        if out[LABEL].isin([0.0, 1.0]).all():
+            out[LABEL] = out[LABEL].astype("int8")
+    return out
+
+
+def _to_float(col: pd.Series, source: str, name: str) -> pd.Series:
+    converted = pd.to_numeric(col, errors="coerce")
+    bad = converted.isna() & col.notna() & (col.astype("string").str.strip().str.lower()
+                                            .isin(["nan", "", "none", "null"]) == False)  # noqa: E712
+    if bad.any():
+        examples = col[bad].astype(str).unique()[:3].tolist()
+        raise DataError(source, "numeric_values",
+                        f"{int(bad.sum())} non-numeric value(s), e.g. {examples}", column=name)
+    return converted.astype("float64")
+
+
+def _to_utc(col: pd.Series, source: str) -> pd.Series:
+    try:
+        if pd.api.types.is_numeric_dtype(col):
+            parsed = pd.to_datetime(col, unit="s", utc=True)
+        else:
+            parsed = pd.to_datetime(col, utc=True, format="mixed")
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise DataError(source, "parseable_timestamps", str(exc).splitlines()[0],
+                        column=TIMESTAMP) from exc
+    return parsed.astype("datetime64[ns, UTC]")

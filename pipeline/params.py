@@ -1,0 +1,194 @@
+"""params.yaml, validated on load.
+
+Every section is a pydantic model that forbids unknown keys, so a typo or a bad type is a clear
+error naming the key, not a KeyError deep inside a stage. Detector hyperparameters are validated
+by each detector's own config dataclass (``models.registry``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """params.yaml (or an override) is invalid."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Paths(_Section):
+    raw: str = "data/raw"
+    validated: str = "data/validated"
+    quarantine: str = "data/quarantine"
+    validation_report: str = "reports/validation"
+    windows: str = "data/windows"
+    artifacts: str = "models/artifacts"
+    train_reports: str = "reports/train"
+    evaluation: str = "reports/evaluation"
+
+
+class CsvColumns(_Section):
+    kpi_id: str | None = "kpi_id"
+    timestamp: str = "timestamp"
+    value: str = "value"
+    label: str | None = "label"
+
+
+class DataParams(_Section):
+    train: str = "synthetic:"
+    test: str | None = None
+    csv: CsvColumns = CsvColumns()
+
+    @field_validator("train", "test")
+    @classmethod
+    def _spec_has_scheme(cls, v: str | None) -> str | None:
+        if v is not None and ":" not in v:
+            raise ValueError(f"source spec {v!r} needs a scheme: synthetic:, nab:DIR, aiops:FILE or csv:PATH")
+        return v
+
+
+class SyntheticParams(_Section):
+    n_kpis: int = Field(4, ge=1)
+    start: str = "2026-01-01"
+    end: str = "2026-01-29"
+    interval: str = "5min"
+    seed: int = 7
+    trend_per_day: float = 0.02
+    noise: float = Field(0.05, ge=0)
+    anomalies_per_week: float = Field(3, ge=0)
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, v: str) -> str:
+        if pd.Timedelta(v) <= pd.Timedelta(0):
+            raise ValueError(f"interval must be positive, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _range(self):
+        if pd.Timestamp(self.end) <= pd.Timestamp(self.start):
+            raise ValueError(f"end {self.end} must be after start {self.start}")
+        return self
+
+
+class ValidateParams(_Section):
+    min_points_per_kpi: int = Field(200, ge=1)
+    max_gap_ratio: float = Field(0.2, ge=0, le=1)
+    interval_tolerance: float = Field(0.9, ge=0, le=1)
+
+
+class WindowParams(_Section):
+    length: int = Field(48, ge=2)
+    stride: int = Field(1, ge=1)
+    train_fraction: float = Field(0.6, gt=0, lt=1)
+    val_fraction: float = Field(0.2, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _fractions(self):
+        if self.train_fraction + self.val_fraction > 1:
+            raise ValueError("train_fraction + val_fraction must be at most 1")
+        return self
+
+
+class TrainParams(_Section):
+    device: str = "auto"
+    seed: int = 0
+    detectors: list[str] = Field(default_factory=list)
+    max_epochs: int = Field(20, ge=1)
+    patience: int = Field(3, ge=1)
+    batch_size: int = Field(256, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    num_workers: int = Field(0, ge=0)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "cuda") and not v.startswith("cuda:"):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {v!r}")
+        return v
+
+
+class Params(_Section):
+    paths: Paths = Paths()
+    data: DataParams = DataParams()
+    synthetic: SyntheticParams = SyntheticParams()
+    validation: ValidateParams = Field(ValidateParams(), alias="validate")
+    windows: WindowParams = WindowParams()
+    train: TrainParams = TrainParams()
+    detectors: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def detector_config(self, name: str) -> dict[str, Any]:
+        return dict(self.detectors.get(name) or {})
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def digest(self) -> str:
+        """A stable hash of the effective parameters (for MLflow and run records)."""
+        blob = json.dumps(self.as_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None) -> Params:
+    """Read and validate params.yaml; ``overrides`` are ``dotted.key=yaml_value`` strings (the CLI's ``-S``)."""
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    for item in overrides or []:
+        _apply_override(raw, item)
+    return parse_params(raw, source=str(path))
+
+
+def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
+        raise ParamsError(f"{source}: invalid parameters:\n  " + "\n  ".join(lines)) from None
+    _check_detectors(params, source)
+    return params
+
+
+def _check_detectors(params: Params, source: str) -> None:
+    from models import registry
+
+    known = registry.names()
+    for name in [*params.train.detectors, *params.detectors]:
+        if name not in known:
+            raise ParamsError(f"{source}: unknown detector {name!r}; registered: {', '.join(known)}")
+    for name, cfg in params.detectors.items():
+        try:
+            registry.get(name).config_class.from_dict(cfg or {})
+        except (TypeError, ValueError) as exc:
+            raise ParamsError(f"{source}: detectors.{name}: {exc}") from None
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ParamsError(f"override {item!r} must look like section.key=value")
+    key, value = item.split("=", 1)
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ParamsError(f"override {item!r}: {part} is not a section")
+    node[parts[-1]] = yaml.safe_load(value)

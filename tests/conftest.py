@@ -1,0 +1,43 @@
+"""Shared fixtures. Servers that tests start live in tests/servers.py."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "datasets"
+needs_shared = pytest.mark.skipif(not SHARED.exists(),
+                                  reason=f"{SHARED} absent: real-data tests need ../shared/datasets")
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO
+
+
+def small_params_dict(**sections) -> dict:
+    """The repo's params.yaml with a tiny synthetic feed, and section overrides."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["synthetic"].update({"n_kpis": 2, "start": "2026-01-01", "end": "2026-01-08"})
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key].update(value)
+        else:
+            raw[key] = value
+    return raw
+
+
+@pytest.fixture
+def small_params(tmp_path):
+    """A validated Params for a 2-KPI, 7-day synthetic feed with every path under tmp_path."""
+    from pipeline.params import parse_params
+
+    raw = small_params_dict()
+    raw["paths"] = {k: str(tmp_path / v) for k, v in raw["paths"].items()}
+    return parse_params(raw)

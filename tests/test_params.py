@@ -1,0 +1,64 @@
+"""params.yaml is validated on load: unknown keys and bad types are clear errors."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from pipeline.params import ParamsError, load_params, parse_params
+from tests.conftest import REPO, small_params_dict
+
+
+def test_repo_params_load():
+    params = load_params(REPO / "params.yaml")
+    assert params.data.train == "synthetic:"
+    assert params.validation.max_gap_ratio == pytest.approx(0.2)
+    assert params.train.detectors, "the default config enables detectors"
+    assert len(params.digest()) == 16
+
+
+@pytest.mark.parametrize("section,value,needle", [
+    ({"windows": {"lenght": 48}}, None, "windows.lenght"),
+    ({"windows": {"length": "forty"}}, None, "windows.length"),
+    ({"windows": {"train_fraction": 0.9, "val_fraction": 0.2}}, None, "at most 1"),
+    ({"data": {"train": "nowhere.csv"}}, None, "needs a scheme"),
+    ({"train": {"device": "tpu"}}, None, "train.device"),
+    ({"bogus": {}}, None, "bogus"),
+    ({"train": {"detectors": ["nope"]}}, None, "unknown detector 'nope'"),
+])
+def test_bad_params_are_named(section, value, needle):
+    raw = small_params_dict()
+    for key, sub in section.items():
+        if key in raw and isinstance(sub, dict):
+            raw[key] = {**raw[key], **sub}
+        else:
+            raw[key] = sub
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw, source="params.yaml")
+    assert needle in str(err.value)
+    assert "params.yaml" in str(err.value)
+
+
+def test_unknown_detector_hyperparameter_is_named():
+    raw = small_params_dict()
+    raw["detectors"] = {**raw["detectors"], "robust_zscore": {"not_a_knob": 1}}
+    with pytest.raises(ParamsError, match=r"detectors\.robust_zscore.*not_a_knob"):
+        parse_params(raw)
+
+
+def test_overrides_are_typed(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(small_params_dict()))
+    params = load_params(path, ["windows.length=96", "data.test=csv:/tmp/x.csv", "train.detectors=[robust_zscore]"])
+    assert params.windows.length == 96 and params.data.test == "csv:/tmp/x.csv"
+    assert params.train.detectors == ["robust_zscore"]
+    with pytest.raises(ParamsError, match="section.key=value"):
+        load_params(path, ["windows.length"])
+
+
+def test_missing_or_broken_file(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("windows: [unclosed")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(broken)
