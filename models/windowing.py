@@ -82,13 +82,16 @@ def spread_to_points(window_scores: np.ndarray, starts: np.ndarray, n: int, leng
 
 def covering_starts(n: int, length: int, stride: int = 1) -> np.ndarray:
     """Window starts every ``stride`` points, plus one window ending at the last point when the
-    stride-aligned ones stop short of it: every point of a series of ``n >= length`` points is covered.
+    stride-aligned ones stop short of it: every point of a series of ``n >= length`` points is covered
+    (which needs ``stride <= length``).
 
     >>> covering_starts(10, 4, 3).tolist()
     [0, 3, 6]
     >>> covering_starts(11, 4, 3).tolist()
     [0, 3, 6, 7]
     """
+    if stride > length:
+        raise ValueError(f"covering windows need stride <= length, got {stride=}, {length=}")
     starts = window_starts(n, length, stride)
     if len(starts) and starts[-1] != n - length:
         starts = np.append(starts, n - length)

@@ -44,21 +44,25 @@ def to_canonical(df: pd.DataFrame, source: str) -> pd.DataFrame:
         raise DataError(source, "required_columns", f"missing {missing}; found {list(df.columns)}",
                         column=missing[0])
     out = pd.DataFrame(index=pd.RangeIndex(len(df)))
-    out[KPI_ID] = df[KPI_ID].astype("string").to_numpy()
-    out[TIMESTAMP] = _to_utc(df[TIMESTAMP], source).to_numpy()
-    out[VALUE] = _to_float(df[VALUE], source, VALUE).to_numpy()
+    # ``.array`` keeps the extension dtypes (and avoids millions of Python objects for timestamps).
+    out[KPI_ID] = df[KPI_ID].astype("string").array
+    out[TIMESTAMP] = _to_utc(df[TIMESTAMP], source).array
+    out[VALUE] = _to_float(df[VALUE], source, VALUE).array
     if LABEL in df.columns:
         # Kept as float here so that a bad label (NaN, 2, -1) reaches validation and quarantine.
-        out[LABEL] = _to_float(df[LABEL], source, LABEL).to_numpy()
+        out[LABEL] = _to_float(df[LABEL], source, LABEL).array
         if out[LABEL].isin([0.0, 1.0]).all():
             out[LABEL] = out[LABEL].astype("int8")
     return out
 
 
 def _to_float(col: pd.Series, source: str, name: str) -> pd.Series:
+    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+        return col.astype("float64")
     converted = pd.to_numeric(col, errors="coerce")
-    bad = converted.isna() & col.notna() & (col.astype("string").str.strip().str.lower()
-                                            .isin(["nan", "", "none", "null"]) == False)  # noqa: E712
+    suspect = converted.isna() & col.notna()  # only rows that just became NaN need a closer look
+    bad = suspect.copy()
+    bad[suspect] = ~col[suspect].astype("string").str.strip().str.lower().isin(["nan", "", "none", "null"])
     if bad.any():
         examples = col[bad].astype(str).unique()[:3].tolist()
         raise DataError(source, "numeric_values",

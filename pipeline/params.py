@@ -118,6 +118,30 @@ class TrainParams(_Section):
         return v
 
 
+class EvaluateParams(_Section):
+    champion_metric: str = "aiops_f1"
+    threshold: dict[str, Any] = Field(default_factory=lambda: {"method": "best_f1", "scope": "global"})
+    delay: int = Field(7, ge=0)
+    plot_kpis: int = Field(3, ge=0)
+
+    @field_validator("champion_metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        from pipeline.metrics import METRICS
+
+        if v not in METRICS:
+            raise ValueError(f"unknown metric {v!r}; known: {', '.join(METRICS)}")
+        return v
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from pipeline.thresholds import make_threshold
+
+        make_threshold(dict(v))  # raises ValueError naming the bad key or method
+        return v
+
+
 class Params(_Section):
     paths: Paths = Paths()
     data: DataParams = DataParams()
@@ -126,6 +150,7 @@ class Params(_Section):
     windows: WindowParams = WindowParams()
     train: TrainParams = TrainParams()
     detectors: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    evaluate: EvaluateParams = EvaluateParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -56,7 +56,7 @@ def regularise(kpi: pd.DataFrame, interval: pd.Timedelta | None = None) -> tuple
     """
     kpi = kpi.sort_values(TIMESTAMP, kind="stable")
     interval = interval or infer_interval(kpi[TIMESTAMP])
-    origin = kpi[TIMESTAMP].iloc[0]
+    origin = kpi[TIMESTAMP].iloc[0].as_unit("ns")
     step = ((kpi[TIMESTAMP] - origin) / interval).to_numpy(dtype=np.float64)
     slot = np.rint(step).astype(np.int64)
     off_grid = int((np.abs(step - slot) > 1e-9).sum())

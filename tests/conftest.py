@@ -41,3 +41,6 @@ def small_params(tmp_path):
     raw = small_params_dict()
     raw["paths"] = {k: str(tmp_path / v) for k, v in raw["paths"].items()}
     return parse_params(raw)
+
+
+from tests.servers import s3_server  # noqa: E402,F401  (session-scoped real S3: weed mini)

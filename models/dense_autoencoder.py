@@ -1,0 +1,54 @@
+"""Dense autoencoder: window -> 14 (tanh) -> 7 (ReLU) -> 7 (tanh) -> window, L1 activity on the code.
+
+Seed design: the classic Keras fraud-detection autoencoder (``Dense(14, tanh,
+activity_regularizer=l1)``, ``Dense(7, relu)``, ``Dense(7, tanh)``, ``Dense(n, relu)``), applied to
+windows. The output layer is linear instead of ReLU: values are z-normalised, and a ReLU output
+could never reconstruct the negative half of them.
+
+The L1 penalty (``activity_l1 * mean over the batch of sum |code|``, as Keras computes it) pushes
+the 14-unit code towards sparsity; :class:`models.torch_base.WindowReconstructor` adds it to the
+masked reconstruction loss and provides windows and scoring.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from models.torch_base import ReconstructorConfig, WindowReconstructor
+
+
+@dataclasses.dataclass
+class DenseAutoencoderConfig(ReconstructorConfig):
+    hidden_sizes: tuple[int, ...] = (14, 7, 7)  # code, then the two inner layers
+    activity_l1: float = 1e-4                   # the seed's l1(10e-5)
+
+    def validate(self) -> None:
+        super().validate()
+        if len(self.hidden_sizes) != 3 or min(self.hidden_sizes) <= 0:
+            raise ValueError(f"DenseAutoencoderConfig: 'hidden_sizes' must be 3 positive sizes, got {list(self.hidden_sizes)}")
+        if self.activity_l1 < 0:
+            raise ValueError(f"DenseAutoencoderConfig: 'activity_l1' must be >= 0, got {self.activity_l1}")
+
+
+class DenseAutoencoderNet(nn.Module):
+    def __init__(self, window: int, hidden_sizes: tuple[int, int, int]):
+        super().__init__()
+        code, inner, outer = hidden_sizes
+        self.encoder = nn.Sequential(nn.Linear(window, code), nn.Tanh())
+        self.decoder = nn.Sequential(nn.Linear(code, inner), nn.ReLU(), nn.Linear(inner, outer), nn.Tanh(),
+                                     nn.Linear(outer, window))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        code = self.encoder(x)
+        return self.decoder(code), code
+
+
+class DenseAutoencoder(WindowReconstructor):
+    name = "dense_autoencoder"
+    config_class = DenseAutoencoderConfig
+    config: DenseAutoencoderConfig
+
+    def _build_module(self) -> nn.Module:
+        return DenseAutoencoderNet(self.config.window, self.config.hidden_sizes)

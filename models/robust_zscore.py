@@ -1,0 +1,62 @@
+"""Robust z-score baseline: how far a point is from the recent median, in units of recent MAD.
+
+For a series ``x`` and a trailing window of ``w`` points (the point itself excluded, so a spike
+does not dilute its own reference):
+
+- ``median_t = median(x[t-w .. t-1])``
+- ``dev_i = |x_i - median_i|`` (each point's deviation from its own trailing median)
+- ``mad_t = median(dev[t-w .. t-1])`` -- the rolling median of deviations; an approximation of the
+  exact MAD (deviations from ``median_t`` itself) that a rolling operation can compute
+- ``z_t = (x_t - median_t) / max(1.4826 * mad_t, min_scale)``
+
+The score is ``max(|z|)`` over the value and its first difference: the value catches level
+shifts and slow excursions, the difference catches spikes riding on a seasonal slope. Everything is
+pandas rolling medians, one call per KPI. The first ``2 w`` points of a KPI have no full reference
+(filled by :meth:`models.base.Detector.score`). Nothing is learnt: ``fit`` only checks its input.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from models.base import Detector, DetectorConfig
+from models.frame import VALUE, kpi_slices
+
+MAD_TO_STD = 1.4826
+
+
+@dataclasses.dataclass
+class RobustZScoreConfig(DetectorConfig):
+    window: int = 48          # trailing points of the reference (4 h at 5-minute sampling)
+    min_scale: float = 1e-3   # floor of the scale, in normalised units: a flat stretch must not divide by 0
+
+    def validate(self) -> None:
+        self._positive("window", "min_scale")
+
+
+def robust_z(series: pd.Series, window: int, min_scale: float) -> np.ndarray:
+    """Trailing robust z-score of a series (NaN until ``2 * window`` points of history exist)."""
+    median = series.rolling(window, min_periods=window).median().shift(1)
+    mad = (series - median).abs().rolling(window, min_periods=window).median().shift(1)
+    return ((series - median) / np.maximum(MAD_TO_STD * mad, min_scale)).to_numpy()
+
+
+class RobustZScore(Detector):
+    name = "robust_zscore"
+    config_class = RobustZScoreConfig
+    config: RobustZScoreConfig
+
+    def _fit_core(self, train: pd.DataFrame, val: pd.DataFrame | None) -> None:
+        pass  # a fixed rule; nothing to estimate
+
+    def _score_core(self, frame: pd.DataFrame) -> np.ndarray:
+        values = frame[VALUE].to_numpy(dtype=np.float64)
+        out = np.full(len(frame), np.nan)
+        for _, sl in kpi_slices(frame):
+            series = pd.Series(values[sl])
+            level = robust_z(series, self.config.window, self.config.min_scale)
+            change = robust_z(series.diff(), self.config.window, self.config.min_scale)
+            out[sl] = np.fmax(np.abs(level), np.abs(change))  # fmax: NaN only where both are NaN
+        return out

@@ -1,0 +1,185 @@
+"""VAE-LSTM (Lin, Clark, Birke, Schönborn, Trigoni, Roberts: "Anomaly detection for time series
+using VAE-LSTM hybrid model", ICASSP 2020).
+
+- A VAE embeds windows of ``l_win`` points into ``code_size`` latent means (local shape).
+- An LSTM (``lstm_layers`` x ``lstm_units``, 3 x 64 as in the original) reads a sequence of the
+  embeddings of ``l_seq`` back-to-back windows and predicts each next embedding (long-term order).
+- The VAE decoder turns the predicted embeddings back into windows; the score of a point is its
+  absolute reconstruction error. A window that is odd in itself, or odd given what came before it,
+  reconstructs badly.
+
+Training has two phases, both through :meth:`TorchDetector._train_module`: first the VAE on windows,
+then (VAE frozen) the LSTM on sequences of VAE means. The predictor is a real ``nn.LSTM``.
+
+Sequences. A sequence starting at row ``s`` of a KPI is the ``l_seq`` windows starting at
+``s, s + l_win, ..., s + (l_seq - 1) * l_win`` (it spans ``l_win * l_seq`` points). Training uses
+sequences at every ``train_stride`` offset, not only the original's non-overlapping ones, which
+gives ``l_win`` times more sequences from the same data.
+
+Scoring: sequences start every ``score_stride`` rows (plus one ending at the KPI's last row). The
+LSTM predicts windows 1..l_seq-1 of each sequence (window 0 has no history); every point gets the
+mean absolute error over all predicted windows covering it (``spread_to_points``). The first
+``l_win`` rows of a KPI are never predicted (filled by :meth:`models.base.Detector.score`), and a
+KPI shorter than one sequence gets no score of its own.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from models.base import observed_of, values_of
+from models.frame import kpi_slices
+from models.torch_base import Tensors, TorchConfig, TorchDetector, masked_mse, to_tensor
+from models.windowing import (covering_starts, sequence_window_starts, spread_to_points, window_starts,
+                              windows_at, windows_by_kpi)
+
+
+@dataclasses.dataclass
+class VaeLstmConfig(TorchConfig):
+    l_win: int = 48
+    l_seq: int = 12
+    code_size: int = 6
+    vae_hidden: int = 128     # width of the VAE's first (and last) hidden layer; the next one is half
+    lstm_layers: int = 3
+    lstm_units: int = 64
+    kl_weight: float = 0.02   # = 2 sigma^2: a Gaussian likelihood with fixed sigma = 0.1, per point
+    train_stride: int = 1     # offset between training windows (VAE) and training sequences (LSTM)
+    score_stride: int = 24    # offset between scoring sequences
+    max_train_windows: int | None = 8192
+
+    def validate(self) -> None:
+        super().validate()
+        self._positive("l_win", "code_size", "vae_hidden", "lstm_layers", "lstm_units", "train_stride", "score_stride")
+        if self.l_seq < 2:
+            raise ValueError(f"VaeLstmConfig: 'l_seq' must be >= 2 (one window of history), got {self.l_seq}")
+        if self.score_stride > self.l_win:
+            raise ValueError(f"VaeLstmConfig: 'score_stride' ({self.score_stride}) must be <= 'l_win' ({self.l_win})")
+        if self.kl_weight < 0:
+            raise ValueError(f"VaeLstmConfig: 'kl_weight' must be >= 0, got {self.kl_weight}")
+
+    @property
+    def span(self) -> int:
+        return self.l_win * self.l_seq
+
+
+class Vae(nn.Module):
+    def __init__(self, l_win: int, hidden: int, code_size: int):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(l_win, hidden), nn.LeakyReLU(), nn.Linear(hidden, hidden // 2), nn.LeakyReLU())
+        self.mean = nn.Linear(hidden // 2, code_size)
+        self.log_var = nn.Linear(hidden // 2, code_size)
+        self.decoder = nn.Sequential(nn.Linear(code_size, hidden // 2), nn.LeakyReLU(), nn.Linear(hidden // 2, hidden),
+                                     nn.LeakyReLU(), nn.Linear(hidden, l_win))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(x)
+        return self.mean(h), self.log_var(h).clamp(-10.0, 10.0)  # clamped: exp() must not overflow early on
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mean, log_var = self.encode(x)
+        z = mean + torch.randn_like(mean) * (0.5 * log_var).exp() if self.training else mean
+        return self.decoder(z), mean, log_var
+
+
+class EmbeddingPredictor(nn.Module):
+    def __init__(self, code_size: int, units: int, layers: int):
+        super().__init__()
+        self.lstm = nn.LSTM(code_size, units, layers, batch_first=True)
+        self.head = nn.Linear(units, code_size)
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """``(B, S, code) -> (B, S, code)``: output ``j`` predicts embedding ``j + 1``."""
+        hidden, _ = self.lstm(embeddings)
+        return self.head(hidden)
+
+
+class VaeLstmNet(nn.Module):
+    def __init__(self, cfg: VaeLstmConfig):
+        super().__init__()
+        self.vae = Vae(cfg.l_win, cfg.vae_hidden, cfg.code_size)
+        self.predictor = EmbeddingPredictor(cfg.code_size, cfg.lstm_units, cfg.lstm_layers)
+
+    def reconstruct_next(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """``(B, S, code) -> (B, S, l_win)``: the windows that should follow each of the S embeddings."""
+        return self.vae.decoder(self.predictor(embeddings))
+
+
+class VaeLstm(TorchDetector):
+    name = "vae_lstm"
+    config_class = VaeLstmConfig
+    config: VaeLstmConfig
+
+    def _build_module(self) -> nn.Module:
+        return VaeLstmNet(self.config)
+
+    def _fit_core(self, train: pd.DataFrame, val: pd.DataFrame | None) -> None:
+        self.module = self._build_module().to(self.device)
+        windows = [self._window_tensors(f) if f is not None else None for f in (train, val)]
+        self._train_module(self.module.vae, self._vae_loss, *windows, phase="vae")
+        # Embeddings come from the VAE's best epoch, which the LSTM phase then leaves untouched.
+        sequences = [self._sequence_tensors(f) if f is not None else None for f in (train, val)]
+        self._train_module(self.module.predictor, self._lstm_loss, *sequences, phase="lstm")
+
+    # -- phase 1: the VAE on windows ------------------------------------------------------------
+    def _window_tensors(self, frame: pd.DataFrame) -> Tensors:
+        slices, cfg = kpi_slices(frame), self.config
+        x, _ = windows_by_kpi(values_of(frame), slices, cfg.l_win, cfg.train_stride)
+        observed, _ = windows_by_kpi(observed_of(frame), slices, cfg.l_win, cfg.train_stride)
+        return to_tensor(x), to_tensor(observed)
+
+    def _vae_loss(self, vae: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
+        x, observed = batch
+        recon, mean, log_var = vae(x)
+        kl = -0.5 * (1 + log_var - mean.square() - log_var.exp()).float().sum(-1)
+        return masked_mse(recon, x, observed) + self.config.kl_weight * kl.mean() / self.config.l_win
+
+    # -- phase 2: the LSTM on sequences of embeddings ---------------------------------------------
+    def sequences(self, values: np.ndarray, observed: np.ndarray, seq_starts: np.ndarray):
+        """Embeddings ``(S, l_seq, code)`` of the sequences starting at ``seq_starts`` (rows of one KPI),
+        whether each window was fully observed ``(S, l_seq)``, and the windows' starts ``(S, l_seq)``."""
+        cfg = self.config
+        starts = sequence_window_starts(seq_starts, cfg.l_win, cfg.l_seq)
+        unique, index = np.unique(starts, return_inverse=True)  # sequences share most of their windows
+        codes = self._infer(lambda x: self.module.vae.encode(x)[0], windows_at(values, unique, cfg.l_win))
+        full = windows_at(observed, unique, cfg.l_win).min(axis=1)
+        return codes[index.reshape(starts.shape)], full[index.reshape(starts.shape)], starts
+
+    def _sequence_tensors(self, frame: pd.DataFrame) -> Tensors:
+        codes, full = [], []
+        values, observed = values_of(frame), observed_of(frame)
+        for _, sl in kpi_slices(frame):
+            seq_starts = window_starts(sl.stop - sl.start, self.config.span, self.config.train_stride)
+            if len(seq_starts):
+                c, f, _ = self.sequences(values[sl], observed[sl], seq_starts)
+                codes.append(c)
+                full.append(f)
+        if not codes:
+            return torch.empty(0, self.config.l_seq, self.config.code_size), torch.empty(0, self.config.l_seq)
+        return to_tensor(np.concatenate(codes)), to_tensor(np.concatenate(full))
+
+    def _lstm_loss(self, predictor: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
+        codes, full = batch
+        # Targets are embeddings of fully observed windows only: an interpolated stretch is no evidence.
+        return masked_mse(predictor(codes[:, :-1]), codes[:, 1:], full[:, 1:, None])
+
+    # -- scoring ----------------------------------------------------------------------------------
+    def _score_core(self, frame: pd.DataFrame) -> np.ndarray:
+        cfg = self.config
+        values, observed = values_of(frame), observed_of(frame)
+        errors, starts = [], []
+        for _, sl in kpi_slices(frame):
+            seq_starts = covering_starts(sl.stop - sl.start, cfg.span, cfg.score_stride)
+            if not len(seq_starts):
+                continue
+            codes, _, win_starts = self.sequences(values[sl], observed[sl], seq_starts)
+            predicted = self._infer(self.module.reconstruct_next, codes[:, :-1])  # windows 1 .. l_seq-1
+            actual = windows_at(values[sl], win_starts[:, 1:].ravel(), cfg.l_win)
+            errors.append(np.abs(predicted.reshape(-1, cfg.l_win) - actual))
+            starts.append(sl.start + win_starts[:, 1:].ravel())
+        if not errors:
+            return np.full(len(frame), np.nan)
+        return spread_to_points(np.concatenate(errors), np.concatenate(starts), len(frame), cfg.l_win)

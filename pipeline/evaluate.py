@@ -1,0 +1,258 @@
+"""evaluate stage: score every trained detector, threshold it without test labels, report.
+
+For each detector, the whole prepared series (train + val + test, per KPI) is scored once and cut
+back into splits, so the first test points are scored with their real preceding context.
+
+- The threshold is fitted on the **validation** split (params ``evaluate.threshold``); it never sees
+  test labels.
+- The champion metric (``evaluate.champion_metric``) is computed on validation: it picks the
+  champion. Test metrics are the honest estimate and pick nothing.
+- Figures that use test labels to choose a threshold are reported only under names ending in
+  ``_oracle``, for comparison with published numbers.
+- A ``random`` row (uniform random scores, same threshold rule) shows how much a metric inflates.
+
+Outputs (``paths.evaluation``): ``metrics.json`` (DVC metrics: per detector overall and per KPI),
+``leaderboard.md``, ``thresholds/<detector>.json``, ``plots/pr/<detector>.csv`` (DVC plots) and
+``plots/scores/<kpi>.png`` (score versus label for a few KPIs).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from models import registry
+from models.frame import KPI_ID, LABEL, MISSING, TIMESTAMP, VALUE, has_labels
+from pipeline import metrics as M
+from pipeline.outputs import replace_dir_atomic
+from pipeline.params import Params
+from pipeline.thresholds import make_threshold
+
+log = logging.getLogger(__name__)
+
+RANDOM = "random"
+ORACLE_METRICS = ("point_f1", "aiops_f1")
+
+
+def load_splits(windows_dir: Path) -> pd.DataFrame:
+    """train + val + test prepared frames in one frame, with a ``split`` column, per-KPI ordered."""
+    parts = []
+    for split in ("train", "val", "test"):
+        frame = pd.read_parquet(Path(windows_dir) / f"{split}.parquet")
+        parts.append(frame.assign(split=split))
+    full = pd.concat(parts, ignore_index=True)
+    return full.sort_values([KPI_ID, TIMESTAMP], kind="stable").reset_index(drop=True)
+
+
+def split_metrics(frame: pd.DataFrame, scores: np.ndarray, alarms: np.ndarray, delay: int) -> dict:
+    labels = frame[LABEL].to_numpy()
+    return M.evaluate_all(labels, scores=scores, alarms=alarms, missing=frame[MISSING].to_numpy(),
+                          series_ids=frame[KPI_ID].to_numpy(), delay=delay)
+
+
+def oracle_metrics(frame: pd.DataFrame, scores: np.ndarray, delay: int) -> dict:
+    """Best F1 with the threshold chosen on these very labels: never an honest estimate."""
+    out = {}
+    for metric in ORACLE_METRICS:
+        try:
+            _, best = M.best_f1_threshold(frame[LABEL].to_numpy(), scores, frame[MISSING].to_numpy(),
+                                          metric=metric, series_ids=frame[KPI_ID].to_numpy(), delay=delay)
+        except (ValueError, TypeError):
+            best = None
+        out[f"{metric}_oracle"] = best
+    return out
+
+
+def evaluate_scores(name: str, full: pd.DataFrame, scores: np.ndarray, params: Params) -> dict:
+    """Threshold on validation, then metrics on validation and test (overall and per KPI)."""
+    ev = params.evaluate
+    val_mask = (full["split"] == "val").to_numpy()
+    test_mask = (full["split"] == "test").to_numpy()
+    val, test = full[val_mask], full[test_mask]
+    labelled = has_labels(val)
+    threshold = make_threshold(dict(ev.threshold))
+    threshold.fit(scores[val_mask], labels=val[LABEL].to_numpy() if labelled else None,
+                  missing=val[MISSING].to_numpy(), kpi_ids=val[KPI_ID].to_numpy())
+    result = {"status": "ok", "threshold": threshold.to_dict()}
+    for split, part, mask in (("val", val, val_mask), ("test", test, test_mask)):
+        if part.empty or not has_labels(part):
+            result[split] = None
+            continue
+        alarms = threshold.apply(scores[mask], part[KPI_ID].to_numpy())
+        result[split] = split_metrics(part, scores[mask], alarms, ev.delay)
+        result[split]["alarm_rate"] = float(alarms.mean())
+        if split == "test":
+            result[split].update(oracle_metrics(part, scores[mask], ev.delay))
+            result["per_kpi"] = per_kpi_metrics(part, scores[mask], alarms, ev.delay)
+    champion = (result.get("val") or {}).get(ev.champion_metric)
+    result["champion_metric"] = {"name": ev.champion_metric, "split": "val", "value": champion}
+    return result
+
+
+def per_kpi_metrics(part: pd.DataFrame, scores: np.ndarray, alarms: np.ndarray, delay: int) -> dict:
+    out = {}
+    ids = part[KPI_ID].to_numpy()
+    for kpi in pd.unique(ids):
+        m = ids == kpi
+        sub = part[m]
+        out[str(kpi)] = {k: v for k, v in split_metrics(sub, scores[m], alarms[m], delay).items()
+                         if k in ("point_f1", "aiops_f1", "rpa_f1", "auc_roc", "auc_pr")}
+    return out
+
+
+def score_detector(name: str, artifacts: Path, full: pd.DataFrame) -> np.ndarray:
+    detector = registry.load(artifacts / name)
+    scores = np.asarray(detector.score(full[[c for c in full.columns if c != "split"]]), dtype=np.float64)
+    if scores.shape != (len(full),) or not np.isfinite(scores).all():
+        raise ValueError(f"{name}: score() returned {scores.shape} with non-finite values; "
+                         f"expected ({len(full)},) finite")
+    return scores
+
+
+def run(params: Params, detectors: list[str] | None = None) -> dict:
+    full = load_splits(Path(params.paths.windows))
+    if not has_labels(full):
+        log.warning("the data has no labels: only thresholds and alarm rates are reported")
+    artifacts = Path(params.paths.artifacts)
+    results, curves, all_scores = {}, {}, {}
+    for name in [*(detectors or params.train.detectors), RANDOM]:
+        status = _train_status(artifacts, name)
+        if status.get("status") not in (None, "ok"):
+            results[name] = status
+            continue
+        try:
+            scores = (np.random.default_rng(params.train.seed).random(len(full)) if name == RANDOM
+                      else score_detector(name, artifacts, full))
+            results[name] = evaluate_scores(name, full, scores, params)
+        except Exception as exc:  # one failure doesn't stop the others
+            log.exception("evaluating %s failed", name)
+            results[name] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+            continue
+        all_scores[name] = scores
+        test = (full["split"] == "test").to_numpy()
+        if has_labels(full[test]):
+            curves[name] = pr_curve(full[LABEL].to_numpy()[test], scores[test], full[MISSING].to_numpy()[test])
+    champion = pick_champion(results, params.evaluate.champion_metric)
+    report = {"champion_metric": params.evaluate.champion_metric, "best_on_val": champion,
+              "detectors": results}
+
+    def write(tmp: Path) -> None:
+        (tmp / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=_json))
+        (tmp / "leaderboard.md").write_text(leaderboard(report))
+        (tmp / "thresholds").mkdir()
+        for name, res in results.items():
+            if "threshold" in res:
+                (tmp / "thresholds" / f"{name}.json").write_text(json.dumps(res["threshold"], indent=2))
+        (tmp / "plots" / "pr").mkdir(parents=True)
+        for name, curve in curves.items():
+            curve.to_csv(tmp / "plots" / "pr" / f"{name}.csv", index=False)
+        plot_scores(full, all_scores, results, tmp / "plots" / "scores", params.evaluate.plot_kpis)
+
+    replace_dir_atomic(Path(params.paths.evaluation), write)
+    return report
+
+
+def pr_curve(labels: np.ndarray, scores: np.ndarray, missing: np.ndarray, points: int = 200) -> pd.DataFrame:
+    """Precision/recall at up to ``points`` thresholds (DVC plots want small files)."""
+    from sklearn.metrics import precision_recall_curve
+
+    keep = ~missing
+    if labels[keep].sum() == 0:
+        return pd.DataFrame({"recall": [], "precision": []})
+    precision, recall, _ = precision_recall_curve(labels[keep], scores[keep])
+    idx = np.unique(np.linspace(0, len(recall) - 1, min(points, len(recall))).astype(int))
+    return pd.DataFrame({"recall": recall[idx], "precision": precision[idx]})
+
+
+def pick_champion(results: dict, metric: str) -> str | None:
+    """The best detector on the validation champion metric (the random row never wins)."""
+    ranked = [(r["champion_metric"]["value"], n) for n, r in results.items()
+              if n != RANDOM and r.get("status") == "ok" and r["champion_metric"]["value"] is not None]
+    return max(ranked)[1] if ranked else None
+
+
+LEADERBOARD_COLUMNS = (("val", "champion"), ("test", "aiops_f1"), ("test", "rpa_f1"), ("test", "point_f1"),
+                       ("test", "vus_pr"), ("test", "auc_pr"), ("test", "auc_roc"), ("test", "nab_standard"),
+                       ("test", "point_adjusted_f1"), ("test", "aiops_f1_oracle"))
+
+
+def leaderboard(report: dict) -> str:
+    metric = report["champion_metric"]
+    header = ["detector", f"val {metric}", *(f"test {m}" for _, m in LEADERBOARD_COLUMNS[1:]), "status"]
+    rows = []
+    for name, res in report["detectors"].items():
+        if res.get("status") != "ok":
+            rows.append((float("-inf"), [name, *["–"] * (len(header) - 2), f"{res.get('status')}: {res.get('reason', '')}"]))
+            continue
+        val = res["champion_metric"]["value"]
+        test = res.get("test") or {}
+        cells = [_fmt(val), *(_fmt(test.get(m)) for _, m in LEADERBOARD_COLUMNS[1:])]
+        rows.append((val if val is not None else float("-inf"), [name, *cells, "ok"]))
+    rows.sort(key=lambda r: -r[0])
+    lines = [
+        f"# Leaderboard\n",
+        f"Ranked by **{metric} on the validation split** (threshold: fitted on validation). Test columns are the",
+        "honest estimate. `point_adjusted_f1` is the legacy, inflated metric; `*_oracle` picks its threshold",
+        "on test labels. Both are shown only to compare with published work; compare them with the `random` row.\n",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(r[1]) + " |" for r in rows),
+        f"\nBest on validation: **{report['best_on_val']}**\n",
+    ]
+    return "\n".join(lines)
+
+
+def plot_scores(full: pd.DataFrame, all_scores: dict, results: dict, out: Path, n_kpis: int) -> None:
+    """Score versus label on the test split, for the first few KPIs with anomalies."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    test = full[full["split"] == "test"]
+    if not has_labels(test) or not all_scores:
+        return
+    kpis = [k for k, g in test.groupby(KPI_ID, sort=True) if g[LABEL].any()][:n_kpis]
+    for kpi in kpis:
+        m = ((full["split"] == "test") & (full[KPI_ID] == kpi)).to_numpy()
+        part = full[m]
+        fig, axes = plt.subplots(len(all_scores) + 1, 1, figsize=(12, 1.6 * (len(all_scores) + 1)), sharex=True)
+        axes[0].plot(part[TIMESTAMP], part[VALUE], lw=0.7, color="black")
+        axes[0].fill_between(part[TIMESTAMP], part[VALUE].min(), part[VALUE].max(), where=part[LABEL] == 1,
+                             color="red", alpha=0.25, label="labelled anomaly")
+        axes[0].set_ylabel("value (norm.)")
+        axes[0].legend(loc="upper right", fontsize=7)
+        for ax, (name, scores) in zip(axes[1:], all_scores.items()):
+            ax.plot(part[TIMESTAMP], scores[m], lw=0.7)
+            value = results[name].get("threshold", {}).get("global")
+            if isinstance(value, (int, float)):
+                ax.axhline(value, color="red", lw=0.6, ls="--")
+            ax.set_ylabel(name, fontsize=7)
+        fig.suptitle(f"{kpi}: test split, scores and thresholds")
+        fig.tight_layout()
+        fig.savefig(out / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', str(kpi))}.png", dpi=80)
+        plt.close(fig)
+
+
+def _train_status(artifacts: Path, name: str) -> dict:
+    path = artifacts / name / "status.json"
+    if name == RANDOM:
+        return {}
+    if not path.exists():
+        return {"status": "missing", "reason": f"{path} not found: train the detector first"}
+    return json.loads(path.read_text())
+
+
+def _fmt(v) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def _json(v):
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    raise TypeError(type(v))

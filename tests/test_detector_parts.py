@@ -1,0 +1,322 @@
+"""Exact tests of the distinctive parts: windowing, the uncovered-point fill, masked losses, the
+class-balanced sampler, the forecaster's alignment, the VAE-LSTM's sequences, the isolation-forest
+export, device selection and the training loop's holdout/checkpoint."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from models import registry
+from models.base import SkipDetector, TrainConfig, fill_uncovered
+from models.frame import KPI_ID, LABEL, MISSING, TIMESTAMP, VALUE, kpi_slices
+from models.torch_base import balanced_sampler, masked_mse, resolve_device
+from models.windowing import (covering_starts, covering_windows_by_kpi, n_windows, sequence_window_starts,
+                              sliding_windows, spread_to_points, window_starts, windows_at, windows_by_kpi)
+from tests.detector_data import make_splits
+
+CPU = TrainConfig(device="cpu", seed=0, max_epochs=2, patience=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return make_splits(n_kpis=2, n_points=2000)
+
+
+def tiny_frame(values_per_kpi: dict[str, list[float]]) -> pd.DataFrame:
+    parts = [pd.DataFrame({KPI_ID: k, TIMESTAMP: pd.date_range("2026-01-01", periods=len(v), freq="5min", tz="UTC"),
+                           VALUE: np.asarray(v, float), MISSING: False}) for k, v in values_per_kpi.items()]
+    return pd.concat(parts, ignore_index=True)
+
+
+# -- windowing ----------------------------------------------------------------------------------
+def test_window_counts_and_shapes():
+    assert n_windows(10, 4, 3) == 3 and n_windows(3, 4) == 0 and n_windows(4, 4) == 1
+    w = sliding_windows(np.arange(10), 4, 3)
+    assert w.shape == (3, 4) and w.tolist() == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]
+    assert sliding_windows(np.zeros((10, 2)), 4).shape == (7, 4, 2)
+    assert sliding_windows(np.arange(3), 4).shape == (0, 4)
+    with pytest.raises(ValueError):
+        n_windows(10, 0)
+
+
+def test_windows_never_cross_kpi_boundaries():
+    ids = np.repeat([0, 1, 2], [7, 3, 5])  # KPI 1 is shorter than a window
+    slices = [(str(k), slice(s, e)) for k, s, e in [(0, 0, 7), (1, 7, 10), (2, 10, 15)]]
+    windows, starts = windows_by_kpi(ids, slices, 4)
+    assert len(windows) == n_windows(7, 4) + n_windows(5, 4) == 6
+    assert (windows == windows[:, :1]).all()  # every window holds one KPI only
+    assert starts.tolist() == [0, 1, 2, 3, 10, 11]
+    windows, starts = covering_windows_by_kpi(ids, slices, 4, stride=3)
+    assert starts.tolist() == [0, 3, 10, 11] and (windows == windows[:, :1]).all()
+
+
+def test_covering_starts_cover_the_tail():
+    assert covering_starts(10, 4, 3).tolist() == [0, 3, 6]
+    assert covering_starts(11, 4, 3).tolist() == [0, 3, 6, 7]
+    assert covering_starts(3, 4, 3).tolist() == []
+    for n in range(4, 40):
+        for stride in (1, 3, 4):
+            starts = covering_starts(n, 4, stride)
+            covered = np.zeros(n, bool)
+            covered[(starts[:, None] + np.arange(4)).ravel()] = True
+            assert covered.all() and starts[-1] == n - 4 and (np.diff(starts) > 0).all()
+    with pytest.raises(ValueError, match="stride <= length"):
+        covering_starts(20, 4, 5)
+
+
+def test_windows_at_and_sequence_starts():
+    x = np.arange(20)
+    assert windows_at(x, np.array([0, 5, 16]), 4).tolist() == [[0, 1, 2, 3], [5, 6, 7, 8], [16, 17, 18, 19]]
+    with pytest.raises(ValueError):
+        windows_at(x, np.array([17]), 4)
+    assert sequence_window_starts(np.array([0, 5]), 3, 2).tolist() == [[0, 3], [5, 8]]
+    assert window_starts(10, 4, 3).tolist() == [0, 3, 6]
+
+
+def test_spread_to_points_hand_case():
+    scores = np.array([[1.0, 2.0, 3.0], [10.0, 20.0, 30.0]])
+    starts = np.array([0, 2])
+    mean = spread_to_points(scores, starts, 6, 3)
+    np.testing.assert_array_equal(mean[:5], [1.0, 2.0, (3.0 + 10.0) / 2, 20.0, 30.0])
+    assert np.isnan(mean[5])  # no window covers it
+    np.testing.assert_array_equal(spread_to_points(scores, starts, 5, 3, reduce="max"), [1, 2, 10, 20, 30])
+    np.testing.assert_array_equal(spread_to_points(np.array([5.0, 7.0]), starts, 5, 3), [5, 5, 6, 7, 7])
+
+
+# -- the uncovered-point fill ---------------------------------------------------------------------
+def test_fill_uncovered_uses_the_kpi_minimum():
+    frame = tiny_frame({"a": [0] * 4, "b": [0] * 3, "c": [0] * 2})
+    raw = np.array([np.nan, np.nan, 5.0, 3.0, np.nan, 9.0, 8.0, np.nan, np.nan])
+    np.testing.assert_array_equal(fill_uncovered(raw, frame), [3, 3, 5, 3, 8, 9, 8, 3, 3])  # c: frame min
+    assert fill_uncovered(np.full(9, np.nan), frame).tolist() == [0.0] * 9
+    with pytest.raises(RuntimeError, match="infinite"):
+        fill_uncovered(np.full(9, np.inf), frame)
+
+
+def test_points_before_the_first_window_get_the_kpi_minimum(splits):
+    train, val, test = splits
+    detector = registry.create("lstm_forecaster", {"chunk_length": 64}, CPU).fit(train, val)
+    raw, scores = detector._score_core(test), detector.score(test)
+    warm = detector.config.time_steps
+    for _, sl in kpi_slices(test):
+        assert np.isnan(raw[sl][:warm]).all() and np.isfinite(raw[sl][warm:]).all()
+        assert (scores[sl][:warm] == np.nanmin(raw[sl])).all()
+        np.testing.assert_array_equal(scores[sl][warm:], raw[sl][warm:])
+
+
+# -- masked losses ----------------------------------------------------------------------------------
+def test_masked_mse_ignores_masked_points():
+    pred, target = torch.zeros(2, 5), torch.ones(2, 5)
+    observed = torch.ones(2, 5)
+    observed[1, 3] = 0
+    base = masked_mse(pred, target, observed)
+    for huge in (1e6, float("inf"), float("nan")):
+        poisoned = target.clone()
+        poisoned[1, 3] = huge
+        assert masked_mse(pred, poisoned, observed).item() == base.item() == 1.0
+    assert masked_mse(pred, target, torch.zeros(2, 5)).item() == 0.0
+
+
+class ConstantNet(nn.Module):
+    """Ignores its input, so only the targets can move the loss."""
+
+    def __init__(self, shape_fn):
+        super().__init__()
+        self.shape_fn = shape_fn
+
+    def forward(self, x):
+        return self.shape_fn(x)
+
+
+@pytest.mark.parametrize("name, net", [
+    ("lstm_forecaster", ConstantNet(lambda x: torch.zeros_like(x))),
+    ("dense_autoencoder", ConstantNet(lambda x: (torch.zeros_like(x), torch.zeros(len(x), 3)))),
+    # logits read only the window's last point, so the poisoned point moves one window's loss term
+    ("cnn_classifier", ConstantNet(lambda x: torch.stack([torch.zeros(len(x)), x[:, -1]], 1))),
+])
+def test_a_masked_point_with_a_huge_value_does_not_change_the_loss(name, net, splits):
+    train = splits[0].iloc[:400].copy()
+    row = 300
+    train.loc[row, MISSING] = True
+    detector = registry.create(name, None, CPU)
+    base = detector._loss(net.eval(), list(detector._train_tensors(train))).item()
+    train.loc[row, VALUE] = 1e6
+    assert detector._loss(net.eval(), list(detector._train_tensors(train))).item() == base
+    train.loc[row, MISSING] = False  # the same point, observed: now it counts
+    assert detector._loss(net.eval(), list(detector._train_tensors(train))).item() != base
+
+
+def test_vae_lstm_losses_mask_missing_targets():
+    detector = registry.create("vae_lstm", {"l_seq": 3}, CPU)
+    detector.module = detector._build_module().eval()
+    vae = ConstantNet(lambda x: (torch.zeros_like(x), torch.zeros(len(x), 6), torch.zeros(len(x), 6)))
+    x, observed = torch.ones(4, 48), torch.ones(4, 48)
+    observed[2, 10] = 0
+    base = detector._vae_loss(vae, [x, observed]).item()
+    x[2, 10] = 1e6
+    assert detector._vae_loss(vae, [x, observed]).item() == base == 1.0
+    codes, full = torch.zeros(4, 3, 6), torch.ones(4, 3)
+    full[1, 2] = 0
+    base = detector._lstm_loss(detector.module.predictor, [codes, full]).item()
+    codes[1, 2] = 1e6  # the last embedding is only ever a target
+    assert detector._lstm_loss(detector.module.predictor, [codes, full]).item() == base
+
+
+# -- the class-balanced sampler --------------------------------------------------------------------
+def test_balanced_sampler_weights():
+    labels = np.array([0, 0, 0, 1, 1, 0])
+    sampler = balanced_sampler(labels, num_samples=20_000, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(sampler.weights.numpy(), [1 / 4, 1 / 4, 1 / 4, 1 / 2, 1 / 2, 1 / 4])
+    assert sampler.weights[labels == 0].sum() == pytest.approx(sampler.weights[labels == 1].sum())
+    drawn = labels[np.fromiter(iter(sampler), int)]
+    assert abs(drawn.mean() - 0.5) < 0.02
+
+
+def test_classifier_skips_when_no_window_ends_on_a_positive(splits):
+    train = splits[0].copy()
+    first_rows = np.concatenate([np.arange(sl.start, sl.start + 10) for _, sl in kpi_slices(train)])
+    train[LABEL] = np.int8(0)
+    train.loc[first_rows, LABEL] = 1  # positives only where no full window ends
+    with pytest.raises(SkipDetector, match="no train window ends on a positive"):
+        registry.create("cnn_classifier", None, CPU).fit(train)
+
+
+# -- the forecaster's alignment ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def forecaster(splits):
+    return registry.create("lstm_forecaster", {"chunk_length": 64}, CPU).fit(splits[0], splits[1])
+
+
+def test_forecaster_predicts_each_row_from_earlier_rows_of_its_kpi_only(forecaster, splits):
+    test = splits[2]
+    warm = forecaster.config.time_steps
+    base = forecaster.predict(test)
+    slices = kpi_slices(test)
+    for _, sl in slices:
+        assert np.isnan(base[sl][:warm]).all() and np.isfinite(base[sl][warm:]).all()
+    (_, a), (_, b) = slices
+    for t in (a.start + warm + 5, a.start + 200, a.start + 111, a.stop - 1):  # regular and tail chunks
+        changed = test.copy()
+        changed.loc[t, VALUE] += 5.0
+        after = forecaster.predict(changed)
+        np.testing.assert_array_equal(after[: t + 1], base[: t + 1])  # row t and earlier: unaffected
+        np.testing.assert_array_equal(after[b], base[b])                # the other KPI: unaffected
+        if t + 1 < a.stop:
+            assert after[t + 1] != base[t + 1]                         # the next row reads row t
+
+
+def test_forecaster_prediction_equals_a_direct_run_over_the_rows_before(forecaster, splits):
+    test = splits[2]
+    cfg = forecaster.config
+    span, warm = cfg.time_steps + cfg.chunk_length, cfg.time_steps
+    _, sl = kpi_slices(test)[0]
+    values = test[VALUE].to_numpy(np.float32)[sl]
+    n = len(values)
+    starts = covering_starts(n, span, cfg.chunk_length)
+    predictions = forecaster.predict(test)[sl]
+    for t in (warm, warm + 1, span - 1, span, 3 * cfg.chunk_length + warm + 7, n - 1):
+        # The documented rule: row t is read from the first chunk that predicts it.
+        start = next(s for s in starts if s + warm <= t < s + span)
+        with torch.inference_mode():
+            direct = forecaster.module(torch.from_numpy(values[start:t].copy())[None])[0, -1].item()
+        assert t - start >= warm
+        assert predictions[t] == pytest.approx(direct, rel=1e-5, abs=1e-6)
+
+
+def test_forecaster_score_is_normalised_by_validation_errors(forecaster, splits):
+    val = splits[1]
+    errors = np.abs(forecaster.predict(val) - val[VALUE].to_numpy())
+    errors = errors[np.isfinite(errors)]
+    assert forecaster.error_median == pytest.approx(np.median(errors))
+    assert np.median(forecaster._score_core(val)[np.isfinite(forecaster.predict(val))]) == pytest.approx(0.0, abs=1e-9)
+
+
+# -- VAE-LSTM -------------------------------------------------------------------------------------
+def test_vae_lstm_sequence_shapes(splits):
+    detector = registry.create("vae_lstm", None, CPU)
+    cfg = detector.config
+    detector.module = detector._build_module().eval()
+    assert isinstance(detector.module.predictor.lstm, nn.LSTM)
+    assert (detector.module.predictor.lstm.num_layers, detector.module.predictor.lstm.hidden_size) == (3, 64)
+    test = splits[0]  # the test split is shorter than one sequence (l_win * l_seq = 576 points)
+    _, sl = kpi_slices(test)[0]
+    n = sl.stop - sl.start
+    values, observed = test[VALUE].to_numpy(np.float32)[sl], (~test[MISSING].to_numpy())[sl].astype(np.float32)
+    seq_starts = covering_starts(n, cfg.span, cfg.score_stride)
+    codes, full, starts = detector.sequences(values, observed, seq_starts)
+    assert codes.shape == (len(seq_starts), cfg.l_seq, cfg.code_size)
+    assert full.shape == starts.shape == (len(seq_starts), cfg.l_seq)
+    assert (np.diff(starts, axis=1) == cfg.l_win).all() and (starts[:, 0] == seq_starts).all()
+    assert starts[-1, -1] + cfg.l_win == n  # the last sequence ends on the KPI's last row
+    # A window's code does not depend on the sequence it sits in.
+    direct = detector.module.vae.encode(torch.from_numpy(values[starts[0, 3]:starts[0, 3] + cfg.l_win].copy())[None])[0]
+    np.testing.assert_allclose(codes[0, 3], direct[0].detach().numpy(), rtol=1e-5, atol=1e-6)
+    with torch.inference_mode():
+        recon = detector.module.reconstruct_next(torch.from_numpy(codes[:, :-1]))
+    assert recon.shape == (len(seq_starts), cfg.l_seq - 1, cfg.l_win)
+    train_codes, train_full = detector._sequence_tensors(splits[0])
+    per_kpi = sum(n_windows(s.stop - s.start, cfg.span, cfg.train_stride) for _, s in kpi_slices(splits[0]))
+    assert train_codes.shape == (per_kpi, cfg.l_seq, cfg.code_size) and train_full.shape == (per_kpi, cfg.l_seq)
+
+
+def test_vae_lstm_trains_in_two_phases(splits):
+    detector = registry.create("vae_lstm", {"max_train_windows": 512}, CPU).fit(splits[0], splits[1])
+    phases = [h["phase"] for h in detector.history]
+    assert phases == sorted(phases, key=["vae", "lstm"].index) and set(phases) == {"vae", "lstm"}
+
+
+# -- isolation forest export ----------------------------------------------------------------------
+def test_isolation_forest_export_matches_sklearn(splits, tmp_path):
+    train, val, test = splits
+    detector = registry.create("isolation_forest", {"n_estimators": 25}, CPU).fit(train, val)
+    forest = detector.sklearn_forest
+    windows, _ = detector.windows(test, stride=1)
+    expected = -forest.score_samples(windows)
+    np.testing.assert_allclose(detector.score_windows(windows), expected, rtol=0, atol=1e-12)
+    detector.save(tmp_path)
+    loaded = registry.load(tmp_path)
+    assert loaded.sklearn_forest is None
+    np.testing.assert_allclose(loaded.score_windows(windows), expected, rtol=0, atol=1e-12)
+    state = torch.load(tmp_path / "weights.pt", weights_only=True)
+    assert set(state) == {"children_left", "children_right", "feature", "threshold", "n_node_samples"}
+    assert state["children_left"].shape[0] == 25
+
+
+# -- device and training loop ---------------------------------------------------------------------
+def test_device_selection_honours_cpu(splits):
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="device must be"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+    detector = registry.create("dense_autoencoder", None, CPU).fit(splits[0])
+    assert detector.device == "cpu"
+    assert all(p.device.type == "cpu" for p in detector.module.parameters())
+    with pytest.raises(ValueError, match="device"):
+        TrainConfig(device="gpu")
+
+
+def test_holdout_early_stopping_and_checkpoint(splits, tmp_path):
+    config = TrainConfig(device="cpu", max_epochs=30, patience=1, progress=False, checkpoint_dir=str(tmp_path))
+    detector = registry.create("dense_autoencoder", None, config).fit(splits[0], None)  # val: last 10%
+    losses = [h["val_loss"] for h in detector.history]
+    assert all(np.isfinite(losses)) and len(losses) <= 30
+    best = torch.load(tmp_path / "dense_autoencoder.best.pt", weights_only=True)
+    for key, value in detector.module.state_dict().items():
+        torch.testing.assert_close(best[key], value)  # the best epoch is restored and checkpointed
+    if len(losses) < 30:  # stopped early (patience 1): the last epoch did not improve on the best
+        assert losses[-1] >= min(losses[:-1])
+
+
+def test_train_config_validation():
+    assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
+    with pytest.raises(ValueError, match="unknown key 'epochs'"):
+        TrainConfig.from_dict({"epochs": 3})
+    with pytest.raises(TypeError, match="batch_size"):
+        TrainConfig(batch_size="big")
+    assert TrainConfig(learning_rate=1).learning_rate == 1.0 and isinstance(TrainConfig(learning_rate=1).learning_rate, float)
