@@ -53,6 +53,15 @@ def cmd_train(args) -> dict:
                             if r.get(k) is not None} for r in reports}
 
 
+def cmd_evaluate(args) -> dict:
+    from pipeline import evaluate
+
+    p = _params(args)
+    report = evaluate.run(p)
+    print(evaluate.leaderboard(report))
+    return {"best_on_val": report["best_on_val"], "metrics": f"{p.paths.evaluation}/metrics.json"}
+
+
 def cmd_speed(args) -> None:
     from pipeline import speed
 
@@ -83,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", default="all", help="a registered name, a,b,c, or all (train.detectors)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", parents=[common],
+                       help="score, threshold on validation, report test metrics and the leaderboard")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("speed", help="benchmark training and scoring speed of the detectors",
                        add_help=False)

@@ -11,9 +11,9 @@ back into splits, so the first test points are scored with their real preceding 
   ``_oracle``, for comparison with published numbers.
 - A ``random`` row (uniform random scores, same threshold rule) shows how much a metric inflates.
 
-Outputs (``paths.evaluation``): ``metrics.json`` (DVC metrics: per detector overall and per KPI),
-``leaderboard.md``, ``thresholds/<detector>.json``, ``plots/pr/<detector>.csv`` (DVC plots) and
-``plots/scores/<kpi>.png`` (score versus label for a few KPIs).
+Outputs: ``paths.evaluation``: ``metrics.json`` (DVC metrics: per detector overall and per KPI),
+``leaderboard.md``, ``thresholds/<detector>.json``; ``paths.plots`` (DVC plots): ``pr/<detector>.csv``
+and ``scores/<kpi>.png`` (score versus label for a few KPIs).
 """
 from __future__ import annotations
 
@@ -147,12 +147,15 @@ def run(params: Params, detectors: list[str] | None = None) -> dict:
         for name, res in results.items():
             if "threshold" in res:
                 (tmp / "thresholds" / f"{name}.json").write_text(json.dumps(res["threshold"], indent=2))
-        (tmp / "plots" / "pr").mkdir(parents=True)
+
+    def write_plots(tmp: Path) -> None:
+        (tmp / "pr").mkdir(parents=True)
         for name, curve in curves.items():
-            curve.to_csv(tmp / "plots" / "pr" / f"{name}.csv", index=False)
-        plot_scores(full, all_scores, results, tmp / "plots" / "scores", params.evaluate.plot_kpis)
+            curve.to_csv(tmp / "pr" / f"{name}.csv", index=False)
+        plot_scores(full, all_scores, results, tmp / "scores", params.evaluate.plot_kpis)
 
     replace_dir_atomic(Path(params.paths.evaluation), write)
+    replace_dir_atomic(Path(params.paths.plots), write_plots)
     return report
 
 

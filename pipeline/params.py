@@ -35,6 +35,7 @@ class Paths(_Section):
     artifacts: str = "models/artifacts"
     train_reports: str = "reports/train"
     evaluation: str = "reports/evaluation"
+    plots: str = "reports/plots"
 
 
 class CsvColumns(_Section):
