@@ -78,7 +78,7 @@ class Validator:
         if docs_dir is not None:
             self.context.add_data_docs_site(site_name="kpiguard", site_config={
                 "class_name": "SiteBuilder",
-                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(Path(docs_dir).resolve())},
                 "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
             })
         source = self.context.data_sources.add_pandas("kpiguard")
