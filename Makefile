@@ -27,6 +27,9 @@ run: install
 	@echo "  validation report   reports/validation/summary.json, reports/validation/data_docs/index.html"
 	@echo "  windows             data/windows/       (prepared splits, windows, norm_stats.json)"
 	@echo "  trained detectors   models/artifacts/<detector>/   training reports: reports/train/"
+	@echo "  evaluation          reports/evaluation/ (metrics.json, leaderboard.md, thresholds/)  plots: reports/plots/"
+	@echo
+	@cat reports/evaluation/leaderboard.md
 
 test: install
 	$(BIN)/python -m pytest
