@@ -62,6 +62,21 @@ def cmd_evaluate(args) -> dict:
     return {"best_on_val": report["best_on_val"], "metrics": f"{p.paths.evaluation}/metrics.json"}
 
 
+def cmd_bench(args) -> dict:
+    from pipeline import bench
+    from models import registry
+
+    p = _params(args)
+    names = registry.names() if args.detectors == "all" else args.detectors.split(",")
+    for name in names:
+        registry.get(name)  # an unknown name fails before any work starts
+    report = bench.run(p, args.train, args.test, names, Path(args.out), protocol=args.protocol,
+                       command=bench.command_line(sys.argv[1:] if args.argv is None else args.argv),
+                       progress=not args.no_progress)
+    print((Path(args.out) / "results.md").read_text())
+    return {"results": str(Path(args.out) / "results.json"), "wall_s": report["wall_s"]}
+
+
 def cmd_speed(args) -> None:
     from pipeline import speed
 
@@ -97,6 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="score, threshold on validation, report test metrics and the leaderboard")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("bench", parents=[common],
+                       help="ingest → validate → windows → train → evaluate on any sources, outside DVC")
+    p.add_argument("--train", required=True, help="source spec, e.g. nab:../shared/datasets/nab")
+    p.add_argument("--test", help="a separate test source, scored whole")
+    p.add_argument("--detectors", default="all", help="a,b,c or all (every registered detector)")
+    p.add_argument("--out", default="bench-results", help="output directory (results.json, results.md)")
+    p.add_argument("--protocol", choices=["auto", "split", "nab"], default="auto",
+                   help="auto: nab for nab: sources without --test, else split")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_bench)
+
     p = sub.add_parser("speed", help="benchmark training and scoring speed of the detectors",
                        add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -106,8 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("great_expectations", "matplotlib", "numexpr"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         result = args.func(args)
     except (DataError, ParamsError) as exc:

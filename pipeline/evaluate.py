@@ -48,15 +48,25 @@ def load_splits(windows_dir: Path) -> pd.DataFrame:
     return full.sort_values([KPI_ID, TIMESTAMP], kind="stable").reset_index(drop=True)
 
 
-def split_metrics(frame: pd.DataFrame, scores: np.ndarray, alarms: np.ndarray, delay: int) -> dict:
+def split_metrics(frame: pd.DataFrame, scores: np.ndarray, alarms: np.ndarray, delay: int,
+                  nab_probation: int | None = None) -> dict:
     labels = frame[LABEL].to_numpy()
     return M.evaluate_all(labels, scores=scores, alarms=alarms, missing=frame[MISSING].to_numpy(),
-                          series_ids=frame[KPI_ID].to_numpy(), delay=delay)
+                          series_ids=frame[KPI_ID].to_numpy(), delay=delay, nab_probation=nab_probation)
 
 
-def oracle_metrics(frame: pd.DataFrame, scores: np.ndarray, delay: int) -> dict:
-    """Best F1 with the threshold chosen on these very labels: never an honest estimate."""
+def oracle_metrics(frame: pd.DataFrame, scores: np.ndarray, delay: int, nab_probation: int | None = None) -> dict:
+    """Best F1 (and NAB score) with the threshold chosen on these very labels: never an honest estimate.
+
+    ``nab_standard_oracle`` is NAB's own protocol: one threshold tuned over the whole corpus.
+    """
     out = {}
+    labels, missing, ids = frame[LABEL].to_numpy(), frame[MISSING].to_numpy(), frame[KPI_ID].to_numpy()
+    series = [(labels[s], scores[s], nab_probation, missing[s]) for s in _kpi_runs(ids)]
+    try:
+        out["nab_standard_oracle"] = M.nab_best_threshold(series)[1]
+    except (ValueError, TypeError):
+        out["nab_standard_oracle"] = None
     for metric in ORACLE_METRICS:
         try:
             _, best = M.best_f1_threshold(frame[LABEL].to_numpy(), scores, frame[MISSING].to_numpy(),
@@ -83,10 +93,10 @@ def evaluate_scores(name: str, full: pd.DataFrame, scores: np.ndarray, params: P
             result[split] = None
             continue
         alarms = threshold.apply(scores[mask], part[KPI_ID].to_numpy())
-        result[split] = split_metrics(part, scores[mask], alarms, ev.delay)
+        result[split] = split_metrics(part, scores[mask], alarms, ev.delay, ev.nab_probation)
         result[split]["alarm_rate"] = float(alarms.mean())
         if split == "test":
-            result[split].update(oracle_metrics(part, scores[mask], ev.delay))
+            result[split].update(oracle_metrics(part, scores[mask], ev.delay, ev.nab_probation))
             result["per_kpi"] = per_kpi_metrics(part, scores[mask], alarms, ev.delay)
     champion = (result.get("val") or {}).get(ev.champion_metric)
     result["champion_metric"] = {"name": ev.champion_metric, "split": "val", "value": champion}
@@ -240,6 +250,13 @@ def plot_scores(full: pd.DataFrame, all_scores: dict, results: dict, out: Path, 
         fig.tight_layout()
         fig.savefig(out / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', str(kpi))}.png", dpi=80)
         plt.close(fig)
+
+
+def _kpi_runs(ids: np.ndarray) -> list[slice]:
+    """Row ranges of each KPI in a frame sorted by KPI."""
+    change = np.flatnonzero(ids[1:] != ids[:-1]) + 1
+    bounds = [0, *change.tolist(), len(ids)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _train_status(artifacts: Path, name: str) -> dict:

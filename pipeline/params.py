@@ -6,6 +6,7 @@ by each detector's own config dataclass (``models.registry``).
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 from pathlib import Path
@@ -123,6 +124,7 @@ class EvaluateParams(_Section):
     champion_metric: str = "aiops_f1"
     threshold: dict[str, Any] = Field(default_factory=lambda: {"method": "best_f1", "scope": "global"})
     delay: int = Field(7, ge=0)
+    nab_probation: int | None = Field(None, ge=0)
     plot_kpis: int = Field(3, ge=0)
 
     @field_validator("champion_metric")
@@ -217,4 +219,6 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ParamsError(f"override {item!r}: {part} is not a section")
-    node[parts[-1]] = yaml.safe_load(value)
+    parsed = yaml.safe_load(value)
+    # YAML reads 2026-01-15 as a date; every date in params is a string
+    node[parts[-1]] = parsed.isoformat() if isinstance(parsed, (datetime.date, datetime.datetime)) else parsed

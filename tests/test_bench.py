@@ -1,0 +1,44 @@
+"""`kpiguard bench` end to end on a tiny synthetic source: the results.json schema, per-run status."""
+from __future__ import annotations
+
+import json
+
+from pipeline.bench import SUMMARY_METRICS
+from pipeline.cli import main
+from tests.conftest import REPO
+
+
+def test_bench_writes_results_in_the_schema(tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["bench", "--params", str(REPO / "params.yaml"), "--train", "synthetic:",
+            "--detectors", "robust_zscore,cnn_classifier", "--out", str(out), "--no-progress",
+            "-S", "synthetic.n_kpis=2", "-S", "synthetic.end=2026-01-08", "-S", "synthetic.anomalies_per_week=21",
+            "-S", "train.max_epochs=2", "-S", "detectors.cnn_classifier.max_train_windows=512"]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) >= {"summary", "runs", "command", "hardware"}
+    assert results["command"].startswith("kpiguard bench") and "--train synthetic:" in results["command"]
+    assert set(results["summary"]) == {"robust_zscore", "cnn_classifier", "random"}
+    for name, row in results["summary"].items():
+        assert row["status"] == "ok", row
+        assert set(SUMMARY_METRICS) | {"train_s", "score_points_per_s", "peak_rss_mb"} <= set(row)
+        assert row["nab_standard"] is None  # not a NAB source
+    assert 0 <= results["summary"]["robust_zscore"]["auc_roc"] <= 1
+    assert results["summary"]["cnn_classifier"]["score_points_per_s"] > 0
+    runs = [r for r in results["runs"] if r["detector"] == "robust_zscore"]
+    assert {r["kpi_id"] for r in runs} == {"synthetic/kpi_000", "synthetic/kpi_001"}
+    assert all(r["status"] == "ok" and "point_f1" in r["metrics"] for r in runs)
+    assert "| random |" in (out / "results.md").read_text()
+
+
+def test_a_failing_detector_does_not_stop_the_run(tmp_path):
+    """vae_lstm needs l_win * l_seq points of history; with 4096-point windows it cannot fit."""
+    out = tmp_path / "bench"
+    argv = ["bench", "--params", str(REPO / "params.yaml"), "--train", "synthetic:",
+            "--detectors", "vae_lstm,robust_zscore", "--out", str(out), "--no-progress",
+            "-S", "synthetic.n_kpis=1", "-S", "synthetic.end=2026-01-08",
+            "-S", "detectors.vae_lstm.l_win=4096"]
+    assert main(argv) == 0
+    summary = json.loads((out / "results.json").read_text())["summary"]
+    assert summary["vae_lstm"]["status"] == "failed" and summary["vae_lstm"]["reason"]
+    assert summary["robust_zscore"]["status"] == "ok"

@@ -1,0 +1,71 @@
+"""The kpiguard CLI on bad input: one clear paragraph on stderr and exit code 2, never a traceback."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import REPO, small_params_dict
+
+
+def write_params(tmp_path, **data) -> str:
+    raw = small_params_dict()
+    raw["paths"] = {k: str(tmp_path / v) for k, v in raw["paths"].items()}
+    raw["data"] = {**raw["data"], **data}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def kpiguard(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("content,needles", [
+    ("time,val\n1,2\n", ["column 'kpi_id'", "required_columns", "kpis.csv", "found ['time', 'val']"]),
+    ("kpi_id,timestamp,value\na,2026-01-01,abc\n", ["column 'value'", "numeric_values", "abc"]),
+    ("", ["kpis.csv", "non_empty_file"]),
+])
+def test_bad_csv_is_one_clear_error(tmp_path, content, needles):
+    (tmp_path / "kpis.csv").write_text(content)
+    result = kpiguard("ingest", "--params", write_params(tmp_path, train=f"csv:{tmp_path / 'kpis.csv'}"))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in result.stderr
+
+
+def test_missing_file_names_it(tmp_path):
+    result = kpiguard("ingest", "--params", write_params(tmp_path, train=f"csv:{tmp_path / 'nope.csv'}"))
+    assert result.returncode == 2 and "nope.csv" in result.stderr and "file_exists" in result.stderr
+
+
+def test_bad_params_key_is_named(tmp_path):
+    raw = small_params_dict(windows={"lenght": 3})
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    result = kpiguard("windows", "--params", str(tmp_path / "p.yaml"))
+    assert result.returncode == 2 and "windows.lenght" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ingest_validate_windows_with_quarantine(tmp_path):
+    """NaN and a too-short KPI in a CSV end up in quarantine; the rest flows through."""
+    ts = pd.date_range("2026-01-01", periods=400, freq="5min", tz="UTC")
+    good = pd.DataFrame({"kpi_id": "cpu", "timestamp": ts, "value": range(400), "label": 0})
+    short = good.head(20).assign(kpi_id="tiny")
+    frame = pd.concat([good, short], ignore_index=True)
+    frame.loc[5, "value"] = float("nan")
+    frame.to_csv(tmp_path / "kpis.csv", index=False)
+    params = write_params(tmp_path, train=f"csv:{tmp_path / 'kpis.csv'}")
+    for stage in ("ingest", "validate", "windows"):
+        result = kpiguard(stage, "--params", params)
+        assert result.returncode == 0, result.stderr
+    quarantine = pd.read_parquet(tmp_path / "data/quarantine/train.parquet")
+    assert sorted(quarantine["reason"].unique()) == ["n_points = 20; must be >= 200", "value is null or NaN"]
+    summary = json.loads((tmp_path / "data/windows/summary.json").read_text())
+    assert summary["splits"]["train"]["kpis"] == 1
+    assert sum(s["rows"] for s in summary["splits"].values()) == 400  # the NaN row is interpolated, marked missing
