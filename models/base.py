@@ -16,6 +16,19 @@ the **minimum score of the same KPI**: such points are never more anomalous than
 actually scored. A KPI with no scored point at all (shorter than one window) gets the minimum of the
 whole frame, or 0.0 when nothing in the frame was scored.
 
+Causal scoring
+--------------
+``score(frame, causal=True)`` gives scores where the score at row ``t`` is computed from rows up to
+and including ``t`` of the same KPI only, as a streaming detector would (what the NAB benchmark
+requires): changing later rows, or cutting the frame after ``t``, leaves the score at ``t`` as it is.
+Windowed detectors score ``t`` from the stride-1 window that ends at ``t``
+(:func:`models.windowing.scores_at_window_ends`); each detector's docstring says how it reads that
+window. The default (``causal=False``) is the offline rule, which may look ahead (a point's score
+averages the windows covering it). One part of the output is not causal in either mode: the fill of
+points no window covers (below) is the minimum of the KPI's scores, later ones included. It carries
+no information beyond "least anomalous": a filled point never exceeds any threshold that a scored
+point of its KPI stays below.
+
 Persistence
 -----------
 ``save(dir)`` writes ``config.json`` (detector name, detector config, train config, small fitted
@@ -186,7 +199,7 @@ class Detector:
     """Base class: input checks, timing, the uncovered-point fill, save/load.
 
     Subclasses set ``name``, ``supervised`` and ``config_class`` and implement ``_fit_core``,
-    ``_score_core`` (NaN where no window covers a point), and, when they hold fitted state,
+    ``_score_core(frame, causal)`` (NaN where no window covers a point), and, when they hold fitted state,
     ``_state_dict``/``_load_state_dict`` (tensors) and ``_fitted_scalars``/``_load_fitted_scalars``.
     """
 
@@ -231,13 +244,17 @@ class Detector:
         self._fitted = True
         return self
 
-    def score(self, frame: pd.DataFrame) -> np.ndarray:
+    def score(self, frame: pd.DataFrame, causal: bool = False) -> np.ndarray:
+        """One raw anomaly score per row; ``causal=True``: the score at row ``t`` uses only rows up to
+        and including ``t`` of its KPI (see "Causal scoring" above)."""
         if not self._fitted:
             raise RuntimeError(f"{self.name}: call fit() or load() before score()")
+        if not isinstance(causal, (bool, np.bool_)):
+            raise TypeError(f"{self.name}.score: 'causal' must be a bool, got {type(causal).__name__} ({causal!r})")
         check_frame(frame, f"{self.name}.score", need_rows=False)
         if len(frame) == 0:
             return np.empty(0, dtype=np.float64)
-        raw = np.asarray(self._score_core(frame), dtype=np.float64)
+        raw = np.asarray(self._score_core(frame, causal=bool(causal)), dtype=np.float64)
         if raw.shape != (len(frame),):
             raise RuntimeError(f"{self.name}: _score_core returned shape {raw.shape} for {len(frame)} rows")
         return fill_uncovered(raw, frame)
@@ -280,7 +297,8 @@ class Detector:
     def _fit_core(self, train: pd.DataFrame, val: pd.DataFrame | None) -> None:
         raise NotImplementedError
 
-    def _score_core(self, frame: pd.DataFrame) -> np.ndarray:
+    def _score_core(self, frame: pd.DataFrame, causal: bool = False) -> np.ndarray:
+        """Raw scores, NaN where no window covers a point; ``causal``: row ``t`` from rows <= ``t`` only."""
         raise NotImplementedError
 
     def _state_dict(self) -> dict[str, torch.Tensor]:

@@ -12,7 +12,9 @@ and all trees advance one level per step, so the Python loop runs over depth lev
 (up to float summation order); no pickle is involved in saving or loading.
 
 Score of a window: ``2 ** (-mean path length / c(max_samples))`` in (0, 1], higher = easier to
-isolate. Score of a point: mean over the scoring windows covering it (``score_stride``).
+isolate. Score of a point: mean over the scoring windows covering it (``score_stride``); causal
+(``causal=True``): the score of the feature window ending on it (rows ``t - window + 1 .. t``; the
+difference of its first row reaches back to row ``t - window``), one stride-1 window per row.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import torch
 
 from models.base import Detector, DetectorConfig
 from models.frame import VALUE, kpi_slices
-from models.windowing import covering_windows_by_kpi, spread_to_points, windows_by_kpi
+from models.windowing import covering_windows_by_kpi, scores_at_window_ends, spread_to_points, windows_by_kpi
 
 TREE_ARRAYS = ("children_left", "children_right", "feature", "threshold", "n_node_samples")
 FEATURES = ("value", "diff")
@@ -37,7 +39,7 @@ class IsolationForestConfig(DetectorConfig):
     n_estimators: int = 100
     max_samples: int = 256
     max_train_windows: int = 50_000   # windows handed to sklearn (a random subset beyond that)
-    score_stride: int = 2             # stride of scoring windows (+ one covering each KPI's tail)
+    score_stride: int = 2             # stride of scoring windows (+ one covering each KPI's tail); not causal
     score_batch_size: int = 8192      # windows per vectorised traversal
 
     def validate(self) -> None:
@@ -165,7 +167,10 @@ class IsolationForest(Detector):
         size = self.config.score_batch_size
         return np.concatenate([self._compiled.score(windows[i:i + size]) for i in range(0, len(windows), size)])
 
-    def _score_core(self, frame: pd.DataFrame) -> np.ndarray:
+    def _score_core(self, frame: pd.DataFrame, causal: bool = False) -> np.ndarray:
+        if causal:  # (k, window, n_features) strided views flatten to feature rows without a copy
+            return scores_at_window_ends(self.point_features(frame), kpi_slices(frame), self.config.window,
+                                         lambda w: self.score_windows(w.reshape(len(w), -1)))
         windows, starts = self.windows(frame, self.config.score_stride)
         if len(starts) == 0:
             return np.full(len(frame), np.nan)

@@ -16,6 +16,14 @@ KPI's last row (:func:`models.windowing.covering_starts`); each row takes its pr
 first chunk that predicts it. The first ``time_steps`` rows of a KPI have no prediction (filled by
 :meth:`models.base.Detector.score`).
 
+Causal scoring (``causal=True``). Every prediction already reads only earlier rows of its KPI, but
+the tail chunk's start depends on how many rows the KPI has, so appending rows would move the context
+of the last predictions. Causal scoring keeps chunks on the fixed grid (starts ``0, chunk_length,
+2 chunk_length, ...``) and cuts the last one short at the KPI's last row instead: chunk ``k`` predicts
+rows ``k * chunk_length + time_steps .. (k + 1) * chunk_length + time_steps - 1``, so row ``t`` reads
+rows ``(t - time_steps) // chunk_length * chunk_length .. t - 1`` whatever follows it. Rows before the
+tail chunk are read from the same chunks in both modes.
+
 Score: ``(|error| - median) / (1.4826 * MAD)`` of the absolute errors on the validation frame (on
 the train frame when there is none), so scores read roughly as robust z-scores.
 """
@@ -31,7 +39,7 @@ from torch import nn
 from models.base import observed_of, values_of
 from models.frame import VALUE, kpi_slices
 from models.torch_base import Tensors, TorchConfig, TorchDetector, masked_mse, to_tensor
-from models.windowing import covering_starts, windows_at, windows_by_kpi
+from models.windowing import covering_starts, window_starts, windows_at, windows_by_kpi
 
 MAD_TO_STD = 1.4826
 MIN_SCALE = 1e-6  # errors that never vary (a constant series) must not divide by zero
@@ -106,9 +114,15 @@ class LstmForecaster(TorchDetector):
     def _has_predictions(self, frame: pd.DataFrame) -> bool:
         return any(sl.stop - sl.start > self.config.time_steps for _, sl in kpi_slices(frame))
 
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+    def _chunk_predictions(self, values: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
+        """``(len(starts), length - time_steps)``: chunk ``i``'s predictions of rows
+        ``starts[i] + time_steps .. starts[i] + length - 1`` of ``values`` (one KPI)."""
+        warm = self.config.time_steps
+        return self._infer(lambda x: self.module(x)[:, warm - 1:-1], windows_at(values, starts, length))
+
+    def predict(self, frame: pd.DataFrame, causal: bool = False) -> np.ndarray:
         """One-step-ahead prediction for every row (normalised units); NaN for each KPI's first
-        ``time_steps`` rows."""
+        ``time_steps`` rows. ``causal``: chunks on the fixed grid only (see the module docstring)."""
         warm, span, step = self.config.time_steps, self.config.span, self.config.chunk_length
         values = values_of(frame)
         out = np.full(len(frame), np.nan)
@@ -116,18 +130,28 @@ class LstmForecaster(TorchDetector):
             n = sl.stop - sl.start
             if n <= warm:
                 continue
+            if causal:
+                starts = window_starts(n, span, step)  # whole chunks; each predicts `step` new rows
+                if len(starts):
+                    rows = starts[:, None] + np.arange(warm, span)[None, :]
+                    out[sl.start + rows] = self._chunk_predictions(values[sl], starts, span)
+                rest = len(starts) * step  # the next chunk on the grid, cut short at the KPI's end
+                if rest + warm < n:
+                    out[sl.start + rest + warm: sl.stop] = self._chunk_predictions(values[sl], np.array([rest]),
+                                                                                   n - rest)[0]
+                continue
             length = min(span, n)  # a KPI shorter than one chunk is a single, shorter chunk
             starts = covering_starts(n, length, min(step, length))
             rows = starts[:, None] + np.arange(warm, length)[None, :]  # rows each chunk predicts
             # A row is read from the first chunk predicting it; only the tail chunk overlaps another.
             first_new = np.concatenate([[warm], starts[:-1] + length])
             keep = rows >= first_new[:, None]
-            preds = self._infer(lambda x: self.module(x)[:, warm - 1:-1], windows_at(values[sl], starts, length))
+            preds = self._chunk_predictions(values[sl], starts, length)
             out[sl.start + rows[keep]] = preds[keep]
         return out
 
-    def _score_core(self, frame: pd.DataFrame) -> np.ndarray:
-        errors = np.abs(self.predict(frame) - frame[VALUE].to_numpy())
+    def _score_core(self, frame: pd.DataFrame, causal: bool = False) -> np.ndarray:
+        errors = np.abs(self.predict(frame, causal) - frame[VALUE].to_numpy())
         return (errors - self.error_median) / self.error_scale
 
     def _fitted_scalars(self) -> dict[str, float]:

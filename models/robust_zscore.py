@@ -13,6 +13,10 @@ The score is ``max(|z|)`` over the value and its first difference: the value cat
 shifts and slow excursions, the difference catches spikes riding on a seasonal slope. Everything is
 pandas rolling medians, one call per KPI. The first ``2 w`` points of a KPI have no full reference
 (filled by :meth:`models.base.Detector.score`). Nothing is learnt: ``fit`` only checks its input.
+
+The statistics are trailing (pandas' default ``center=False``, then shifted by one), so the score at
+``t`` reads rows ``t - 2 w - 1 .. t`` only: the rule is causal as it stands, and ``causal=True`` takes the
+same path.
 """
 from __future__ import annotations
 
@@ -51,7 +55,8 @@ class RobustZScore(Detector):
     def _fit_core(self, train: pd.DataFrame, val: pd.DataFrame | None) -> None:
         pass  # a fixed rule; nothing to estimate
 
-    def _score_core(self, frame: pd.DataFrame) -> np.ndarray:
+    def _score_core(self, frame: pd.DataFrame, causal: bool = False) -> np.ndarray:
+        # Trailing windows only: already causal, the same in both modes.
         values = frame[VALUE].to_numpy(dtype=np.float64)
         out = np.full(len(frame), np.nan)
         for _, sl in kpi_slices(frame):

@@ -7,7 +7,8 @@ CUDA, progress bar, history) and batched inference. A detector supplies only
 - ``_build_module()``: its ``nn.Module``;
 - ``_train_tensors(frame)``: its training samples, a tuple of tensors sharing the first axis;
 - ``_loss(module, batch)``: a scalar, built on :func:`masked_mean` so interpolated points never count;
-- ``_score_core(frame)``: its scoring rule, usually through :meth:`TorchDetector._infer`;
+- ``_score_core(frame, causal)``: its scoring rule, usually through :meth:`TorchDetector._infer`
+  (and, for ``causal=True``, :meth:`TorchDetector._infer_at_window_ends`);
 - optionally ``_sampler(...)`` (the classifiers' class-balanced sampler).
 
 :class:`WindowReconstructor` (the three autoencoders) and :class:`WindowClassifier` (the two
@@ -32,7 +33,8 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, T
 
 from models.base import Detector, DetectorConfig, SkipDetector, labels_of, observed_of, values_of
 from models.frame import kpi_slices
-from models.windowing import covering_windows_by_kpi, sliding_windows, spread_to_points, windows_by_kpi
+from models.windowing import (covering_windows_by_kpi, last_position, scores_at_window_ends, spread_to_points,
+                              windows_by_kpi)
 
 try:
     from tqdm.auto import tqdm
@@ -241,6 +243,12 @@ class TorchDetector(Detector):
             outputs.append(fn(*batch).float().cpu().numpy())
         return np.concatenate(outputs)
 
+    def _infer_at_window_ends(self, values: np.ndarray, slices, length: int,
+                              fn: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
+        """Causal inference: row ``t`` gets ``fn`` of the stride-1 window of its KPI ending at ``t``
+        (NaN before a KPI's first full window); batched by :meth:`_infer`, no copy of all the windows."""
+        return scores_at_window_ends(values, slices, length, lambda view: self._infer(fn, view))
+
     def _state_dict(self) -> dict[str, torch.Tensor]:
         return self.module.state_dict()
 
@@ -256,7 +264,7 @@ class ReconstructorConfig(TorchConfig):
     window: int = 48
     train_stride: int = 1    # stride of training windows
     score_stride: int = 24   # stride of scoring windows (+ one covering each KPI's tail); points average
-                             # the errors of the windows covering them
+                             # the errors of the windows covering them (causal scoring ignores it)
 
     def validate(self) -> None:
         super().validate()
@@ -271,7 +279,9 @@ class WindowReconstructor(TorchDetector):
 
     Loss: masked MSE over observed points, plus ``activity_l1 * mean_batch(sum |code|)`` when the
     config has a non-zero ``activity_l1`` (Keras' L1 activity regulariser). Score of a point: mean
-    absolute reconstruction error over the scoring windows that cover it.
+    absolute reconstruction error over the scoring windows that cover it; causal (``causal=True``):
+    the absolute reconstruction error of the point in the window that ends on it (its last position),
+    from stride-1 windows ending at every row.
     """
 
     config: ReconstructorConfig
@@ -289,8 +299,12 @@ class WindowReconstructor(TorchDetector):
         l1 = getattr(self.config, "activity_l1", 0.0)
         return loss + l1 * code.float().abs().sum(-1).mean() if l1 else loss
 
-    def _score_core(self, frame: pd.DataFrame) -> np.ndarray:
+    def _score_core(self, frame: pd.DataFrame, causal: bool = False) -> np.ndarray:
         length = self.config.window
+        if causal:
+            return self._infer_at_window_ends(
+                values_of(frame), kpi_slices(frame), length,
+                lambda x: (last_position(self.module(x)[0]).float() - last_position(x)).abs())
         windows, starts = covering_windows_by_kpi(values_of(frame), kpi_slices(frame), length, self.config.score_stride)
         if len(starts) == 0:
             return np.full(len(frame), np.nan)
@@ -316,7 +330,8 @@ class WindowClassifier(TorchDetector):
 
     Training draws windows class-balanced (``max_train_windows`` draws per epoch) with noise
     augmentation; windows whose last point was interpolated are left out of the loss. Score of a
-    point: P(anomaly) of the window that ends on it.
+    point: P(anomaly) of the window that ends on it, which is causal already: ``causal=True`` takes
+    the same path.
     """
 
     supervised = True
@@ -343,12 +358,7 @@ class WindowClassifier(TorchDetector):
             x = x + self.config.noise_std * torch.randn_like(x)
         return masked_mean(F.cross_entropy(module(x).float(), y, reduction="none"), observed)
 
-    def _score_core(self, frame: pd.DataFrame) -> np.ndarray:
-        length, values = self.config.window, values_of(frame)
-        out = np.full(len(frame), np.nan)
-        for _, sl in kpi_slices(frame):
-            view = sliding_windows(values[sl], length)  # a strided view: no copy of all the windows
-            if len(view):
-                out[sl.start + length - 1: sl.stop] = self._infer(
-                    lambda x: torch.softmax(self.module(x).float(), dim=-1)[:, 1], view)
-        return out
+    def _score_core(self, frame: pd.DataFrame, causal: bool = False) -> np.ndarray:
+        # The window ending at each row scores that row, in both modes: already causal.
+        return self._infer_at_window_ends(values_of(frame), kpi_slices(frame), self.config.window,
+                                          lambda x: torch.softmax(self.module(x).float(), dim=-1)[:, 1])

@@ -21,6 +21,13 @@ LSTM predicts windows 1..l_seq-1 of each sequence (window 0 has no history); eve
 mean absolute error over all predicted windows covering it (``spread_to_points``). The first
 ``l_win`` rows of a KPI are never predicted (filled by :meth:`models.base.Detector.score`), and a
 KPI shorter than one sequence gets no score of its own.
+
+Causal scoring (``causal=True``): row ``t`` is scored from the sequence of ``l_seq`` windows that
+ends at ``t`` (rows ``t - l_win * l_seq + 1 .. t``). The LSTM reads the codes of its first
+``l_seq - 1`` windows, the decoder turns the last prediction into the window ending at ``t``, and the
+score is the absolute error at that window's last position, row ``t``. The VAE encodes every
+stride-1 window once; the sequences are strided views over those codes, and the LSTM runs once per
+row, batched. The first ``l_win * l_seq - 1`` rows of a KPI have no full sequence (filled).
 """
 from __future__ import annotations
 
@@ -34,8 +41,8 @@ from torch import nn
 from models.base import observed_of, values_of
 from models.frame import kpi_slices
 from models.torch_base import Tensors, TorchConfig, TorchDetector, masked_mse, to_tensor
-from models.windowing import (covering_starts, sequence_window_starts, spread_to_points, window_starts,
-                              windows_at, windows_by_kpi)
+from models.windowing import (covering_starts, last_position, scores_at_window_ends, sequence_window_starts,
+                              spread_to_points, window_starts, windows_at, windows_by_kpi)
 
 
 @dataclasses.dataclass
@@ -48,7 +55,7 @@ class VaeLstmConfig(TorchConfig):
     lstm_units: int = 64
     kl_weight: float = 0.02   # = 2 sigma^2: a Gaussian likelihood with fixed sigma = 0.1, per point
     train_stride: int = 1     # offset between training windows (VAE) and training sequences (LSTM)
-    score_stride: int = 24    # offset between scoring sequences
+    score_stride: int = 24    # offset between scoring sequences (causal scoring ignores it)
     max_train_windows: int | None = 8192
 
     def validate(self) -> None:
@@ -167,7 +174,9 @@ class VaeLstm(TorchDetector):
         return masked_mse(predictor(codes[:, :-1]), codes[:, 1:], full[:, 1:, None])
 
     # -- scoring ----------------------------------------------------------------------------------
-    def _score_core(self, frame: pd.DataFrame) -> np.ndarray:
+    def _score_core(self, frame: pd.DataFrame, causal: bool = False) -> np.ndarray:
+        if causal:
+            return self._causal_score(frame)
         cfg = self.config
         values, observed = values_of(frame), observed_of(frame)
         errors, starts = [], []
@@ -183,3 +192,23 @@ class VaeLstm(TorchDetector):
         if not errors:
             return np.full(len(frame), np.nan)
         return spread_to_points(np.concatenate(errors), np.concatenate(starts), len(frame), cfg.l_win)
+
+    def _causal_score(self, frame: pd.DataFrame) -> np.ndarray:
+        """Row ``t``: |value at ``t`` - the last point of the window predicted for the sequence ending at ``t``|."""
+        cfg = self.config
+        values, slices = values_of(frame), kpi_slices(frame)
+        if not any(sl.stop - sl.start >= cfg.span for _, sl in slices):
+            return np.full(len(frame), np.nan)
+        # Row r holds its value and the code of the window ending at r (NaN before the first window).
+        codes = self._infer_at_window_ends(values, slices, cfg.l_win, lambda x: self.module.vae.encode(x)[0])
+        rows = np.concatenate([values[:, None], codes], axis=1)
+        # In the span ending at t, window j ends at position (j + 1) * l_win - 1; windows 0 .. l_seq - 2
+        # are the history the LSTM reads, the last one is what it predicts.
+        history = slice(cfg.l_win - 1, cfg.span - cfg.l_win, cfg.l_win)
+
+        def predicted_error(history_codes: torch.Tensor, actual: torch.Tensor) -> torch.Tensor:
+            window = self.module.vae.decoder(last_position(self.module.predictor(history_codes)))
+            return (last_position(window).float() - actual).abs()
+
+        return scores_at_window_ends(rows, slices, cfg.span,
+                                     lambda view: self._infer(predicted_error, view[:, history, 1:], view[:, -1, 0]))

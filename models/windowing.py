@@ -3,8 +3,14 @@
 A series of ``n`` points with window ``length`` and ``stride`` gives
 ``1 + (n - length) // stride`` windows; window ``i`` covers points
 ``[i * stride, i * stride + length)``. Series shorter than one window give no windows.
+
+Causal scoring (``Detector.score(frame, causal=True)``) goes through :func:`scores_at_window_ends`:
+row ``t`` is scored from the stride-1 window of its KPI that *ends* at ``t``, and a detector that
+scores every point of a window reads out :func:`last_position`, the row the window ends at.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -136,3 +142,33 @@ def sequence_window_starts(starts: np.ndarray, length: int, count: int) -> np.nd
     [[0, 3], [5, 8]]
     """
     return np.asarray(starts, dtype=np.int64)[:, None] + length * np.arange(count, dtype=np.int64)[None, :]
+
+
+def last_position(per_point):
+    """The causal read-out of per-point window scores ``(k, length, ...)``: the point each window ends
+    on, ``(k, ...)``. Works on numpy arrays and torch tensors alike (inside a batched ``_infer``)."""
+    return per_point[:, -1]
+
+
+def scores_at_window_ends(values: np.ndarray, slices, length: int,
+                          score_fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Causal scores: row ``t`` gets ``score_fn`` of the stride-1 window of its KPI ending at ``t``.
+
+    ``score_fn`` maps windows ``(k, length, *values.shape[1:])`` -- one KPI's read-only strided view,
+    never copied as a whole: batch it (``TorchDetector._infer`` does) -- to one result per window,
+    ``(k, ...)``. The output, float64, has one such result per row of ``values``; rows before a KPI's
+    first full window (its first ``length - 1`` rows, or all of a shorter KPI) get NaN, and when no KPI
+    has a full window it is ``(len(values),)`` NaN. A result at ``t`` depends only on rows
+    ``t - length + 1 .. t`` of the same KPI, so a prefix of the frame gets the same results.
+    """
+    values = np.asarray(values)
+    out = None
+    for _, sl in slices:
+        view = sliding_windows(values[sl], length)
+        if not len(view):
+            continue
+        scores = np.asarray(score_fn(view))
+        if out is None:
+            out = np.full((len(values), *scores.shape[1:]), np.nan)
+        out[sl.start + length - 1: sl.stop] = scores
+    return np.full(len(values), np.nan) if out is None else out
