@@ -37,10 +37,10 @@ class CnnClassifierConfig(ClassifierConfig):
                              f"kernel {self.kernel_size} and pool {self.pool_size}")
 
     def feature_length(self) -> int:
-        """Time steps left after the convolution blocks (no padding)."""
+        """Time steps left after the convolution blocks (no padding; pooling in ceil mode)."""
         length = self.window
         for _ in self.channels:
-            length = (length - self.kernel_size + 1 - self.pool_size) // self.pool_stride + 1
+            length = -(-(length - self.kernel_size + 1 - self.pool_size) // self.pool_stride) + 1
         return length
 
 
@@ -49,7 +49,10 @@ class CnnClassifierNet(nn.Module):
         super().__init__()
         blocks, channels = [], 1
         for out in cfg.channels:
-            blocks += [nn.Conv1d(channels, out, cfg.kernel_size), nn.ReLU(), nn.MaxPool1d(cfg.pool_size, cfg.pool_stride)]
+            # ceil_mode: with floor pooling the last convolution step, the only one that sees the window's
+            # last point (the point being scored), would be dropped.
+            blocks += [nn.Conv1d(channels, out, cfg.kernel_size), nn.ReLU(),
+                       nn.MaxPool1d(cfg.pool_size, cfg.pool_stride, ceil_mode=True)]
             channels = out
         self.features = nn.Sequential(*blocks, nn.Flatten())
         hidden1, hidden2 = cfg.dense_sizes

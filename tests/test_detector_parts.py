@@ -468,3 +468,18 @@ def test_causal_forecaster_reads_chunks_on_the_fixed_grid(tiny, splits):
         with torch.inference_mode():
             direct = detector.module(torch.from_numpy(values[start:t].copy())[None])[0, -1].item()
         assert causal[t] == pytest.approx(direct, rel=1e-5, abs=1e-6)
+
+
+def test_cnn_classifier_sees_the_point_it_scores():
+    """The last point of a window (the one being scored) must reach the output through the pooling."""
+    import torch
+
+    from models.cnn_classifier import CnnClassifierConfig, CnnClassifierNet
+
+    torch.manual_seed(0)
+    net = CnnClassifierNet(CnnClassifierConfig()).eval()
+    x = torch.randn(4, CnnClassifierConfig().window)
+    y = x.clone()
+    y[:, -1] += 100.0
+    with torch.no_grad():
+        assert not torch.allclose(net(x), net(y))
