@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import Any
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def replace_dir_atomic(target: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_dir)``, then swap ``tmp_dir`` in as ``target``.
 
@@ -25,6 +29,7 @@ def replace_dir_atomic(target: str | Path, write: Callable[[Path], None]) -> Pat
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp creates 0700
         write(tmp)
         old = None
         if target.exists():
@@ -44,6 +49,7 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs are ordinary files
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
         os.replace(tmp, path)
