@@ -36,10 +36,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from models.base import observed_of, values_of
+from models.base import values_of
 from models.frame import VALUE, kpi_slices
-from models.torch_base import Tensors, TorchConfig, TorchDetector, masked_mse, to_tensor
-from models.windowing import covering_starts, window_starts, windows_at, windows_by_kpi
+from models.torch_base import Tensors, TorchConfig, TorchDetector, masked_mse, masked_windows
+from models.windowing import covering_starts, window_starts, windows_at
 
 MAD_TO_STD = 1.4826
 MIN_SCALE = 1e-6  # errors that never vary (a constant series) must not divide by zero
@@ -91,10 +91,7 @@ class LstmForecaster(TorchDetector):
         return LstmForecasterNet(self.config.hidden_size, self.config.num_layers)
 
     def _train_tensors(self, frame: pd.DataFrame) -> Tensors:
-        slices, span, stride = kpi_slices(frame), self.config.span, self.config.train_stride
-        x, _ = windows_by_kpi(values_of(frame), slices, span, stride)
-        observed, _ = windows_by_kpi(observed_of(frame), slices, span, stride)
-        return to_tensor(x), to_tensor(observed)
+        return masked_windows(frame, self.config.span, self.config.train_stride)
 
     def _loss(self, module: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
         x, observed = batch

@@ -93,6 +93,14 @@ def to_tensor(array: np.ndarray, dtype=torch.float32) -> torch.Tensor:
     return torch.from_numpy(np.array(array, copy=True)).to(dtype)  # copy: frames may hand out read-only views
 
 
+def masked_windows(frame: pd.DataFrame, length: int, stride: int) -> Tensors:
+    """Windows of the normalised values and of the observed (not missing) mask, as tensors."""
+    slices = kpi_slices(frame)
+    x, _ = windows_by_kpi(values_of(frame), slices, length, stride)
+    observed, _ = windows_by_kpi(observed_of(frame), slices, length, stride)
+    return to_tensor(x), to_tensor(observed)
+
+
 @dataclasses.dataclass
 class TorchConfig(DetectorConfig):
     """Fields every neural detector has, on top of its own."""
@@ -287,10 +295,7 @@ class WindowReconstructor(TorchDetector):
     config: ReconstructorConfig
 
     def _train_tensors(self, frame: pd.DataFrame) -> Tensors:
-        slices, length, stride = kpi_slices(frame), self.config.window, self.config.train_stride
-        x, _ = windows_by_kpi(values_of(frame), slices, length, stride)
-        observed, _ = windows_by_kpi(observed_of(frame), slices, length, stride)
-        return to_tensor(x), to_tensor(observed)
+        return masked_windows(frame, self.config.window, self.config.train_stride)
 
     def _loss(self, module: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
         x, observed = batch
