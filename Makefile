@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test install lock airflow mlflow clean
+.PHONY: run test install browser lock airflow mlflow clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,11 +28,23 @@ run: install
 	@echo "  windows             data/windows/       (prepared splits, windows, norm_stats.json)"
 	@echo "  trained detectors   models/artifacts/<detector>/   training reports: reports/train/"
 	@echo "  evaluation          reports/evaluation/ (metrics.json, leaderboard.md, thresholds/)  plots: reports/plots/"
+	@echo "  MLflow              mlflow.db + mlartifacts/ (make mlflow: UI on http://127.0.0.1:$(MLFLOW_PORT))  register: reports/register/"
 	@echo
 	@cat reports/evaluation/leaderboard.md
+	@$(BIN)/python -c 'import json; s = json.load(open("reports/register/summary.json"))["serving"]; \
+	  print(f"Serving model {s[\"model\"]} v{s.get(\"version\")} ({s.get(\"detector\")}): {s[\"decision\"]}.")'
+	@echo "Score a day with the champion:  .venv/bin/kpiguard score --date 2026-01-28"
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest
+
+# Headless Chromium and its driver (Debian packages) for the report's real-browser test (tests/test_report.py).
+BROWSER_APT := apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; \
+	elif [ "$$(id -u)" = 0 ]; then $(BROWSER_APT); \
+	elif command -v sudo >/dev/null; then sudo sh -c '$(BROWSER_APT)'; \
+	else echo "make browser: not root and no sudo; as root run: $(BROWSER_APT)" >&2; fi
 
 # Re-resolve every dependency from pyproject.toml in a throwaway venv and rewrite requirements.lock.
 lock:
@@ -43,8 +55,16 @@ lock:
 	  .lockenv/bin/pip freeze --exclude-editable | grep -v '^-e' | sort -f; } > requirements.lock
 	rm -rf .lockenv
 
-airflow mlflow:
-	@echo "make $@: reserved; it arrives with the Airflow/MLflow issues." && exit 1
+# The MLflow UI on the local store that `make run` fills (runs, the registry, champion aliases).
+MLFLOW_PORT ?= 5000
+mlflow: install
+	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)  (Ctrl-C stops it)"
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts \
+	  --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+airflow:
+	@echo "make $@: reserved; it arrives with the Airflow issue." && exit 1
 
 clean:
-	rm -rf data/raw data/validated data/quarantine data/windows models/artifacts reports
+	rm -rf data/raw data/validated data/quarantine data/windows data/scores models/artifacts reports
+# The MLflow store (mlflow.db, mlartifacts/) holds the registry's history: remove it by hand if you mean to.

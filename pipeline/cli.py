@@ -62,6 +62,36 @@ def cmd_evaluate(args) -> dict:
     return {"best_on_val": report["best_on_val"], "metrics": f"{p.paths.evaluation}/metrics.json"}
 
 
+def cmd_register(args) -> dict:
+    from pipeline import register
+
+    report = register.run(_params(args))
+    return {"serving": report["serving"],
+            "detectors": {k: {f: v.get(f) for f in ("status", "version", "decision") if v.get(f) is not None}
+                          for k, v in report["detectors"].items()}}
+
+
+def cmd_promote(args) -> dict:
+    from pipeline import register, tracking
+
+    return register.promote(tracking.connect(_params(args).mlflow), args.model, args.version)
+
+
+def cmd_rollback(args) -> dict:
+    from pipeline import register, tracking
+
+    return register.rollback(tracking.connect(_params(args).mlflow), args.model)
+
+
+def cmd_score(args) -> dict:
+    from pipeline import score
+
+    p = _params(args)
+    start, end = score.day_range(args.date, args.start, args.end)
+    return score.run(p, args.input or p.score.input, start, end, args.output or p.score.output,
+                     args.model_uri or p.score.model_uri)
+
+
 def cmd_bench(args) -> dict:
     from pipeline import bench
     from models import registry
@@ -111,6 +141,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", parents=[common],
                        help="score, threshold on validation, report test metrics and the leaderboard")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("register", parents=[common],
+                       help="track runs in MLflow, register versions, gate champion / challenger")
+    p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("promote", parents=[common], help="make a registered version the champion")
+    p.add_argument("--model", default="kpiguard", help="registered model name (default: kpiguard)")
+    p.add_argument("--version", required=True, help="version number")
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("rollback", parents=[common], help="move champion back to the previous champion")
+    p.add_argument("--model", default="kpiguard", help="registered model name (default: kpiguard)")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("score", parents=[common],
+                       help="score a day or a date range with the champion; Parquet partitioned by date")
+    p.add_argument("--input", help="source spec (default: score.input)")
+    when = p.add_mutually_exclusive_group(required=True)
+    when.add_argument("--date", help="YYYY-MM-DD: score that UTC day")
+    when.add_argument("--start", help="first day of a range (with --end, exclusive)")
+    p.add_argument("--end", help="end of the range, exclusive")
+    p.add_argument("--output", help="local directory or s3:// prefix (default: score.output)")
+    p.add_argument("--model-uri", help="default: score.model_uri (models:/kpiguard@champion)")
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("bench", parents=[common],
                        help="ingest → validate → windows → train → evaluate on any sources, outside DVC")

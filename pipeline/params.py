@@ -37,6 +37,7 @@ class Paths(_Section):
     train_reports: str = "reports/train"
     evaluation: str = "reports/evaluation"
     plots: str = "reports/plots"
+    register_report: str = "reports/register"
 
 
 class CsvColumns(_Section):
@@ -145,6 +146,33 @@ class EvaluateParams(_Section):
         return v
 
 
+class MlflowParams(_Section):
+    experiment: str = "kpiguard"
+    serving_model: str = "kpiguard"
+    detector_model_prefix: str = "kpiguard-"
+    min_improvement: float = Field(0.0, ge=0)
+    connect_retries: int = Field(3, ge=0)
+    retry_backoff_s: float = Field(1.0, ge=0)
+    request_timeout_s: float = Field(30.0, gt=0)
+
+
+class ScoreParams(_Section):
+    model_uri: str = "models:/kpiguard@champion"
+    input: str = "synthetic:"
+    output: str = "data/scores"
+    context: str = "3D"
+    max_quarantined_fraction: float = Field(0.05, ge=0, le=1)
+    reports: str = "reports/daily"
+    report_bucket: str | None = None
+
+    @field_validator("context")
+    @classmethod
+    def _context(cls, v: str) -> str:
+        if pd.Timedelta(v) < pd.Timedelta(0):
+            raise ValueError(f"context must not be negative, got {v!r}")
+        return v
+
+
 class Params(_Section):
     paths: Paths = Paths()
     data: DataParams = DataParams()
@@ -154,6 +182,8 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     detectors: dict[str, dict[str, Any]] = Field(default_factory=dict)
     evaluate: EvaluateParams = EvaluateParams()
+    mlflow: MlflowParams = MlflowParams()
+    score: ScoreParams = ScoreParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -67,7 +67,8 @@ def load_suite_spec(name: str, directory: Path = EXPECTATIONS_DIR) -> dict:
 class Validator:
     """Holds one ephemeral GX context with both suites; validates any number of frames."""
 
-    def __init__(self, params: Params, expectations_dir: Path = EXPECTATIONS_DIR, docs_dir: Path | None = None):
+    def __init__(self, params: Params, expectations_dir: Path = EXPECTATIONS_DIR, docs_dir: Path | None = None,
+                 min_points: int | None = None):
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -89,7 +90,8 @@ class Validator:
             (ROW_SUITE, False): self._checkpoint(source, ROW_SUITE, "kpi_rows_unlabelled", drop={LABEL}),
             (KPI_SUITE, True): self._checkpoint(source, KPI_SUITE, "kpi_series", drop=set()),
         }
-        self.min_points = max(params.validation.min_points_per_kpi, params.windows.length)
+        # Training needs min_points_per_kpi; scoring a day of new data needs at least one window.
+        self.min_points = min_points or max(params.validation.min_points_per_kpi, params.windows.length)
 
     def _checkpoint(self, source, suite_name: str, name: str, drop: set[str]):
         from great_expectations.expectations.expectation_configuration import ExpectationConfiguration

@@ -254,3 +254,74 @@ def s3_server(tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
     """One SeaweedFS S3 server for the session: ``(endpoint_url, env)``; see :func:`weed_s3`."""
     with weed_s3(tmp_path_factory.mktemp("weed")) as server:
         yield server
+
+
+# -- PostgreSQL (this machine's, 127.0.0.1:5432, trust auth) -----------------------------------
+PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
+
+
+def postgres_available() -> bool:
+    try:
+        import psycopg2
+
+        psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", connect_timeout=3).close()
+        return True
+    except Exception:  # noqa: BLE001 - any failure: not available
+        return False
+
+
+@contextlib.contextmanager
+def postgres_database(prefix: str = "kpiguard_test") -> Iterator[str]:
+    """A fresh database on the local PostgreSQL, dropped afterwards; yields its SQLAlchemy URI."""
+    import uuid
+
+    import psycopg2
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres")
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        yield f"postgresql+psycopg2://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+# -- MLflow ------------------------------------------------------------------------------------
+MLFLOW_START_TIMEOUT_S = 120
+
+
+@contextlib.contextmanager
+def mlflow_server(tmp_dir: str | Path, backend_uri: str | None = None, artifacts_uri: str | None = None,
+                  env: dict[str, str] | None = None, timeout: float = MLFLOW_START_TIMEOUT_S
+                  ) -> Iterator[str]:
+    """Run ``mlflow server`` on a free loopback port; yield its URL. Stopped by PID on exit.
+
+    Backend: SQLite under ``tmp_dir`` unless ``backend_uri`` is given; artifacts are proxied by the
+    server (``--artifacts-destination``: a local directory, or ``s3://`` with ``env`` for the store).
+    """
+    import urllib.request
+
+    tmp_dir = Path(tmp_dir)
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://{LOOPBACK}:{port}"
+    log_path = tmp_dir / f"mlflow-{port}.log"
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", LOOPBACK, "--port", str(port),
+           "--workers", "1",
+           "--backend-store-uri", backend_uri or f"sqlite:///{tmp_dir / 'mlflow.db'}",
+           "--artifacts-destination", artifacts_uri or (tmp_dir / "artifacts").as_uri(),
+           "--allowed-hosts", f"{LOOPBACK}:{port},localhost:{port}"]
+    proc = start_process(cmd, log_path, env={**os.environ, **(env or {})}, cwd=tmp_dir)
+    try:
+        def ready() -> bool:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                return resp.status == 200
+
+        wait_until(ready, timeout, f"mlflow server at {url}", proc, log_path, interval=0.5)
+        yield url
+    finally:
+        stop_process(proc)

@@ -1,0 +1,149 @@
+"""Batch scoring: a date range of KPI data, scored by a registered model (the champion by default).
+
+    read [start - score.context, end) from the input source
+      → validate (the pipeline's GX suites; failing rows are quarantined with their reason)
+      → score with the model (``models:/kpiguard@champion`` unless told otherwise)
+      → keep [start, end) → one partition per day
+
+A partition is ``<output>/date=YYYY-MM-DD/`` with ``scores.parquet`` (``kpi_id, timestamp, value,
+score, threshold, is_anomaly``), ``quarantine.parquet`` (that day's rows that failed validation,
+with rule and reason) and ``_meta.json`` (model, counts). Locally the partition directory is
+replaced in one rename; on S3 each object is one PUT. Rerunning a day replaces its partition, so
+rows are never duplicated.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from models.frame import KPI_ID, TIMESTAMP
+from pipeline import metrics as M
+from pipeline import sources, storage, tracking
+from pipeline.contract import DataError
+from pipeline.outputs import replace_dir_atomic
+from pipeline.params import Params
+from pipeline.serving import IS_ANOMALY, predict_with
+from pipeline.validate import Validator
+
+log = logging.getLogger(__name__)
+
+VALIDATION_METRICS = (*M.METRICS, "alarm_rate")
+MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+
+
+def day_range(date: str | None = None, start: str | None = None, end: str | None = None
+              ) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """``--date D`` is ``[D, D+1)``; ``--start/--end`` are whole days, ``end`` exclusive."""
+    if date is not None:
+        start_ts = pd.Timestamp(date, tz="UTC").normalize()
+        return start_ts, start_ts + pd.Timedelta(days=1)
+    if start is None or end is None:
+        raise DataError("kpiguard score", "date_range", "give --date, or both --start and --end")
+    start_ts, end_ts = pd.Timestamp(start, tz="UTC").normalize(), pd.Timestamp(end, tz="UTC").normalize()
+    if end_ts <= start_ts:
+        raise DataError("kpiguard score", "date_range", f"--end {end} must be after --start {start}")
+    return start_ts, end_ts
+
+
+def load_model(params: Params, model_uri: str):
+    """(pyfunc model, description of the model version) for a ``models:/`` URI."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = tracking.connect(params.mlflow)
+    info = describe_model(client, model_uri)
+    try:
+        return mlflow.pyfunc.load_model(model_uri), info
+    except MlflowException as exc:
+        raise tracking.TrackingError(tracking.tracking_uri(), f"cannot load {model_uri}: {exc.message}",
+                                     rule="model_loadable") from None
+
+
+def describe_model(client, model_uri: str) -> dict:
+    """Name, version, detector and validation metrics of the version a URI points to."""
+    from mlflow.exceptions import MlflowException
+
+    m = MODEL_URI.match(model_uri)
+    if m is None:
+        return {"uri": model_uri}
+    try:
+        mv = (client.get_model_version_by_alias(m["name"], m["alias"]) if m["alias"]
+              else client.get_model_version(m["name"], m["version"]))
+    except MlflowException:
+        raise tracking.TrackingError(tracking.tracking_uri(), f"{model_uri} does not exist: run the pipeline "
+                                     "(make run) or promote a version", rule="model_exists") from None
+    run = client.get_run(mv.run_id)
+    return {"uri": model_uri, "model": mv.name, "version": str(mv.version), "run_id": mv.run_id,
+            "detector": (mv.tags or {}).get("kpiguard.detector") or run.data.tags.get("kpiguard.detector"),
+            "run_url": tracking.run_url(client, run),
+            "metrics": {k[len("val_"):]: v for k, v in run.data.metrics.items()
+                        if k.startswith("val_") and k[len("val_"):] in VALIDATION_METRICS}}
+
+
+def run(params: Params, input_spec: str, start: pd.Timestamp, end: pd.Timestamp, output: str,
+        model_uri: str, model=None) -> dict:
+    """Score ``[start, end)`` and write one partition per day. ``model``: (pyfunc, info), preloaded."""
+    pyfunc, info = model or load_model(params, model_uri)
+    context = pd.Timedelta(params.score.context)
+    raw = sources.read_source(input_spec, params, start - context, end)
+    in_range = _in(raw, start, end)
+    if not in_range.any():
+        raise DataError(input_spec, "rows_in_range", f"no rows between {start} and {end} (exclusive)")
+
+    outcome = Validator(params, min_points=params.windows.length).validate(raw, source=input_spec)
+    quarantine = outcome.quarantine
+    bad = int(_in(quarantine, start, end).sum())
+    fraction = bad / int(in_range.sum())
+    if fraction > params.score.max_quarantined_fraction:
+        rules = quarantine.loc[_in(quarantine, start, end), "rule"].value_counts().to_dict()
+        raise DataError(input_spec, "max_quarantined_fraction",
+                        f"{bad} of {int(in_range.sum())} rows between {start.date()} and {end.date()} failed "
+                        f"validation ({fraction:.1%} > {params.score.max_quarantined_fraction:.1%}); by rule: {rules}")
+    scored = predict_with(pyfunc, outcome.valid)
+    scored = scored[_in(scored, start, end)]
+
+    partitions = []
+    for day in pd.date_range(start, end, freq="D", inclusive="left"):
+        rows = scored[_in(scored, day, day + pd.Timedelta(days=1))].reset_index(drop=True)
+        held = quarantine[_in(quarantine, day, day + pd.Timedelta(days=1))].reset_index(drop=True)
+        meta = {"date": day.date().isoformat(), "model": info, "input": input_spec, "rows": len(rows),
+                "kpis": int(rows[KPI_ID].nunique()), "anomalies": int(rows[IS_ANOMALY].sum()),
+                "quarantined": len(held), "scored_at": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")}
+        partitions.append({**write_partition(output, day, rows, held, meta), **meta})
+    return {"model": info, "partitions": partitions}
+
+
+def partition_path(output: str, day: pd.Timestamp) -> str:
+    return storage.join(output, f"date={day.date().isoformat()}")
+
+
+def write_partition(output: str, day: pd.Timestamp, rows: pd.DataFrame, held: pd.DataFrame, meta: dict) -> dict:
+    target = partition_path(output, day)
+    blobs = {"scores.parquet": _parquet(rows), "quarantine.parquet": _parquet(held),
+             "_meta.json": (json.dumps(meta, indent=2, default=str) + "\n").encode()}
+    if storage.is_s3(target):
+        for name, data in blobs.items():  # _meta.json last: it marks a complete partition
+            storage.write_bytes_atomic(storage.join(target, name), data)
+    else:
+        replace_dir_atomic(Path(target), lambda tmp: [(tmp / n).write_bytes(d) for n, d in blobs.items()])
+    return {"path": target}
+
+
+def read_partition(output: str, date: str) -> pd.DataFrame:
+    return storage.read_table(storage.join(partition_path(output, pd.Timestamp(date)), "scores.parquet"))
+
+
+def _parquet(df: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def _in(frame: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> pd.Series:
+    ts = frame[TIMESTAMP]
+    return (ts >= start) & (ts < end)

@@ -1,0 +1,186 @@
+"""One servable model format: a *bundle* directory, logged to MLflow as a pyfunc model.
+
+A bundle holds everything needed to turn raw KPI rows into alarms, and nothing pickled:
+
+=====================  =====================================================================
+``detector/``          the detector's ``config.json`` + ``weights.pt`` (a state_dict, loaded with
+                       ``torch.load(weights_only=True)``)
+``norm_stats.json``    per-KPI median/MAD and sampling interval, from the train split
+``threshold.json``     the threshold fitted on validation (:mod:`pipeline.thresholds`)
+``bundle.json``        detector name, digest of the above, and where it came from
+=====================  =====================================================================
+
+:class:`KpiguardModel` is the MLflow ``PythonModel`` around a bundle, logged as "models from code"
+(``pipeline/pyfunc_model.py``): nothing is pickled, and ``mlflow.pyfunc.load_model(
+"models:/kpiguard@champion")`` in a fresh process needs only the project installed.
+
+Input: a DataFrame of ``kpi_id`` (str), ``timestamp`` (UTC, timezone-naive in the MLflow
+signature, which cannot carry a timezone; :func:`predict` accepts either), ``value`` (float).
+Output: one row per input row: ``kpi_id``, ``timestamp``, ``value``, ``score``, ``threshold``,
+``is_anomaly``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from models import registry
+from models.base import Detector
+from models.frame import KPI_ID, MISSING, RAW_VALUE, TIMESTAMP, VALUE
+from pipeline.contract import to_canonical
+from pipeline.thresholds import Threshold
+from pipeline.windows import NormStats, load_norm_stats, prepare
+
+log = logging.getLogger(__name__)
+
+SCORE, THRESHOLD, IS_ANOMALY = "score", "threshold", "is_anomaly"
+OUTPUT_COLUMNS = (KPI_ID, TIMESTAMP, VALUE, SCORE, THRESHOLD, IS_ANOMALY)
+BUNDLE_FILES = ("detector/config.json", "detector/weights.pt", "norm_stats.json", "threshold.json")
+
+
+# -- bundles -----------------------------------------------------------------------------------
+def write_bundle(out: Path, detector_dir: Path, threshold: dict, info: dict | None = None) -> dict:
+    """Assemble a bundle from a trained detector directory (train stage output) and its threshold."""
+    out = Path(out)
+    shutil.copytree(detector_dir, out / "detector", ignore=shutil.ignore_patterns("norm_stats.json", "status.json"))
+    shutil.copy(Path(detector_dir) / "norm_stats.json", out / "norm_stats.json")
+    (out / "threshold.json").write_text(json.dumps(threshold, indent=2, sort_keys=True) + "\n")
+    meta = {"detector": json.loads((out / "detector" / "config.json").read_text())["detector"],
+            "digest": bundle_digest(out), **(info or {})}
+    (out / "bundle.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return meta
+
+
+def bundle_digest(directory: Path) -> str:
+    """sha256 over the files that decide the model's output: equal digests score identically."""
+    h = hashlib.sha256()
+    for name in BUNDLE_FILES:
+        h.update(name.encode())
+        h.update((Path(directory) / name).read_bytes())
+    return h.hexdigest()
+
+
+class Bundle:
+    """A loaded bundle: scores raw KPI rows."""
+
+    def __init__(self, detector: Detector, norm: dict[str, NormStats], threshold: Threshold, meta: dict):
+        self.detector, self.norm, self.threshold, self.meta = detector, norm, threshold, meta
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | None = None) -> "Bundle":
+        d = Path(directory)
+        return cls(registry.load(d / "detector", device=device), load_norm_stats(d / "norm_stats.json"),
+                   Threshold.from_dict(json.loads((d / "threshold.json").read_text())),
+                   json.loads((d / "bundle.json").read_text()))
+
+    def predict(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """Score raw rows of any number of KPIs; each KPI should carry its detector's context first."""
+        frame = to_canonical(rows[[KPI_ID, TIMESTAMP, VALUE]], "model input")
+        if frame.empty:
+            return _empty_output()
+        prepared = prepare(frame, self.norm)
+        if prepared.attrs.get("unseen_kpis"):
+            log.warning("KPIs without training statistics, normalised by their own: %s",
+                        ", ".join(prepared.attrs["unseen_kpis"]))
+        scores = self.detector.score(prepared)
+        ids = prepared[KPI_ID].to_numpy()
+        alarms = self.threshold.apply(scores, ids)
+        per_kpi = {str(k): self.threshold.value_for(k) for k in pd.unique(ids)}
+        out = pd.DataFrame({KPI_ID: prepared[KPI_ID].astype(str), TIMESTAMP: prepared[TIMESTAMP],
+                            VALUE: prepared[RAW_VALUE], SCORE: scores,
+                            THRESHOLD: prepared[KPI_ID].astype(str).map(per_kpi).astype("float64"),
+                            IS_ANOMALY: alarms})
+        # Grid points that were interpolated into gaps were never observed: they get no output row.
+        return out[~prepared[MISSING].to_numpy()].reset_index(drop=True)
+
+
+def _empty_output() -> pd.DataFrame:
+    return pd.DataFrame({KPI_ID: pd.Series(dtype="str"), TIMESTAMP: pd.Series(dtype="datetime64[ns, UTC]"),
+                         VALUE: pd.Series(dtype="float64"), SCORE: pd.Series(dtype="float64"),
+                         THRESHOLD: pd.Series(dtype="float64"), IS_ANOMALY: pd.Series(dtype="bool")})
+
+
+# -- MLflow pyfunc -----------------------------------------------------------------------------
+try:
+    import mlflow.pyfunc
+
+    _PythonModel: Any = mlflow.pyfunc.PythonModel
+except ImportError:  # models/ and bundles work without MLflow; only logging needs it
+    _PythonModel = object
+
+
+class KpiguardModel(_PythonModel):
+    """MLflow pyfunc wrapper: the bundle travels as the ``bundle`` artifact."""
+
+    def load_context(self, context) -> None:
+        self.bundle = Bundle.load(context.artifacts["bundle"])
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        rows = model_input.copy()
+        ts = pd.to_datetime(rows[TIMESTAMP])
+        rows[TIMESTAMP] = ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")
+        out = self.bundle.predict(rows)
+        out[TIMESTAMP] = out[TIMESTAMP].dt.tz_convert("UTC").dt.tz_localize(None)  # the signature's convention
+        return out
+
+
+def signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", KPI_ID), ColSpec("datetime", TIMESTAMP), ColSpec("double", VALUE)]),
+        outputs=Schema([ColSpec("string", KPI_ID), ColSpec("datetime", TIMESTAMP), ColSpec("double", VALUE),
+                        ColSpec("double", SCORE), ColSpec("double", THRESHOLD), ColSpec("boolean", IS_ANOMALY)]))
+
+
+def pip_requirements() -> list[str]:
+    """What a serving environment needs; kpiguard itself is installed from the project."""
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p)}" for p in ("torch", "numpy", "pandas", "mlflow", "pyarrow")]
+
+
+def log_bundle(bundle_dir: Path, name: str = "model"):
+    """Log a bundle as a pyfunc model into the active MLflow run; returns MLflow's ModelInfo."""
+    import mlflow
+
+    return mlflow.pyfunc.log_model(name=name, python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+                                   artifacts={"bundle": str(bundle_dir)}, signature=signature(),
+                                   pip_requirements=pip_requirements())
+
+
+def to_model_input(frame: pd.DataFrame) -> pd.DataFrame:
+    """Canonical rows -> the pyfunc signature's input (timezone-naive UTC timestamps)."""
+    out = frame[[KPI_ID, TIMESTAMP, VALUE]].copy()
+    out[KPI_ID] = out[KPI_ID].astype(str)
+    out[TIMESTAMP] = pd.to_datetime(out[TIMESTAMP], utc=True).dt.tz_localize(None)
+    out[VALUE] = out[VALUE].astype("float64")
+    return out
+
+
+def from_model_output(out: pd.DataFrame) -> pd.DataFrame:
+    """The pyfunc's output back to the canonical convention (timezone-aware UTC)."""
+    out = out.copy()
+    out[TIMESTAMP] = pd.to_datetime(out[TIMESTAMP]).dt.tz_localize("UTC")
+    out[IS_ANOMALY] = out[IS_ANOMALY].astype(bool)
+    return out[list(OUTPUT_COLUMNS)]
+
+
+def predict_with(model, rows: pd.DataFrame) -> pd.DataFrame:
+    """Score canonical rows with a loaded pyfunc model; returns canonical output rows."""
+    if rows.empty:
+        return _empty_output()
+    return from_model_output(model.predict(to_model_input(rows)))
+
+
+def observed_rows(prepared: pd.DataFrame) -> pd.DataFrame:
+    """Prepared (windows stage) rows back to raw input rows: observed points in original units."""
+    part = prepared.loc[~prepared[MISSING].to_numpy(), [KPI_ID, TIMESTAMP, RAW_VALUE]]
+    return part.rename(columns={RAW_VALUE: VALUE}).reset_index(drop=True)

@@ -1,0 +1,258 @@
+"""MLflow tracking, registry, champion gate, promote / rollback and batch scoring, against a real
+``mlflow server`` (SQLite backend; one test with this machine's PostgreSQL) on a loopback port."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import ingest, register, score, tracking, train, validate, windows
+from pipeline import evaluate as evaluate_stage
+from pipeline.params import parse_params
+from tests.conftest import REPO, small_params_dict
+from tests.servers import closed_port, env_vars, mlflow_server, postgres_available, postgres_database
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+DETECTORS = ["robust_zscore", "isolation_forest", "dense_autoencoder"]
+
+
+def params_for(root: Path, tag: str, **sections):
+    """Small params under ``root`` whose MLflow names are unique to one test (``tag``)."""
+    raw = small_params_dict(**sections)
+    raw["paths"] = {k: str(root / v) for k, v in raw["paths"].items()}
+    raw["train"]["detectors"] = DETECTORS
+    raw["train"]["max_epochs"] = 5
+    raw["mlflow"] = {**raw["mlflow"], "experiment": f"exp-{tag}", "serving_model": f"serve-{tag}",
+                     "detector_model_prefix": f"{tag}-", **(sections.get("mlflow") or {})}
+    return parse_params(raw)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """ingest → validate → windows → train → evaluate for three cheap detectors, once per module."""
+    root = tmp_path_factory.mktemp("pipeline")
+    p = params_for(root, "base")
+    ingest.run(p, Path(p.paths.raw))
+    validate.run(p, Path(p.paths.raw), Path(p.paths.validated), Path(p.paths.quarantine),
+                 Path(p.paths.validation_report))
+    windows.run(p, Path(p.paths.validated), Path(p.paths.windows))
+    for name in DETECTORS:
+        assert train.run(p, name, progress=False)["status"] == "ok"
+    evaluate_stage.run(p)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as url, env_vars({"MLFLOW_TRACKING_URI": url}):
+        yield url
+
+
+def client_for(p):
+    return tracking.connect(p.mlflow)
+
+
+def test_first_register_is_champion_and_rerun_changes_nothing(trained, server):
+    p = params_for(trained, "first")
+    report = register.run(p)
+    client = client_for(p)
+    for name in DETECTORS:
+        entry = report["detectors"][name]
+        assert entry["status"] == "ok" and entry["version"] == "1" and entry["decision"] == "champion"
+        champion = client.get_model_version_by_alias(f"first-{name}", "champion")
+        assert champion.version == 1 or champion.version == "1"
+        assert champion.tags["kpiguard.gate.decision"] == "champion"
+        assert "the first version registered" in champion.description
+    serving = report["serving"]
+    assert serving["decision"] == "champion" and serving["version"] == "1"
+    best = json.loads((Path(p.paths.evaluation) / "metrics.json").read_text())["best_on_val"]
+    assert serving["detector"] == best
+    version = client.get_model_version_by_alias("serve-first", "champion")
+    assert version.tags["kpiguard.detector"] == best
+
+    # the run holds what the issue lists: params, per-epoch and final metrics, the model and artifacts
+    run = client.get_run(report["detectors"]["dense_autoencoder"]["run_id"])
+    assert {"params_digest", "git_commit", "data_dvc_md5", "detector.window", "train.seed"} <= set(run.data.params)
+    assert run.data.params["params_digest"] == p.digest()
+    assert {"val_aiops_f1", "test_aiops_f1", "train_seconds"} <= set(run.data.metrics)
+    losses = client.get_metric_history(run.info.run_id, "train_loss")
+    assert len(losses) >= 1 and [m.step for m in losses] == sorted(m.step for m in losses)
+    files = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"threshold.json", "train_report.json", "plots"} <= files
+
+    again = register.run(p)  # same bundles: nothing new is logged or registered
+    assert all(again["detectors"][n]["decision"] == "unchanged" and again["detectors"][n]["reused_run"]
+               for n in DETECTORS)
+    assert again["serving"]["decision"] == "unchanged"
+    assert len(client.search_model_versions("name = 'serve-first'")) == 1
+
+
+def test_gate_promotes_only_a_better_version(trained, server):
+    p = params_for(trained, "gate", mlflow={"min_improvement": 0.0})
+    client = client_for(p)
+    experiment = tracking.experiment_id(client, p.mlflow.experiment)
+    evaluation = json.loads((Path(p.paths.evaluation) / "metrics.json").read_text())["detectors"]
+    logged = {n: register.log_detector_run(client, experiment, p, n, evaluation[n]) for n in ("robust_zscore", "isolation_forest")}
+    gate = register.Gate(client, p)
+
+    # measure both on a scratch model, then register the worse one first
+    value = {}
+    for name, (run_id, uri, _) in logged.items():
+        mv, _ = register.register_version(client, f"gate-probe-{name}", uri, run_id, {}, role="probe")
+        value[name] = gate.validation_metric(f"gate-probe-{name}", str(mv.version))
+    worse, better = sorted(value, key=value.get)
+    assert value[worse] < value[better], f"the test needs two detectors that differ on validation: {value}"
+
+    model = "gate-serving"
+    v1, _ = register.register_version(client, model, logged[worse][1], logged[worse][0], {}, role="test")
+    assert gate.decide(model, v1)["decision"] == "champion"  # first version
+    v2, _ = register.register_version(client, model, logged[better][1], logged[better][0], {}, role="test")
+    promoted = gate.decide(model, v2)
+    assert promoted["decision"] == "champion"
+    assert promoted["candidate_value"] == pytest.approx(value[better])
+    assert promoted["champion_value"] == pytest.approx(value[worse])
+    import mlflow
+
+    v3 = mlflow.register_model(logged[worse][1], model)  # the worse model offered again
+    kept = gate.decide(model, v3)
+    assert kept["decision"] == "challenger" and kept["champion_version"] == str(v2.version)
+    assert str(client.get_model_version_by_alias(model, "champion").version) == str(v2.version)
+    assert str(client.get_model_version_by_alias(model, "challenger").version) == str(v3.version)
+    recorded = client.get_model_version(model, str(v3.version))
+    assert recorded.tags["kpiguard.gate.decision"] == "challenger"
+    assert float(recorded.tags["kpiguard.gate.champion_value"]) == pytest.approx(value[better])
+    assert "challenger" in recorded.description and f"champion v{v2.version}" in recorded.description
+
+
+def test_promote_and_rollback(trained, server):
+    p = params_for(trained, "ops")
+    client = client_for(p)
+    experiment = tracking.experiment_id(client, p.mlflow.experiment)
+    evaluation = json.loads((Path(p.paths.evaluation) / "metrics.json").read_text())["detectors"]
+    run_id, uri, _ = register.log_detector_run(client, experiment, p, "robust_zscore", evaluation["robust_zscore"])
+    import mlflow
+
+    versions = [str(mlflow.register_model(uri, "ops-model").version) for _ in range(3)]
+    register.set_champion(client, "ops-model", versions[0], "test")
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server}
+    cli = [sys.executable, "-m", "pipeline.cli"]
+    out = subprocess.run([*cli, "promote", "--model", "ops-model", "--version", versions[2]], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["previous_champion"] == versions[0]
+    champion = client.get_model_version_by_alias("ops-model", "champion")
+    assert str(champion.version) == versions[2] and champion.tags["kpiguard.previous_champion"] == versions[0]
+    register.promote(client, "ops-model", versions[1])
+
+    back = subprocess.run([*cli, "rollback", "--model", "ops-model"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert back.returncode == 0, back.stderr
+    assert json.loads(back.stdout) == {"model": "ops-model", "champion": versions[2], "rolled_back_from": versions[1]}
+    assert register.rollback(client, "ops-model")["champion"] == versions[0]
+    with pytest.raises(register.RegistryError, match="first champion on record"):
+        register.rollback(client, "ops-model")
+    with pytest.raises(register.RegistryError, match="no version 99"):
+        register.promote(client, "ops-model", "99")
+    missing = subprocess.run([*cli, "rollback", "--model", "no-such-model"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "no-such-model" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_champion_loads_in_a_fresh_process_and_scores(trained, server):
+    p = params_for(trained, "fresh")
+    register.run(p)
+    code = f"""
+import json, mlflow, pandas as pd
+from pipeline.params import load_params
+from pipeline.sources import read_source
+from pipeline.serving import to_model_input
+rows = read_source("synthetic:", load_params(), "2026-01-05", "2026-01-07")
+out = mlflow.pyfunc.load_model("models:/serve-fresh@champion").predict(to_model_input(rows))
+print(json.dumps({{"rows": len(rows), "out": len(out), "columns": list(out.columns),
+                  "finite": bool(out["score"].notna().all()), "alarms": int(out["is_anomaly"].sum())}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "MLFLOW_TRACKING_URI": server})
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["out"] == result["rows"] > 0 and result["finite"]
+    assert result["columns"] == ["kpi_id", "timestamp", "value", "score", "threshold", "is_anomaly"]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_rescoring_a_date_is_idempotent(trained, server, where, request, tmp_path):
+    p = params_for(trained, f"score{where}")
+    register.run(p)
+    if where == "s3":
+        endpoint, s3_env = request.getfixturevalue("s3_server")
+        bucket = f"scores-{uuid.uuid4().hex[:8]}"
+        import boto3
+
+        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+                     aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
+                     region_name=s3_env["AWS_DEFAULT_REGION"]).create_bucket(Bucket=bucket)
+        output, env = f"s3://{bucket}/scores", s3_env
+    else:
+        output, env = str(tmp_path / "scores"), {}
+    start, end = score.day_range("2026-01-05")
+    uri = f"models:/serve-score{where}@champion"
+    with env_vars(env):
+        first = score.run(p, "synthetic:", start, end, output, uri)
+        rows1 = score.read_partition(output, "2026-01-05")
+        second = score.run(p, "synthetic:", start, end, output, uri)
+        rows2 = score.read_partition(output, "2026-01-05")
+    assert first["partitions"][0]["rows"] == second["partitions"][0]["rows"] == len(rows1) == len(rows2) > 0
+    assert not rows2.duplicated(["kpi_id", "timestamp"]).any()
+    pd.testing.assert_frame_equal(rows1, rows2)
+    assert rows1["timestamp"].min() >= start and rows1["timestamp"].max() < end
+    assert list(rows1.columns) == ["kpi_id", "timestamp", "value", "score", "threshold", "is_anomaly"]
+    assert first["model"]["model"] == f"serve-score{where}" and first["model"]["version"] == "1"
+    if where == "local":
+        assert sorted(x.name for x in (tmp_path / "scores").iterdir()) == ["date=2026-01-05"]
+        assert sorted(x.name for x in (tmp_path / "scores" / "date=2026-01-05").iterdir()) == [
+            "_meta.json", "quarantine.parquet", "scores.parquet"]
+
+
+def test_unreachable_server_is_one_clear_error_and_writes_nothing(trained, tmp_path):
+    p = params_for(trained, "down", mlflow={"connect_retries": 1, "retry_backoff_s": 0.1})
+    url = f"http://127.0.0.1:{closed_port()}"
+    report = Path(p.paths.register_report) / "summary.json"
+    report.unlink(missing_ok=True)
+    with env_vars({"MLFLOW_TRACKING_URI": url}):
+        with pytest.raises(tracking.TrackingError, match=r"after 2 attempts") as err:
+            register.run(p)
+        assert url in str(err.value)
+        with pytest.raises(tracking.TrackingError):
+            score.run(p, "synthetic:", *score.day_range("2026-01-05"), str(tmp_path / "out"), "models:/x@champion")
+    assert not report.exists() and not (tmp_path / "out").exists()
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "score", "--date", "2026-01-05",
+                          "--output", str(tmp_path / "out"), "-S", "mlflow.connect_retries=0"], cwd=REPO,
+                         env={**os.environ, "MLFLOW_TRACKING_URI": url}, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and url in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not postgres_available(), reason="no PostgreSQL on 127.0.0.1:5432")
+def test_register_with_a_postgresql_backend(trained, tmp_path):
+    with postgres_database() as db, mlflow_server(tmp_path / "pg-mlflow", backend_uri=db) as url, \
+            env_vars({"MLFLOW_TRACKING_URI": url}):
+        p = params_for(trained, "pg")
+        report = register.run(p)
+        assert report["serving"]["decision"] == "champion"
+        champion = tracking.connect(p.mlflow).get_model_version_by_alias("serve-pg", "champion")
+        assert champion.tags["kpiguard.detector"] == report["serving"]["detector"]
+    import psycopg2
+
+    with psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres") as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (db.rsplit("/", 1)[1],))
+        assert cur.fetchone()[0] == 0  # the test database is dropped
+    assert np.isfinite(report["serving"]["candidate_value"])
