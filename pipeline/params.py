@@ -160,6 +160,8 @@ class ScoreParams(_Section):
     model_uri: str = "models:/kpiguard@champion"
     input: str = "synthetic:"
     output: str = "data/scores"
+    staging: str = "data/daily"
+    shards: int = Field(1, ge=1)
     context: str = "3D"
     max_quarantined_fraction: float = Field(0.05, ge=0, le=1)
     reports: str = "reports/daily"

@@ -89,33 +89,54 @@ def run(params: Params, input_spec: str, start: pd.Timestamp, end: pd.Timestamp,
         model_uri: str, model=None) -> dict:
     """Score ``[start, end)`` and write one partition per day. ``model``: (pyfunc, info), preloaded."""
     pyfunc, info = model or load_model(params, model_uri)
-    context = pd.Timedelta(params.score.context)
-    raw = sources.read_source(input_spec, params, start - context, end)
-    in_range = _in(raw, start, end)
-    if not in_range.any():
-        raise DataError(input_spec, "rows_in_range", f"no rows between {start} and {end} (exclusive)")
+    raw = read_input(params, input_spec, start, end)
+    outcome = check(params, raw, input_spec, start, end)
+    scored = score_rows(pyfunc, outcome.valid, start, end)
+    return {"model": info, "partitions": write_days(output, start, end, scored, outcome.quarantine,
+                                                    {"model": info, "input": input_spec})}
 
+
+def read_input(params: Params, input_spec: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+    """The input rows of ``[start - score.context, end)``; at least one row must fall in ``[start, end)``."""
+    raw = sources.read_source(input_spec, params, start - pd.Timedelta(params.score.context), end)
+    if not _in(raw, start, end).any():
+        raise DataError(input_spec, "rows_in_range", f"no rows between {start} and {end} (exclusive)")
+    return raw
+
+
+def check(params: Params, raw: pd.DataFrame, input_spec: str, start: pd.Timestamp, end: pd.Timestamp):
+    """GX validation; fails when more than ``score.max_quarantined_fraction`` of the scored rows fail."""
     outcome = Validator(params, min_points=params.windows.length).validate(raw, source=input_spec)
-    quarantine = outcome.quarantine
+    quarantine, scored_rows = outcome.quarantine, int(_in(raw, start, end).sum())
     bad = int(_in(quarantine, start, end).sum())
-    fraction = bad / int(in_range.sum())
+    fraction = bad / scored_rows
     if fraction > params.score.max_quarantined_fraction:
         rules = quarantine.loc[_in(quarantine, start, end), "rule"].value_counts().to_dict()
+        failed = [r for r in outcome.results if not r.get("success", True)]
         raise DataError(input_spec, "max_quarantined_fraction",
-                        f"{bad} of {int(in_range.sum())} rows between {start.date()} and {end.date()} failed "
-                        f"validation ({fraction:.1%} > {params.score.max_quarantined_fraction:.1%}); by rule: {rules}")
-    scored = predict_with(pyfunc, outcome.valid)
-    scored = scored[_in(scored, start, end)]
+                        f"{bad} of {scored_rows} rows between {start.date()} and {end.date()} failed validation "
+                        f"({fraction:.1%} > {params.score.max_quarantined_fraction:.1%}); by rule: {rules}; "
+                        f"failed expectations: {json.dumps(failed, default=str)}")
+    return outcome
 
+
+def score_rows(pyfunc, valid: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+    scored = predict_with(pyfunc, valid)
+    return scored[_in(scored, start, end)].reset_index(drop=True)
+
+
+def write_days(output: str, start: pd.Timestamp, end: pd.Timestamp, scored: pd.DataFrame,
+               quarantine: pd.DataFrame, meta: dict) -> list[dict]:
+    """One partition per day of ``[start, end)``, each replaced whole."""
     partitions = []
     for day in pd.date_range(start, end, freq="D", inclusive="left"):
         rows = scored[_in(scored, day, day + pd.Timedelta(days=1))].reset_index(drop=True)
         held = quarantine[_in(quarantine, day, day + pd.Timedelta(days=1))].reset_index(drop=True)
-        meta = {"date": day.date().isoformat(), "model": info, "input": input_spec, "rows": len(rows),
-                "kpis": int(rows[KPI_ID].nunique()), "anomalies": int(rows[IS_ANOMALY].sum()),
-                "quarantined": len(held), "scored_at": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")}
-        partitions.append({**write_partition(output, day, rows, held, meta), **meta})
-    return {"model": info, "partitions": partitions}
+        day_meta = {"date": day.date().isoformat(), **meta, "rows": len(rows),
+                    "kpis": int(rows[KPI_ID].nunique()), "anomalies": int(rows[IS_ANOMALY].sum()),
+                    "quarantined": len(held), "scored_at": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")}
+        partitions.append({**write_partition(output, day, rows, held, day_meta), **day_meta})
+    return partitions
 
 
 def partition_path(output: str, day: pd.Timestamp) -> str:

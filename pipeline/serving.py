@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 
 SCORE, THRESHOLD, IS_ANOMALY = "score", "threshold", "is_anomaly"
 OUTPUT_COLUMNS = (KPI_ID, TIMESTAMP, VALUE, SCORE, THRESHOLD, IS_ANOMALY)
-BUNDLE_FILES = ("detector/config.json", "detector/weights.pt", "norm_stats.json", "threshold.json")
 
 
 # -- bundles -----------------------------------------------------------------------------------
@@ -58,11 +57,22 @@ def write_bundle(out: Path, detector_dir: Path, threshold: dict, info: dict | No
 
 
 def bundle_digest(directory: Path) -> str:
-    """sha256 over the files that decide the model's output: equal digests score identically."""
-    h = hashlib.sha256()
-    for name in BUNDLE_FILES:
+    """sha256 over what decides the model's output: equal digests score identically.
+
+    The detector's config, fitted scalars and tensors, the normalisation and the threshold; not
+    training timings or the exact bytes of the weights file.
+    """
+    import torch
+
+    directory = Path(directory)
+    meta = json.loads((directory / "detector" / "config.json").read_text())
+    h = hashlib.sha256(json.dumps({k: meta.get(k) for k in ("detector", "config", "fitted")}, sort_keys=True).encode())
+    state = torch.load(directory / "detector" / "weights.pt", weights_only=True, map_location="cpu")
+    for name in sorted(state):
         h.update(name.encode())
-        h.update((Path(directory) / name).read_bytes())
+        h.update(state[name].contiguous().numpy().tobytes())
+    for name in ("norm_stats.json", "threshold.json"):
+        h.update(json.dumps(json.loads((directory / name).read_text()), sort_keys=True).encode())
     return h.hexdigest()
 
 

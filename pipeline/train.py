@@ -56,7 +56,15 @@ def run(params: Params, name: str, progress: bool = True) -> dict:
     windows = Path(params.paths.windows)
     train = pd.read_parquet(windows / "train.parquet")
     val = pd.read_parquet(windows / "val.parquet")
-    detector, report = fit_detector(name, params, train, val if len(val) else None, progress)
+    try:
+        detector, report = fit_detector(name, params, train, val if len(val) else None, progress)
+    except Exception as exc:
+        # Recorded before re-raising, so evaluate and register see this detector as failed, not a stale model.
+        report = {"detector": name, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+        replace_dir_atomic(Path(params.paths.artifacts) / name,
+                           lambda tmp: write_json_atomic(tmp / "status.json", report))
+        write_json_atomic(Path(params.paths.train_reports) / f"{name}.json", report)
+        raise
 
     def write(tmp: Path) -> None:
         if detector is not None:

@@ -1,0 +1,127 @@
+"""kpiguard_retrain: the DVC pipeline as an Airflow DAG, weekly by default.
+
+    ingest → validate → windows → train (one task per detector, gpu queue) → record_training
+      → evaluate → register → champion_changed? → announce_champion (Asset kpiguard://champion)
+                             └→ training_report (fails the run if a detector failed)
+
+DVC stays the source of truth: the DVC steps run ``dvc repro --single-item <stage>`` in the
+workspace, one at a time through the one-slot pool ``kpiguard_dvc`` (DVC holds a workspace lock).
+Training runs the stage's own command (``kpiguard train``) outside the lock, so detectors train in
+parallel on GPU workers; ``record_training`` then ``dvc commit``s every detector that trained.
+See docs/airflow.md.
+"""
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+
+from airflow.sdk import Asset, Param, dag, task
+from airflow.task.trigger_rule import TriggerRule
+
+CHAMPION = Asset(name="kpiguard_champion", uri="kpiguard://champion")
+DVC_POOL, GPU_POOL, GPU_QUEUE = "kpiguard_dvc", "gpu", "gpu"
+
+
+@dag(dag_id="kpiguard_retrain", schedule=os.environ.get("KPIGUARD_RETRAIN_SCHEDULE", "@weekly"),
+     start_date=datetime(2026, 1, 1, tzinfo=timezone.utc), catchup=False, max_active_runs=1,
+     params={"force_train": Param(False, type="boolean", description="retrain even when DVC sees no change")},
+     tags=["kpiguard"], doc_md=__doc__)
+def kpiguard_retrain():
+    @task(pool=DVC_POOL)
+    def ingest() -> None:
+        from pipeline import workspace
+
+        workspace.dvc("repro", "--single-item", "--force", "ingest")  # the source may have new data
+
+    @task(pool=DVC_POOL)
+    def validate() -> None:
+        from pipeline import workspace
+
+        workspace.dvc("repro", "--single-item", "validate")
+
+    @task(pool=DVC_POOL)
+    def windows() -> None:
+        from pipeline import workspace
+
+        workspace.dvc("repro", "--single-item", "windows")
+
+    @task(pool=DVC_POOL)
+    def detectors(**context) -> list[str]:
+        """The enabled detectors whose train stage DVC sees as stale (all of them with force_train)."""
+        from pipeline import workspace
+
+        names = list(workspace.params().train.detectors)
+        if context["params"]["force_train"]:
+            return names
+        stale = json.loads(workspace.dvc("status", "--json", *(f"train@{n}" for n in names)) or "{}")
+        return [n for n in names if f"train@{n}" in stale]
+
+    @task
+    def enabled() -> list[str]:
+        from pipeline import workspace
+
+        return list(workspace.params().train.detectors)
+
+    @task(queue=GPU_QUEUE, pool=GPU_POOL, map_index_template="{{ task.op_kwargs['detector'] }}")
+    def train(detector: str) -> None:
+        from pipeline import workspace
+
+        workspace.kpiguard("train", "--detector", detector, "--no-progress")
+
+    @task(pool=DVC_POOL, trigger_rule=TriggerRule.ALL_DONE)
+    def record_training(names: list[str]) -> dict:
+        from pipeline import workspace
+
+        p = workspace.params()
+        statuses = {n: _status(workspace.root() / p.paths.artifacts / n) for n in names}
+        trained = [f"train@{n}" for n, s in statuses.items() if s in ("ok", "skipped")]
+        if trained:  # records the new outputs in dvc.lock; unchanged ones stay as they are
+            workspace.dvc("commit", "--force", *trained)
+        return statuses
+
+    @task(pool=DVC_POOL)
+    def evaluate() -> None:
+        from pipeline import workspace
+
+        workspace.dvc("repro", "--single-item", "evaluate")
+
+    @task(pool=DVC_POOL)
+    def register() -> dict:
+        from pipeline import workspace
+
+        workspace.dvc("repro", "--single-item", "register")
+        p = workspace.params()
+        return json.loads((workspace.root() / p.paths.register_report / "summary.json").read_text())["serving"]
+
+    @task.short_circuit(ignore_downstream_trigger_rules=False)
+    def champion_changed(serving: dict) -> bool:
+        return serving.get("decision") == "champion"
+
+    @task(outlets=[CHAMPION])
+    def announce_champion(serving: dict) -> dict:
+        return {k: serving.get(k) for k in ("model", "version", "detector", "candidate_value")}
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def training_report(statuses: dict) -> None:
+        failed = sorted(n for n, s in statuses.items() if s != "ok" and s != "skipped")
+        if failed:
+            raise RuntimeError(f"detectors that did not train: {failed}; the others were evaluated and registered")
+
+    names = detectors()
+    trained = train.expand(detector=names)
+    statuses = record_training(enabled())
+    ingest() >> validate() >> windows() >> names
+    trained >> statuses
+    serving = register()
+    statuses >> evaluate() >> serving
+    champion_changed(serving) >> announce_champion(serving)
+    serving >> training_report(statuses)
+
+
+def _status(artifact_dir) -> str:
+    path = artifact_dir / "status.json"
+    return json.loads(path.read_text()).get("status", "unknown") if path.exists() else "missing"
+
+
+kpiguard_retrain()

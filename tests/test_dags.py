@@ -1,0 +1,172 @@
+"""The Airflow DAGs against a real Airflow 3 (SQLite metadata DB after ``airflow db migrate``).
+
+Structure is checked on a DagBag; behaviour with ``dag.test()`` of both DAGs, end to end on a tiny
+synthetic config in a throwaway copy of the repo (the DVC workspace the tasks run in).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tests.test_dvc_pipeline import copy_repo
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
+
+BIN = Path(sys.executable).parent
+DAY = "2026-01-06"
+
+
+def airflow_env(home: Path, workspace: Path, extra: dict | None = None) -> dict:
+    return {**{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW_TRACKING"))},
+            "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            "KPIGUARD_WORKSPACE": str(workspace), "PATH": f"{BIN}:{os.environ['PATH']}", **(extra or {})}
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory):
+    """(env, workspace): a migrated Airflow home with the pools, and a tiny-config workspace."""
+    root = tmp_path_factory.mktemp("airflow")
+    workspace = copy_repo(root / "workspace")
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["synthetic"].update({"n_kpis": 2, "start": "2026-01-01", "end": "2026-01-08"})
+    params["train"].update({"detectors": ["robust_zscore", "isolation_forest", "dense_autoencoder"],
+                            "max_epochs": 2})
+    # a window longer than the train split: this detector fails at fit time, the others must go on
+    params["detectors"]["dense_autoencoder"]["window"] = 5000
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = airflow_env(root / "home", workspace)
+    for cmd in (["db", "migrate"], ["pools", "set", "gpu", "2", "GPU slots"],
+                ["pools", "set", "kpiguard_dvc", "1", "one DVC command at a time per workspace"]):
+        out = subprocess.run([str(BIN / "airflow"), *cmd], env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    return env, workspace
+
+
+def run_dag(env: dict, dag_id: str, logical_date: str = "", conf: dict | None = None, extra: dict | None = None) -> dict:
+    out = subprocess.run([sys.executable, str(REPO / "tests" / "dag_runner.py"), dag_id, logical_date,
+                          json.dumps(conf or {})], env={**env, **(extra or {})}, capture_output=True, text=True,
+                         timeout=1100, cwd=env["KPIGUARD_WORKSPACE"])
+    lines = [l for l in out.stdout.splitlines() if l.startswith("DAG_RESULT ")]
+    assert lines, f"no result (rc {out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
+    result = json.loads(lines[-1][len("DAG_RESULT "):])
+    result["log"] = out.stdout + out.stderr
+    return result
+
+
+def test_dagbag_imports_without_errors_and_structure(airflow):
+    env, _ = airflow
+    out = subprocess.run([sys.executable, str(REPO / "tests" / "dag_runner.py"), "--structure"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    line = [l for l in out.stdout.splitlines() if l.startswith("DAG_RESULT ")]
+    assert line, out.stdout[-3000:] + out.stderr[-3000:]
+    bag = json.loads(line[-1][len("DAG_RESULT "):])
+    assert bag["import_errors"] == {}
+    assert {"kpiguard_retrain", "kpiguard_score"} <= set(bag["dags"])
+
+    retrain = bag["dags"]["kpiguard_retrain"]
+    tasks = retrain["tasks"]
+    down = {t: set(v["downstream"]) for t, v in tasks.items()}
+    assert down["ingest"] == {"validate"} and down["validate"] == {"windows"}
+    assert down["windows"] == {"detectors"} and down["detectors"] == {"train"}
+    assert down["train"] == {"record_training"} and "evaluate" in down["record_training"]
+    assert down["evaluate"] == {"register"}
+    assert down["register"] >= {"champion_changed", "announce_champion", "training_report"}
+    assert down["champion_changed"] == {"announce_champion"}
+    assert tasks["train"]["queue"] == "gpu" and tasks["train"]["pool"] == "gpu"
+    assert all(tasks[t]["pool"] == "kpiguard_dvc"
+               for t in ("ingest", "validate", "windows", "detectors", "record_training", "evaluate", "register"))
+    assert tasks["record_training"]["trigger_rule"] == "all_done"
+    assert tasks["training_report"]["trigger_rule"] == "all_done"
+    assert [o.rstrip("/") for o in tasks["announce_champion"]["outlets"]] == ["kpiguard://champion"]
+    assert "'0 0 * * 0'" in retrain["summary"] and not retrain["catchup"]  # @weekly
+
+    score = bag["dags"]["kpiguard_score"]
+    assert score["timetable"] == "AssetOrTimeSchedule" and not score["catchup"]
+    assert "kpiguard://champion" in score["assets"] or "kpiguard_champion" in score["assets"]
+    down = {t: set(v["downstream"]) for t, v in score["tasks"].items()}
+    assert down["ingest"] == {"validate"} and down["validate"] == {"score"} and down["score"] == {"write"}
+    assert down["write"] == {"report"} and down["report"] == {"publish"}
+    assert all(v["queue"] == "default" for v in score["tasks"].values())
+
+
+def test_retrain_end_to_end_registers_a_champion_despite_a_failed_detector(airflow):
+    env, workspace = airflow
+    result = run_dag(env, "kpiguard_retrain")
+    tasks = result["tasks"]
+    assert {tasks[k] for k in ("ingest", "validate", "windows", "record_training", "evaluate", "register")} == {"success"}
+    trained = {json.loads((workspace / "models/artifacts" / n / "status.json").read_text())["status"]
+               for n in ("robust_zscore", "isolation_forest")}
+    assert trained == {"ok"}
+    assert json.loads((workspace / "models/artifacts/dense_autoencoder/status.json").read_text())["status"] == "failed"
+    assert sorted(v for k, v in tasks.items() if k.startswith("train[")) == ["failed", "success", "success"]
+    assert tasks["announce_champion"] == "success" and result["champion_events"] == 1
+    assert tasks["training_report"] == "failed" and result["state"] == "failed"  # the failure stays visible
+
+    summary = json.loads((workspace / "reports/register/summary.json").read_text())
+    assert summary["serving"]["decision"] == "champion"
+    assert summary["detectors"]["dense_autoencoder"]["status"] == "failed"
+    lock = yaml.safe_load((workspace / "dvc.lock").read_text())["stages"]
+    assert {"train@robust_zscore", "train@isolation_forest", "evaluate", "register"} <= set(lock)
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
+    assert client.get_model_version_by_alias("kpiguard", "champion").tags["kpiguard.detector"] in (
+        "robust_zscore", "isolation_forest")
+
+
+def test_score_end_to_end_publishes_and_reruns_idempotently(airflow, s3_server):
+    env, workspace = airflow
+    if not (workspace / "mlflow.db").exists():
+        pytest.skip("needs the champion from the retrain test")
+    endpoint, s3_env = s3_server
+    bucket = f"reports-{uuid.uuid4().hex[:8]}"
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"], region_name=s3_env["AWS_DEFAULT_REGION"])
+    s3.create_bucket(Bucket=bucket)
+    extra = {**s3_env, "KPIGUARD_REPORT_BUCKET": bucket}
+    first = run_dag(env, "kpiguard_score", conf={"day": DAY}, extra=extra)
+    assert first["state"] == "success", first["log"][-4000:]
+    partition = workspace / "data/scores" / f"date={DAY}"
+    rows = pd.read_parquet(partition / "scores.parquet")
+    assert len(rows) > 0 and rows["timestamp"].dt.date.astype(str).eq(DAY).all()
+    report = json.loads((workspace / f"reports/daily/{DAY}.json").read_text())
+    assert report["kpis_scored"] == rows["kpi_id"].nunique() and report["champion"]["model"] == "kpiguard"
+    assert (workspace / f"reports/daily/{DAY}.html").stat().st_size > 1000
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert keys == {f"daily/{DAY}.html", f"daily/{DAY}.json"}
+
+    again = run_dag(env, "kpiguard_score", conf={"day": DAY}, extra=extra)
+    assert again["state"] == "success"
+    rerun = pd.read_parquet(partition / "scores.parquet")
+    pd.testing.assert_frame_equal(rows, rerun)
+    assert [p.name for p in (workspace / "data/scores").iterdir()] == [f"date={DAY}"]
+
+
+def test_score_validation_failure_stops_before_scoring(airflow, tmp_path):
+    env, workspace = airflow
+    bad_day = "2026-01-07"
+    ts = pd.date_range(f"{bad_day} 00:00", periods=288, freq="5min", tz="UTC")
+    bad = pd.DataFrame({"kpi_id": "k1", "timestamp": ts.astype(str), "value": 1.0, "label": 0})
+    bad.loc[::3, "value"] = float("nan")  # a third of the rows break the not-null rule
+    path = tmp_path / "bad.csv"
+    bad.to_csv(path, index=False)
+    result = run_dag(env, "kpiguard_score", conf={"day": bad_day, "input": f"csv:{path}"})
+    assert result["tasks"]["ingest"] == "success" and result["tasks"]["validate"] == "failed"
+    assert result["state"] == "failed"
+    assert all(result["tasks"][t] == "upstream_failed" for t in ("write", "report", "publish"))
+    assert "max_quarantined_fraction" in result["log"] and "expect_column_values_to_not_be_null" in result["log"]
+    assert not (workspace / "data/scores" / f"date={bad_day}").exists()
+    assert not (workspace / f"reports/daily/{bad_day}.html").exists()
