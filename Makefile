@@ -62,8 +62,21 @@ mlflow: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts \
 	  --host 127.0.0.1 --port $(MLFLOW_PORT)
 
-airflow:
-	@echo "make $@: reserved; it arrives with the Airflow issue." && exit 1
+# Airflow 3 on this machine: `airflow standalone` (SQLite metadata DB, api-server, scheduler,
+# dag-processor, triggerer) with AIRFLOW_HOME=./airflow_home (git-ignored) and the DAGs of dags/.
+AIRFLOW_PORT ?= 8080
+AIRFLOW_ENV := AIRFLOW_HOME=$(CURDIR)/airflow_home AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+  AIRFLOW__CORE__LOAD_EXAMPLES=False AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=$(AIRFLOW_PORT) \
+  AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:$(AIRFLOW_PORT)/execution/ \
+  AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin KPIGUARD_WORKSPACE=$(CURDIR)
+airflow: install
+	@mkdir -p airflow_home
+	$(AIRFLOW_ENV) $(BIN)/airflow db migrate >airflow_home/migrate.log
+	$(AIRFLOW_ENV) $(BIN)/airflow pools set gpu 1 "GPU training slots (one per GPU)" >/dev/null
+	$(AIRFLOW_ENV) $(BIN)/airflow pools set kpiguard_dvc 1 "one DVC command at a time in the workspace" >/dev/null
+	@echo "Airflow UI: http://127.0.0.1:$(AIRFLOW_PORT)   user: admin   password: in airflow_home/simple_auth_manager_passwords.json.generated"
+	@echo "DAGs: kpiguard_retrain, kpiguard_score (from dags/). Ctrl-C stops Airflow."
+	$(AIRFLOW_ENV) exec $(BIN)/airflow standalone
 
 clean:
 	rm -rf data/raw data/validated data/quarantine data/windows data/scores models/artifacts reports
