@@ -1,0 +1,281 @@
+"""docker/compose.yaml, .env.example and the Dockerfiles, checked as files (no Docker engine needed).
+
+Where `docker compose` exists, it validates the file too. Otherwise the YAML is read here and
+`${VAR}`, `${VAR:-default}` and `${VAR:?error}` are interpolated from .env.example as compose does.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+DOCKER = REPO / "docker"
+COMPOSE = DOCKER / "compose.yaml"
+ENV_EXAMPLE = REPO / ".env.example"
+
+AIRFLOW_SERVICES = {"airflow-init", "airflow-scheduler", "airflow-api-server", "airflow-dag-processor",
+                    "airflow-triggerer", "airflow-worker"}
+WORKERS = {"airflow-worker", "gpu-worker"}
+ONE_SHOT = {"buckets", "airflow-init"}
+EXPECTED = {"postgres", "redis", "seaweedfs", "buckets", "mlflow", "gpu-worker"} | AIRFLOW_SERVICES
+CODE_ENV = {  # what the kpiguard code, boto3, DVC and MLflow read, with the stack's values
+    "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+    "AWS_ENDPOINT_URL": "http://seaweedfs:8333",
+    "AWS_ACCESS_KEY_ID": "change-me",
+    "AWS_SECRET_ACCESS_KEY": "change-me",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "MLFLOW_S3_ENDPOINT_URL": "http://seaweedfs:8333",
+    "KPIGUARD_WORKSPACE": "/opt/kpiguard",
+    "KPIGUARD_REPORT_BUCKET": "kpiguard-reports",
+    "KPIGUARD_LANDING": "s3://kpi-landing/",
+}
+SECRET_NAME = re.compile(r"(PASSWORD|SECRET|_KEY|_KEY_ID)$")
+
+# $$ (a literal $), or ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}
+VAR = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\})")
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    env = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, sep, value = line.partition("=")
+            assert sep, f"{path}: not KEY=VALUE: {line!r}"
+            env[key.strip()] = value.strip()
+    return env
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    def sub(m: re.Match) -> str:
+        if m.group(1):
+            return "$"
+        name, op, arg = m.group(2), m.group(3), m.group(4)
+        val = env.get(name)
+        if op in (":-", ":?") and not val or op in ("-", "?") and val is None:
+            if op.endswith("?"):
+                raise KeyError(f"{name}: {arg}")
+            return arg
+        return val or ""
+    return VAR.sub(sub, value)
+
+
+def resolved(node, env):
+    if isinstance(node, dict):
+        return {k: resolved(v, env) for k, v in node.items()}
+    if isinstance(node, list):
+        return [resolved(v, env) for v in node]
+    return interpolate(node, env) if isinstance(node, str) else node
+
+
+def raw_compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())  # YAML anchors and merge keys resolved
+
+
+@pytest.fixture(scope="module")
+def example_env() -> dict[str, str]:
+    return read_env_file(ENV_EXAMPLE)
+
+
+@pytest.fixture(scope="module")
+def services(example_env) -> dict[str, dict]:
+    return resolved(raw_compose(), example_env)["services"]
+
+
+def command(service: dict) -> str:
+    cmd = service.get("command", "")
+    return " ".join(cmd) if isinstance(cmd, list) else cmd
+
+
+def docker_compose_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not docker_compose_available(), reason="no `docker compose` here: the YAML checks below stand in")
+@pytest.mark.parametrize("profile", [[], ["--profile", "gpu"]], ids=["cpu", "gpu"])
+def test_docker_compose_config(profile):
+    run = subprocess.run(["docker", "compose", "-f", str(COMPOSE), "--env-file", str(ENV_EXAMPLE), *profile,
+                          "config", "-q"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert run.returncode == 0, run.stderr
+
+
+def test_expected_services(services):
+    assert set(services) == EXPECTED
+
+
+def test_every_long_running_service_has_a_healthcheck(services):
+    for name, svc in services.items():
+        if name in ONE_SHOT:
+            assert svc.get("restart") == "no" and "healthcheck" not in svc, name
+        else:
+            test = svc.get("healthcheck", {}).get("test")
+            assert test and test[0] in ("CMD", "CMD-SHELL"), name
+
+
+def test_workers_consume_their_queues(services):
+    assert "--queues default" in command(services["airflow-worker"])
+    assert command(services["gpu-worker"]).startswith("airflow celery worker --queues gpu")
+    assert services["gpu-worker"]["profiles"] == ["gpu"]
+    assert "profiles" not in services["airflow-worker"]
+
+
+def test_gpu_worker_reserves_nvidia_gpus(services):
+    devices = services["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+    assert "gpu-locks:/opt/airflow/gpu-locks" in services["gpu-worker"]["volumes"]  # docker/gpu-pin.sh
+    assert services["gpu-worker"]["build"]["dockerfile"] == "docker/Dockerfile.gpu-worker"
+
+
+def test_celery_executor_with_redis_broker_everywhere(services):
+    for name in AIRFLOW_SERVICES | {"gpu-worker"}:
+        env = services[name]["environment"]
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+        assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://redis:6379/0", name
+        assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://"), name
+        assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://"), name
+        assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-api-server:8080/execution/", name
+        assert env["AIRFLOW__CORE__DAGS_FOLDER"] == "/opt/kpiguard/dags", name
+        assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False", name
+
+
+def test_airflow_components_share_one_jwt_secret_reference():
+    refs = {name: svc["environment"]["AIRFLOW__API_AUTH__JWT_SECRET"]
+            for name, svc in raw_compose()["services"].items() if "AIRFLOW__CORE__EXECUTOR" in svc.get("environment", {})}
+    assert set(refs) == AIRFLOW_SERVICES | {"gpu-worker"}
+    assert set(refs.values()) == {"${AIRFLOW_JWT_SECRET:?set AIRFLOW_JWT_SECRET in .env}"}
+
+
+def test_airflow_config_names_exist():
+    """Every AIRFLOW__SECTION__KEY is an option of Airflow 3.3 (or of the Celery provider, where installed)."""
+    import airflow.config_templates
+
+    options = {sec: set(body.get("options", {})) for sec, body in yaml.safe_load(
+        (Path(airflow.config_templates.__file__).parent / "config.yml").read_text()).items()}
+    try:
+        from airflow.providers.celery.get_provider_info import get_provider_info
+    except ImportError:  # the provider is in the images (docker/requirements-deploy.txt), not the dev venv
+        get_provider_info = None
+    if get_provider_info is not None:
+        for sec, body in get_provider_info()["config"].items():
+            options.setdefault(sec, set()).update(body["options"])
+    names = set(re.findall(r"\bAIRFLOW__([A-Z_]+?)__([A-Z_]+)\b", COMPOSE.read_text()))
+    assert names
+    for section, key in names:
+        if section == "CELERY" and get_provider_info is None:
+            continue
+        assert key.lower() in options.get(section.lower(), set()), f"[{section.lower()}] {key.lower()}"
+
+
+def test_mlflow_server(services):
+    mlflow = services["mlflow"]
+    cmd = command(mlflow)
+    assert cmd.startswith("mlflow server")
+    assert "--allowed-hosts=mlflow:5000," in cmd
+    assert "--artifacts-destination=s3://kpiguard-mlflow/" in cmd
+    assert mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://mlflow:")
+    assert mlflow["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://seaweedfs:8333"
+
+
+def strings(node):
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from strings(value)
+    elif isinstance(node, str):
+        yield node
+
+
+def test_every_compose_variable_is_in_env_example(example_env):
+    used = {m.group(2) for text in strings(raw_compose()) for m in VAR.finditer(text) if m.group(2)}
+    assert used and used <= set(example_env), sorted(used - set(example_env))
+
+
+def test_code_env_reaches_the_workers(services, example_env):
+    assert set(CODE_ENV) <= set(example_env)
+    for name in WORKERS | {"airflow-scheduler", "airflow-init"}:
+        env = services[name]["environment"]
+        assert {k: env.get(k) for k in CODE_ENV} == CODE_ENV, name
+
+
+def test_workers_share_the_dvc_workspace(services):
+    for name in AIRFLOW_SERVICES | {"gpu-worker"}:
+        assert "workspace:/opt/kpiguard" in services[name]["volumes"], name
+    assert "workspace" in raw_compose()["volumes"]
+
+
+def test_no_secret_literals_in_compose(example_env):
+    """A secret's value is a ${VAR:?...} reference; a URL's password too."""
+    for name, svc in raw_compose()["services"].items():
+        for key, value in (svc.get("environment") or {}).items():
+            value = str(value)
+            if SECRET_NAME.search(key):
+                assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]*\}", value), f"{name}: {key}={value}"
+            for password in re.findall(r"://[^:/@\s]+:([^@\s]+)@", value):
+                assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]*\}", password), f"{name}: {key}"
+    secrets = {k: v for k, v in example_env.items() if SECRET_NAME.search(k)}
+    assert secrets and set(secrets.values()) == {"change-me"}
+
+
+def test_every_secret_is_required(example_env):
+    """Without .env, compose stops at the first secret (`${VAR:?...}`) instead of running with a blank."""
+    env = {k: v for k, v in example_env.items() if not SECRET_NAME.search(k)}
+    with pytest.raises(KeyError, match="in .env"):
+        resolved(raw_compose(), env)
+
+
+def dockerfile_user(path: Path) -> str:
+    text = path.read_text()
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)", text, re.M))
+    user = re.findall(r"^USER (\S+)", text, re.M)[-1]
+    return re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], user)
+
+
+@pytest.mark.parametrize("name", ["airflow", "gpu-worker", "mlflow"])
+def test_dockerfiles_run_as_non_root(name):
+    user = dockerfile_user(DOCKER / f"Dockerfile.{name}")
+    assert user.split(":")[0] not in ("root", "0"), user
+    assert int(user.split(":")[0]) >= 1000
+
+
+def test_gpu_dockerfile():
+    text = (DOCKER / "Dockerfile.gpu-worker").read_text()
+    assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:12\.\d+\.\d+-cudnn-runtime-ubuntu22\.04$", text, re.M)
+    assert re.search(r'^CMD \["airflow", "celery", "worker", "--queues", "gpu"', text, re.M)
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu12" in text
+    assert "grep -v '^torch==' requirements.lock" in text  # the lock's CPU torch is not a constraint here
+    assert "inspect ping -d \"celery@${HOSTNAME}\"" in text
+    assert 'ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/kpiguard-gpu-pin"]' in text
+
+
+def test_airflow_dockerfile():
+    text = (DOCKER / "Dockerfile.airflow").read_text()
+    assert text.count("\nFROM ") == 1 and "\nFROM python:3.11-slim-bookworm\n" in text
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in text
+    assert '-c requirements.lock . -r docker/requirements-deploy.txt' in text
+    assert "AIRFLOW_HOME=/opt/airflow" in text and "KPIGUARD_WORKSPACE=/opt/kpiguard" in text
+
+
+def test_lock_pins_what_the_images_install():
+    lock = dict(line.split("==", 1) for line in (REPO / "requirements.lock").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    assert lock["torch"] == "2.13.0+cpu" and lock["mlflow"].startswith("3.17.")
+    deploy = (DOCKER / "requirements-deploy.txt").read_text()
+    pinned = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", deploy, re.M))
+    assert "apache-airflow-providers-celery" in pinned and "redis" in pinned
+    assert not set(pinned) & set(lock), "a deploy pin would fight the lock"
+
+
+def test_dockerignore_keeps_secrets_and_state_out():
+    patterns = set((REPO / ".dockerignore").read_text().split())
+    assert {".env", ".git", ".venv/", "data/", "models/artifacts/", "reports/", "dvc.lock"} <= patterns
+    assert "/.env" in (REPO / ".gitignore").read_text().split()
