@@ -90,17 +90,20 @@ def kpiguard_retrain():
     def register() -> dict:
         from pipeline import workspace
 
-        workspace.dvc("repro", "--single-item", "register")
         p = workspace.params()
-        return json.loads((workspace.root() / p.paths.register_report / "summary.json").read_text())["serving"]
+        before = _champion(p)
+        workspace.dvc("repro", "--single-item", "register")
+        serving = json.loads((workspace.root() / p.paths.register_report / "summary.json").read_text())["serving"]
+        # The stage may have been up to date (DVC skipped it): the registry, not the report, says what changed.
+        return {**serving, "champion_before": before, "champion_after": _champion(p)}
 
     @task.short_circuit(ignore_downstream_trigger_rules=False)
     def champion_changed(serving: dict) -> bool:
-        return serving.get("decision") == "champion"
+        return serving["champion_after"] is not None and serving["champion_after"] != serving["champion_before"]
 
     @task(outlets=[CHAMPION])
     def announce_champion(serving: dict) -> dict:
-        return {k: serving.get(k) for k in ("model", "version", "detector", "candidate_value")}
+        return {"model": serving.get("model"), "version": serving["champion_after"], "previous": serving["champion_before"]}
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def training_report(statuses: dict) -> None:
@@ -117,6 +120,15 @@ def kpiguard_retrain():
     statuses >> evaluate() >> serving
     champion_changed(serving) >> announce_champion(serving)
     serving >> training_report(statuses)
+
+
+def _champion(params) -> str | None:
+    """The serving model's champion version in the registry the workspace uses."""
+    from pipeline import register, tracking, workspace
+
+    with workspace.inside():
+        version = register.champion_version(tracking.connect(params.mlflow), params.mlflow.serving_model)
+    return None if version is None else str(version.version)
 
 
 def _status(artifact_dir) -> str:
