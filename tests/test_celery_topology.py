@@ -174,7 +174,7 @@ def test_celery_topology_runs_both_dags(tmp_path, s3_server):
 
         from mlflow import MlflowClient
 
-        champion = MlflowClient(mlflow_url).get_model_version_by_alias("kpiguard", "champion")
+        champion = MlflowClient(mlflow_url, registry_uri=mlflow_url).get_model_version_by_alias("kpiguard", "champion")
         model_id = champion.source.rsplit("/", 1)[-1]  # models:/m-<id>
         keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=mlflow_bucket)
                 for o in page.get("Contents", [])]

@@ -116,7 +116,8 @@ def test_retrain_end_to_end_is_green_and_announces_the_champion(airflow):
 
     from mlflow import MlflowClient
 
-    champion = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}").get_model_version_by_alias("kpiguard", "champion")
+    uri = f"sqlite:///{workspace / 'mlflow.db'}"
+    champion = MlflowClient(uri, registry_uri=uri).get_model_version_by_alias("kpiguard", "champion")
     assert champion.tags["kpiguard.detector"] == summary["serving"]["detector"]
 
     again = run_dag(env, "kpiguard_retrain")  # nothing changed: nothing retrains, no new champion
