@@ -29,24 +29,6 @@ DVC_POOL, GPU_POOL, GPU_QUEUE = "kpiguard_dvc", "gpu", "gpu"
      tags=["kpiguard"], doc_md=__doc__)
 def kpiguard_retrain():
     @task(pool=DVC_POOL)
-    def ingest() -> None:
-        from pipeline import workspace
-
-        workspace.dvc("repro", "--single-item", "--force", "ingest")  # the source may have new data
-
-    @task(pool=DVC_POOL)
-    def validate() -> None:
-        from pipeline import workspace
-
-        workspace.dvc("repro", "--single-item", "validate")
-
-    @task(pool=DVC_POOL)
-    def windows() -> None:
-        from pipeline import workspace
-
-        workspace.dvc("repro", "--single-item", "windows")
-
-    @task(pool=DVC_POOL)
     def detectors(**context) -> list[str]:
         """The enabled detectors whose train stage DVC sees as stale (all of them with force_train)."""
         from pipeline import workspace
@@ -57,12 +39,6 @@ def kpiguard_retrain():
         stale = json.loads(workspace.dvc("status", "--json", *(f"train@{n}" for n in names)) or "{}")
         return [n for n in names if f"train@{n}" in stale]
 
-    @task
-    def enabled() -> list[str]:
-        from pipeline import workspace
-
-        return list(workspace.params().train.detectors)
-
     @task(queue=GPU_QUEUE, pool=GPU_POOL, map_index_template="{{ task.op_kwargs['detector'] }}")
     def train(detector: str) -> None:
         from pipeline import workspace
@@ -70,21 +46,15 @@ def kpiguard_retrain():
         workspace.kpiguard("train", "--detector", detector, "--no-progress")
 
     @task(pool=DVC_POOL, trigger_rule=TriggerRule.ALL_DONE)
-    def record_training(names: list[str]) -> dict:
+    def record_training() -> dict:
         from pipeline import workspace
 
         p = workspace.params()
-        statuses = {n: _status(workspace.root() / p.paths.artifacts / n) for n in names}
+        statuses = {n: _status(workspace.root() / p.paths.artifacts / n) for n in p.train.detectors}
         trained = [f"train@{n}" for n, s in statuses.items() if s in ("ok", "skipped")]
         if trained:  # records the new outputs in dvc.lock; unchanged ones stay as they are
             workspace.dvc("commit", "--force", *trained)
         return statuses
-
-    @task(pool=DVC_POOL)
-    def evaluate() -> None:
-        from pipeline import workspace
-
-        workspace.dvc("repro", "--single-item", "evaluate")
 
     @task(pool=DVC_POOL)
     def register() -> dict:
@@ -113,13 +83,25 @@ def kpiguard_retrain():
 
     names = detectors()
     trained = train.expand(detector=names)
-    statuses = record_training(enabled())
-    ingest() >> validate() >> windows() >> names
+    statuses = record_training()
+    dvc_repro("ingest", "--force") >> dvc_repro("validate") >> dvc_repro("windows") >> names  # --force: new source rows
     trained >> statuses
     serving = register()
-    statuses >> evaluate() >> serving
+    statuses >> dvc_repro("evaluate") >> serving
     champion_changed(serving) >> announce_champion(serving)
     serving >> training_report(statuses)
+
+
+def dvc_repro(stage: str, *flags: str):
+    """A task running one DVC stage in the workspace, in the one-slot pool that serialises DVC."""
+
+    @task(task_id=stage, pool=DVC_POOL)
+    def repro() -> None:
+        from pipeline import workspace
+
+        workspace.dvc("repro", "--single-item", *flags, stage)
+
+    return repro()
 
 
 def _champion(params) -> str | None:

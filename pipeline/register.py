@@ -129,16 +129,17 @@ def log_detector_run(client, experiment: str, params: Params, name: str, evaluat
             return found[0].info.run_id, found[0].data.tags[TAG + "model_uri"], True
 
         train_report = _read_json(Path(params.paths.train_reports) / f"{name}.json")
+        commit = tracking.git_commit() or "unknown"
         with mlflow.start_run(experiment_id=experiment, run_name=name) as active:
             run_id = active.info.run_id
             mlflow.set_tags({TAG + "detector": name, TAG + "bundle_digest": meta["digest"],
-                             "mlflow.source.git.commit": tracking.git_commit() or "unknown"})
+                             "mlflow.source.git.commit": commit})
             mlflow.log_params({
                 **tracking.flat("detector", train_report.get("config") or {}),
                 **tracking.flat("train", params.train.model_dump(exclude={"detectors"})),
                 **tracking.flat("threshold", dict(params.evaluate.threshold)),
                 "detector_name": name, "params_digest": params.digest(),
-                "git_commit": tracking.git_commit() or "unknown",
+                "git_commit": commit,
                 "data_dvc_md5": tracking.data_version(params) or "unknown (no dvc.lock)"})
             _log_history(client, run_id, train_report.get("history") or [])
             mlflow.log_metrics(_final_metrics(evaluation, train_report))
@@ -201,13 +202,18 @@ def register_version(client, model: str, model_uri: str, run_id: str, tags: dict
     return mlflow.register_model(model_uri, model, tags=tags), True
 
 
-def champion_version(client, model: str):
+def alias_version(client, model: str, alias: str):
+    """The ModelVersion that holds ``alias``, or None."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_model_version_by_alias(model, CHAMPION)
+        return client.get_model_version_by_alias(model, alias)
     except MlflowException:
         return None
+
+
+def champion_version(client, model: str):
+    return alias_version(client, model, CHAMPION)
 
 
 def set_champion(client, model: str, version: str, reason: str) -> dict:
@@ -222,7 +228,8 @@ def set_champion(client, model: str, version: str, reason: str) -> dict:
     client.set_registered_model_tag(model, PREVIOUS_TAG, previous or "")
     client.set_model_version_tag(model, version, PREVIOUS_TAG, previous or "")
     client.set_model_version_tag(model, version, TAG + "promoted", f"{_now()}: {reason}")
-    if _alias_version(client, model, CHALLENGER) == version:
+    challenger = alias_version(client, model, CHALLENGER)
+    if challenger is not None and str(challenger.version) == version:
         client.delete_registered_model_alias(model, CHALLENGER)
     return {"model": model, "champion": version, "previous_champion": previous, "reason": reason}
 
@@ -275,15 +282,6 @@ def _history(client, model: str) -> list[str]:
         return [str(v) for v in json.loads(tags.get(HISTORY_TAG) or "[]")]
     except json.JSONDecodeError:
         return []
-
-
-def _alias_version(client, model: str, alias: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(client.get_model_version_by_alias(model, alias).version)
-    except MlflowException:
-        return None
 
 
 def _now() -> str:

@@ -151,7 +151,11 @@ def write_partition(output: str, day: pd.Timestamp, rows: pd.DataFrame, held: pd
         for name, data in blobs.items():  # _meta.json last: it marks a complete partition
             storage.write_bytes_atomic(storage.join(target, name), data)
     else:
-        replace_dir_atomic(Path(target), lambda tmp: [(tmp / n).write_bytes(d) for n, d in blobs.items()])
+        def write(tmp: Path) -> None:
+            for name, data in blobs.items():
+                (tmp / name).write_bytes(data)
+
+        replace_dir_atomic(Path(target), write)
     return {"path": target}
 
 

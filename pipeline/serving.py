@@ -132,11 +132,8 @@ class KpiguardModel(_PythonModel):
         self.bundle = Bundle.load(context.artifacts["bundle"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        rows = model_input.copy()
-        ts = pd.to_datetime(rows[TIMESTAMP])
-        rows[TIMESTAMP] = ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")
-        out = self.bundle.predict(rows)
-        out[TIMESTAMP] = out[TIMESTAMP].dt.tz_convert("UTC").dt.tz_localize(None)  # the signature's convention
+        out = self.bundle.predict(model_input)  # the data contract reads naive timestamps as UTC
+        out[TIMESTAMP] = out[TIMESTAMP].dt.tz_convert(None)  # naive UTC: the signature's convention
         return out
 
 
