@@ -39,9 +39,11 @@ def ingest(params: Params, day: str, input_spec: str | None = None) -> dict:
     start, end = score.day_range(day)
     spec = input_spec or params.score.input
     raw = score.read_input(params, spec, start, end)
-    # A new ingest invalidates everything downstream of it for that day.
-    replace_dir_atomic(staging(params, day), lambda tmp: raw.to_parquet(tmp / RAW, index=False))
-    write_json_atomic(staging(params, day) / "input.json", {"input": spec})
+    def write(tmp: Path) -> None:  # a new ingest replaces everything downstream of it for that day
+        raw.to_parquet(tmp / RAW, index=False)
+        write_json_atomic(tmp / "input.json", {"input": spec})
+
+    replace_dir_atomic(staging(params, day), write)
     return {"day": _iso(day), "input": spec, "rows": len(raw), "kpis": int(raw[KPI_ID].nunique())}
 
 

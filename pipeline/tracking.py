@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline import storage
 from pipeline.contract import DataError
 from pipeline.params import MlflowParams, Params
 
@@ -40,10 +41,6 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-def is_remote(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
-
-
 def connect(cfg: MlflowParams):
     """An ``MlflowClient`` on the configured store, after checking that it answers."""
     from mlflow import MlflowClient, set_registry_uri, set_tracking_uri
@@ -54,7 +51,7 @@ def connect(cfg: MlflowParams):
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", str(math.ceil(cfg.retry_backoff_s)))  # int only
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(math.ceil(cfg.request_timeout_s)))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    if is_remote(uri):
+    if storage.is_http(uri):
         wait_healthy(uri, cfg.connect_retries, cfg.retry_backoff_s, cfg.request_timeout_s)
     set_tracking_uri(uri)
     set_registry_uri(uri)
@@ -85,7 +82,7 @@ def experiment_id(client, name: str) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    location = None if is_remote(tracking_uri()) else Path(LOCAL_ARTIFACTS).resolve().as_uri()
+    location = None if storage.is_http(tracking_uri()) else Path(LOCAL_ARTIFACTS).resolve().as_uri()
     try:
         return client.create_experiment(name, artifact_location=location)
     except MlflowException:  # created meanwhile by a parallel task
@@ -98,7 +95,7 @@ def experiment_id(client, name: str) -> str:
 def run_url(client, run) -> str | None:
     """A browser link to a run, when the store is a server."""
     uri = tracking_uri()
-    if not is_remote(uri):
+    if not storage.is_http(uri):
         return None
     return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
 
