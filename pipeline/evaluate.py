@@ -3,8 +3,11 @@
 For each detector, the whole prepared series (train + val + test, per KPI) is scored once and cut
 back into splits, so the first test points are scored with their real preceding context.
 
-- The threshold is fitted on the **validation** split (params ``evaluate.threshold``); it never sees
-  test labels.
+- Raw scores are calibrated per KPI (params ``evaluate.calibration``, :mod:`pipeline.calibration`):
+  the calibration is fitted on the train and validation raw scores and maps every score to one common
+  scale (surprise, ``-log10`` of a tail probability), so one threshold means the same on every KPI.
+- The threshold is fitted on the **validation** split's calibrated scores (params
+  ``evaluate.threshold``); it never sees test labels.
 - The champion metric (``evaluate.champion_metric``) is computed on validation: it picks the
   champion. Test metrics are the honest estimate and pick nothing.
 - Figures that use test labels to choose a threshold are reported only under names ending in
@@ -12,7 +15,8 @@ back into splits, so the first test points are scored with their real preceding 
 - A ``random`` row (uniform random scores, same threshold rule) shows how much a metric inflates.
 
 Outputs: ``paths.evaluation``: ``metrics.json`` (DVC metrics: per detector overall and per KPI),
-``leaderboard.md``, ``thresholds/<detector>.json``; ``paths.plots`` (DVC plots): ``pr/<detector>.csv``
+``leaderboard.md``, ``thresholds/<detector>.json``, ``calibration/<detector>.json`` (the fitted
+calibration, which the register stage bundles with the model); ``paths.plots`` (DVC plots): ``pr/<detector>.csv``
 and ``scores/<kpi>.png`` (score versus label for a few KPIs).
 """
 from __future__ import annotations
@@ -29,6 +33,7 @@ from models import registry
 from models.frame import KPI_ID, LABEL, MISSING, TIMESTAMP, VALUE, has_labels
 from pipeline import metrics as M
 from pipeline.outputs import replace_dir_atomic
+from pipeline.calibration import make_calibration
 from pipeline.params import Params
 from pipeline.thresholds import make_threshold
 
@@ -77,9 +82,24 @@ def oracle_metrics(frame: pd.DataFrame, scores: np.ndarray, delay: int, nab_prob
     return out
 
 
-def evaluate_scores(name: str, full: pd.DataFrame, scores: np.ndarray, params: Params) -> dict:
-    """Threshold on validation, then metrics on validation and test (overall and per KPI)."""
+def calibrate(full: pd.DataFrame, scores: np.ndarray, config: dict | None) -> tuple[np.ndarray, dict]:
+    """(calibrated scores of every row, the fitted calibration as a dict): fitted on train + val rows."""
+    fit_rows = full["split"].isin(["train", "val"]).to_numpy()
+    ids = full[KPI_ID].to_numpy()
+    calibration = make_calibration(config)
+    calibration.fit(scores[fit_rows], ids[fit_rows], full[MISSING].to_numpy()[fit_rows])
+    return calibration.transform(scores, ids), calibration.to_dict()
+
+
+def evaluate_scores(name: str, full: pd.DataFrame, scores: np.ndarray, params: Params,
+                    calibration: dict | None = None) -> dict:
+    """Calibrate, threshold on validation, then metrics on validation and test (overall and per KPI).
+
+    ``calibration`` overrides ``evaluate.calibration`` (the benchmark compares against ``none``). The
+    result holds the fitted calibration under ``"calibration"``.
+    """
     ev = params.evaluate
+    scores, fitted_calibration = calibrate(full, scores, ev.calibration if calibration is None else calibration)
     val_mask = (full["split"] == "val").to_numpy()
     test_mask = (full["split"] == "test").to_numpy()
     val, test = full[val_mask], full[test_mask]
@@ -87,7 +107,7 @@ def evaluate_scores(name: str, full: pd.DataFrame, scores: np.ndarray, params: P
     threshold = make_threshold(dict(ev.threshold))
     threshold.fit(scores[val_mask], labels=val[LABEL].to_numpy() if labelled else None,
                   missing=val[MISSING].to_numpy(), kpi_ids=val[KPI_ID].to_numpy())
-    result = {"status": "ok", "threshold": threshold.to_dict()}
+    result = {"status": "ok", "calibration": fitted_calibration, "threshold": threshold.to_dict()}
     for split, part, mask in (("val", val, val_mask), ("test", test, test_mask)):
         if part.empty or not has_labels(part):
             result[split] = None
@@ -100,6 +120,7 @@ def evaluate_scores(name: str, full: pd.DataFrame, scores: np.ndarray, params: P
             result["per_kpi"] = per_kpi_metrics(part, scores[mask], alarms, ev.delay)
     champion = (result.get("val") or {}).get(ev.champion_metric)
     result["champion_metric"] = {"name": ev.champion_metric, "split": "val", "value": champion}
+    result["_calibrated"] = scores  # for plots and curves; never written
     return result
 
 
@@ -142,13 +163,15 @@ def run(params: Params, detectors: list[str] | None = None) -> dict:
             log.exception("evaluating %s failed", name)
             results[name] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
             continue
-        all_scores[name] = scores
+        all_scores[name] = calibrated = results[name].pop("_calibrated")
         test = (full["split"] == "test").to_numpy()
         if has_labels(full[test]):
-            curves[name] = pr_curve(full[LABEL].to_numpy()[test], scores[test], full[MISSING].to_numpy()[test])
+            curves[name] = pr_curve(full[LABEL].to_numpy()[test], calibrated[test], full[MISSING].to_numpy()[test])
     champion = pick_champion(results, params.evaluate.champion_metric)
+    # Fitted calibrations hold per-KPI state (quantile knots): files of their own, not DVC metrics.
+    calibrations = {name: res.pop("calibration") for name, res in results.items() if "calibration" in res}
     report = {"champion_metric": params.evaluate.champion_metric, "best_on_val": champion,
-              "detectors": results}
+              "calibration": dict(params.evaluate.calibration), "detectors": results}
 
     def write(tmp: Path) -> None:
         (tmp / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=_json))
@@ -157,6 +180,9 @@ def run(params: Params, detectors: list[str] | None = None) -> dict:
         for name, res in results.items():
             if "threshold" in res:
                 (tmp / "thresholds" / f"{name}.json").write_text(json.dumps(res["threshold"], indent=2))
+        (tmp / "calibration").mkdir()
+        for name, fitted in calibrations.items():
+            (tmp / "calibration" / f"{name}.json").write_text(json.dumps(fitted))
 
     def write_plots(tmp: Path) -> None:
         (tmp / "pr").mkdir(parents=True)
@@ -246,7 +272,7 @@ def plot_scores(full: pd.DataFrame, all_scores: dict, results: dict, out: Path, 
             if isinstance(value, (int, float)):
                 ax.axhline(value, color="red", lw=0.6, ls="--")
             ax.set_ylabel(name, fontsize=7)
-        fig.suptitle(f"{kpi}: test split, scores and thresholds")
+        fig.suptitle(f"{kpi}: test split, calibrated scores and thresholds")
         fig.tight_layout()
         fig.savefig(out / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', str(kpi))}.png", dpi=80)
         plt.close(fig)

@@ -95,6 +95,8 @@ class WindowParams(_Section):
     stride: int = Field(1, ge=1)
     train_fraction: float = Field(0.6, gt=0, lt=1)
     val_fraction: float = Field(0.2, ge=0, lt=1)
+    max_train_points: int | None = Field(None, ge=1)
+    max_val_points: int | None = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _fractions(self):
@@ -123,6 +125,7 @@ class TrainParams(_Section):
 
 class EvaluateParams(_Section):
     champion_metric: str = "aiops_f1"
+    calibration: dict[str, Any] = Field(default_factory=lambda: {"method": "likelihood"})
     threshold: dict[str, Any] = Field(default_factory=lambda: {"method": "best_f1", "scope": "global"})
     delay: int = Field(7, ge=0)
     nab_probation: int | None = Field(None, ge=0)
@@ -135,6 +138,14 @@ class EvaluateParams(_Section):
 
         if v not in METRICS:
             raise ValueError(f"unknown metric {v!r}; known: {', '.join(METRICS)}")
+        return v
+
+    @field_validator("calibration")
+    @classmethod
+    def _calibration(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from pipeline.calibration import make_calibration
+
+        make_calibration(dict(v))  # raises ValueError naming the bad key or method
         return v
 
     @field_validator("threshold")

@@ -120,7 +120,9 @@ def log_detector_run(client, experiment: str, params: Params, name: str, evaluat
     artifacts = Path(params.paths.artifacts) / name
     with tempfile.TemporaryDirectory(prefix=f"kpiguard-bundle-{name}-") as tmp:
         bundle = Path(tmp) / "bundle"
-        meta = write_bundle(bundle, artifacts, evaluation["threshold"], {"params_digest": params.digest()})
+        calibration = json.loads((Path(params.paths.evaluation) / "calibration" / f"{name}.json").read_text())
+        meta = write_bundle(bundle, artifacts, evaluation["threshold"], calibration,
+                            {"params_digest": params.digest()})
         found = client.search_runs(
             [experiment], max_results=1,
             filter_string=f"tags.`{TAG}bundle_digest` = '{meta['digest']}' and tags.`{TAG}detector` = '{name}' "
@@ -138,6 +140,7 @@ def log_detector_run(client, experiment: str, params: Params, name: str, evaluat
                 **tracking.flat("detector", train_report.get("config") or {}),
                 **tracking.flat("train", params.train.model_dump(exclude={"detectors"})),
                 **tracking.flat("threshold", dict(params.evaluate.threshold)),
+                **tracking.flat("calibration", dict(params.evaluate.calibration)),
                 "detector_name": name, "params_digest": params.digest(),
                 "git_commit": commit,
                 "data_dvc_md5": tracking.data_version(params) or "unknown (no dvc.lock)"})
@@ -145,6 +148,7 @@ def log_detector_run(client, experiment: str, params: Params, name: str, evaluat
             mlflow.log_metrics(_final_metrics(evaluation, train_report))
             info = log_bundle(bundle)
             mlflow.log_dict(evaluation["threshold"], "threshold.json")
+            mlflow.log_dict(calibration, "calibration.json")
             mlflow.log_dict(train_report, "train_report.json")
             _log_plots(params, name)
             mlflow.set_tag(TAG + "model_uri", info.model_uri)

@@ -28,7 +28,7 @@ from pipeline.outputs import write_json_atomic, write_text_atomic
 SCORE = "score"
 THRESHOLD = "threshold"
 IS_ANOMALY = "is_anomaly"
-SPAN_COLUMNS = ("kpi_id", "start", "end", "points", "peak_score", "severity")
+SPAN_COLUMNS = ("kpi_id", "start", "end", "points", "peak_score", "threshold", "severity")
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto;
@@ -50,7 +50,8 @@ def anomaly_spans(scored: pd.DataFrame) -> pd.DataFrame:
 
     A span is a maximal run of consecutive rows of one KPI (in timestamp order) with ``is_anomaly``;
     runs never continue across KPIs. Columns: ``kpi_id``, ``start`` / ``end`` (timestamps of the first
-    and last flagged point), ``points``, ``peak_score`` (highest score in the span) and ``severity``:
+    and last flagged point), ``points``, ``peak_score`` (highest calibrated score in the span),
+    ``threshold`` (the KPI's threshold at that point, on the same calibrated scale) and ``severity``:
     how many times over its threshold the peak is, ``peak_score / threshold`` with the threshold in
     force at the peak point (1 = exactly at threshold). Ratios are meaningless for a threshold <= 0,
     so there severity is ``peak_score - threshold + 1``, which also reads 1 at the threshold.
@@ -75,6 +76,7 @@ def anomaly_spans(scored: pd.DataFrame) -> pd.DataFrame:
         "end": by_span[TIMESTAMP].max().array,
         "points": by_span.size().to_numpy(),
         "peak_score": peak,
+        "threshold": threshold,
         "severity": severity,
     })
     return (spans.sort_values(["severity", "kpi_id", "start"], ascending=[False, True, True], kind="stable")
@@ -100,7 +102,8 @@ def build_report(scored: pd.DataFrame, day: str, champion: dict | None, out_dir:
         "anomalous_kpis": len(flagged),
         "champion": champion or {},
         "spans": [{"kpi_id": str(s.kpi_id), "start": s.start.isoformat(), "end": s.end.isoformat(),
-                   "points": int(s.points), "peak_score": float(s.peak_score), "severity": float(s.severity)}
+                   "points": int(s.points), "peak_score": float(s.peak_score), "threshold": float(s.threshold),
+                   "severity": float(s.severity)}
                   for s in spans.itertuples(index=False)],
         "kpis_without_anomalies": quiet,
     }
@@ -139,7 +142,7 @@ def plot_kpi(part: pd.DataFrame, spans: pd.DataFrame) -> str:
         ax_s.step(ts, threshold, where="post", color="red", lw=0.8, ls="--", label="threshold")
     else:
         ax_s.axhline(threshold.iloc[0], color="red", lw=0.8, ls="--", label="threshold")
-    ax_s.set_ylabel("score")
+    ax_s.set_ylabel("calibrated score")
     ax_s.legend(loc="upper right", fontsize=7)
     locator = mdates.AutoDateLocator()
     ax_s.xaxis.set_major_locator(locator)
@@ -175,10 +178,13 @@ def render_html(summary: dict, plots: dict[str, str]) -> str:
     elif not summary["spans"]:
         parts.append(f'<p class="quiet">No anomalies: all {summary["kpis_scored"]} KPIs stayed within threshold.</p>')
     else:
-        parts += ['<p class="quiet">Times are UTC. Severity is the peak score over its threshold '
-                  "(1 = at threshold); most severe first, rows at twice the threshold or more highlighted.</p>",
+        parts += ['<p class="quiet">Times are UTC. Scores are calibrated per KPI: the surprise '
+                  "-log10(tail probability) of the detector's score given that KPI's history (5 = a "
+                  "1-in-100,000 score), so they compare across KPIs. Severity is the peak score over its "
+                  "KPI's threshold (1 = at threshold); most severe first, rows at twice the threshold or more "
+                  "highlighted.</p>",
                   '<table class="spans"><thead><tr><th>KPI</th><th>start</th><th>end</th><th>points</th>'
-                  "<th>peak score</th><th>severity</th></tr></thead><tbody>"]
+                  "<th>peak score</th><th>KPI threshold</th><th>severity</th></tr></thead><tbody>"]
         for s in summary["spans"]:
             kpi = e(s["kpi_id"])
             cell = f'<a href="#{anchors[s["kpi_id"]]}">{kpi}</a>' if s["kpi_id"] in anchors else kpi
@@ -187,7 +193,7 @@ def render_html(summary: dict, plots: dict[str, str]) -> str:
                 f"{row}<td>{cell}</td>"
                 f"<td>{e(_time(s['start']))}</td><td>{e(_time(s['end']))}</td>"
                 f'<td class="num">{s["points"]}</td><td class="num">{_fmt(s["peak_score"])}</td>'
-                f'<td class="num">{_fmt(s["severity"], 2)}</td></tr>')
+                f'<td class="num">{_fmt(s["threshold"])}</td><td class="num">{_fmt(s["severity"], 2)}</td></tr>')
         parts.append("</tbody></table>")
     if plots:
         parts.append("<h2>Flagged KPIs</h2>")

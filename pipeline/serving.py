@@ -6,7 +6,9 @@ A bundle holds everything needed to turn raw KPI rows into alarms, and nothing p
 ``detector/``          the detector's ``config.json`` + ``weights.pt`` (a state_dict, loaded with
                        ``torch.load(weights_only=True)``)
 ``norm_stats.json``    per-KPI median/MAD and sampling interval, from the train split
-``threshold.json``     the threshold fitted on validation (:mod:`pipeline.thresholds`)
+``calibration.json``   the score calibration fitted on train + validation (:mod:`pipeline.calibration`)
+``threshold.json``     the threshold on calibrated scores, fitted on validation (:mod:`pipeline.thresholds`):
+                       per-KPI values plus the global one for KPIs it has never seen
 ``bundle.json``        detector name, digest of the above, and where it came from
 =====================  =====================================================================
 
@@ -16,8 +18,9 @@ A bundle holds everything needed to turn raw KPI rows into alarms, and nothing p
 
 Input: a DataFrame of ``kpi_id`` (str), ``timestamp`` (UTC, timezone-naive in the MLflow
 signature, which cannot carry a timezone; :func:`predict` accepts either), ``value`` (float).
-Output: one row per input row: ``kpi_id``, ``timestamp``, ``value``, ``score``, ``threshold``,
-``is_anomaly``.
+Output: one row per input row: ``kpi_id``, ``timestamp``, ``value``, ``raw_score`` (the detector's),
+``score`` (calibrated: surprise, ``-log10`` of a tail probability), ``threshold`` (the KPI's, on the
+calibrated scale), ``is_anomaly`` (``score >= threshold``).
 """
 from __future__ import annotations
 
@@ -33,22 +36,26 @@ import pandas as pd
 from models import registry
 from models.base import Detector
 from models.frame import KPI_ID, MISSING, RAW_VALUE, TIMESTAMP, VALUE
+from pipeline.calibration import Calibration, NoCalibration
 from pipeline.contract import to_canonical
 from pipeline.thresholds import Threshold
 from pipeline.windows import NormStats, load_norm_stats, prepare
 
 log = logging.getLogger(__name__)
 
-SCORE, THRESHOLD, IS_ANOMALY = "score", "threshold", "is_anomaly"
-OUTPUT_COLUMNS = (KPI_ID, TIMESTAMP, VALUE, SCORE, THRESHOLD, IS_ANOMALY)
+RAW_SCORE, SCORE, THRESHOLD, IS_ANOMALY = "raw_score", "score", "threshold", "is_anomaly"
+OUTPUT_COLUMNS = (KPI_ID, TIMESTAMP, VALUE, RAW_SCORE, SCORE, THRESHOLD, IS_ANOMALY)
 
 
 # -- bundles -----------------------------------------------------------------------------------
-def write_bundle(out: Path, detector_dir: Path, threshold: dict, info: dict | None = None) -> dict:
-    """Assemble a bundle from a trained detector directory (train stage output) and its threshold."""
+def write_bundle(out: Path, detector_dir: Path, threshold: dict, calibration: dict,
+                 info: dict | None = None) -> dict:
+    """Assemble a bundle from a trained detector directory (train stage output), its fitted calibration
+    and its threshold (both from the evaluate stage)."""
     out = Path(out)
     shutil.copytree(detector_dir, out / "detector", ignore=shutil.ignore_patterns("norm_stats.json", "status.json"))
     shutil.copy(Path(detector_dir) / "norm_stats.json", out / "norm_stats.json")
+    (out / "calibration.json").write_text(json.dumps(calibration, sort_keys=True) + "\n")
     (out / "threshold.json").write_text(json.dumps(threshold, indent=2, sort_keys=True) + "\n")
     meta = {"detector": json.loads((out / "detector" / "config.json").read_text())["detector"],
             "digest": bundle_digest(out), **(info or {})}
@@ -71,22 +78,28 @@ def bundle_digest(directory: Path) -> str:
     for name in sorted(state):
         h.update(name.encode())
         h.update(state[name].contiguous().numpy().tobytes())
-    for name in ("norm_stats.json", "threshold.json"):
-        h.update(json.dumps(json.loads((directory / name).read_text()), sort_keys=True).encode())
+    for name in ("norm_stats.json", "calibration.json", "threshold.json"):
+        if (directory / name).exists():
+            h.update(json.dumps(json.loads((directory / name).read_text()), sort_keys=True).encode())
     return h.hexdigest()
 
 
 class Bundle:
     """A loaded bundle: scores raw KPI rows."""
 
-    def __init__(self, detector: Detector, norm: dict[str, NormStats], threshold: Threshold, meta: dict):
-        self.detector, self.norm, self.threshold, self.meta = detector, norm, threshold, meta
+    def __init__(self, detector: Detector, norm: dict[str, NormStats], calibration: Calibration,
+                 threshold: Threshold, meta: dict):
+        self.detector, self.norm, self.calibration, self.threshold, self.meta = (
+            detector, norm, calibration, threshold, meta)
 
     @classmethod
     def load(cls, directory: str | Path, device: str | None = None) -> "Bundle":
         d = Path(directory)
+        # Bundles logged before calibration existed score raw, as they did when they were gated.
+        calibration = (Calibration.from_dict(json.loads((d / "calibration.json").read_text()))
+                       if (d / "calibration.json").exists() else NoCalibration().fit([], []))
         return cls(registry.load(d / "detector", device=device), load_norm_stats(d / "norm_stats.json"),
-                   Threshold.from_dict(json.loads((d / "threshold.json").read_text())),
+                   calibration, Threshold.from_dict(json.loads((d / "threshold.json").read_text())),
                    json.loads((d / "bundle.json").read_text()))
 
     def predict(self, rows: pd.DataFrame) -> pd.DataFrame:
@@ -98,12 +111,13 @@ class Bundle:
         if prepared.attrs.get("unseen_kpis"):
             log.warning("KPIs without training statistics, normalised by their own: %s",
                         ", ".join(prepared.attrs["unseen_kpis"]))
-        scores = self.detector.score(prepared)
+        raw = self.detector.score(prepared)
         ids = prepared[KPI_ID].to_numpy()
+        scores = self.calibration.transform(raw, ids)  # the same fitted transform as the evaluate stage
         alarms = self.threshold.apply(scores, ids)
         per_kpi = {str(k): self.threshold.value_for(k) for k in pd.unique(ids)}
         out = pd.DataFrame({KPI_ID: prepared[KPI_ID].astype(str), TIMESTAMP: prepared[TIMESTAMP],
-                            VALUE: prepared[RAW_VALUE], SCORE: scores,
+                            VALUE: prepared[RAW_VALUE], RAW_SCORE: raw, SCORE: scores,
                             THRESHOLD: prepared[KPI_ID].astype(str).map(per_kpi).astype("float64"),
                             IS_ANOMALY: alarms})
         # Grid points that were interpolated into gaps were never observed: they get no output row.
@@ -112,7 +126,8 @@ class Bundle:
 
 def _empty_output() -> pd.DataFrame:
     return pd.DataFrame({KPI_ID: pd.Series(dtype="str"), TIMESTAMP: pd.Series(dtype="datetime64[ns, UTC]"),
-                         VALUE: pd.Series(dtype="float64"), SCORE: pd.Series(dtype="float64"),
+                         VALUE: pd.Series(dtype="float64"), RAW_SCORE: pd.Series(dtype="float64"),
+                         SCORE: pd.Series(dtype="float64"),
                          THRESHOLD: pd.Series(dtype="float64"), IS_ANOMALY: pd.Series(dtype="bool")})
 
 
@@ -144,7 +159,7 @@ def signature():
     return ModelSignature(
         inputs=Schema([ColSpec("string", KPI_ID), ColSpec("datetime", TIMESTAMP), ColSpec("double", VALUE)]),
         outputs=Schema([ColSpec("string", KPI_ID), ColSpec("datetime", TIMESTAMP), ColSpec("double", VALUE),
-                        ColSpec("double", SCORE), ColSpec("double", THRESHOLD), ColSpec("boolean", IS_ANOMALY)]))
+                        ColSpec("double", RAW_SCORE), ColSpec("double", SCORE), ColSpec("double", THRESHOLD), ColSpec("boolean", IS_ANOMALY)]))
 
 
 def pip_requirements() -> list[str]:

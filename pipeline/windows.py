@@ -96,10 +96,10 @@ def fit_norm(train_raw: np.ndarray, train_missing: np.ndarray, interval_s: float
 
 def split_bounds(n: int, wp: WindowParams, has_test_source: bool) -> dict[str, slice]:
     """Chronological split of one KPI's ``n`` points. With a separate test source, the rest is val."""
-    n_train = int(round(n * wp.train_fraction))
+    n_train = min(int(round(n * wp.train_fraction)), wp.max_train_points or n)
     if has_test_source:
         return {"train": slice(0, n_train), "val": slice(n_train, n), "test": slice(n, n)}
-    n_val = int(round(n * wp.val_fraction))
+    n_val = min(int(round(n * wp.val_fraction)), n if wp.max_val_points is None else wp.max_val_points)
     return {"train": slice(0, n_train), "val": slice(n_train, n_train + n_val),
             "test": slice(n_train + n_val, n)}
 

@@ -45,10 +45,10 @@ def test_anomaly_spans_exact():
 
     assert list(spans.columns) == list(SPAN_COLUMNS)
     assert [tuple(r) for r in spans.itertuples(index=False)] == [
-        ("b", ts[3], ts[4], 2, 6.0, 7.0),   # threshold 0 at the peak: 6 - 0 + 1
-        ("b", ts[0], ts[0], 1, 9.0, 3.0),
-        ("a", ts[0], ts[1], 2, 5.0, 2.5),
-        ("a", ts[5], ts[5], 1, 4.0, 2.0),   # a span that runs to the KPI's last point
+        ("b", ts[3], ts[4], 2, 6.0, 0.0, 7.0),   # threshold 0 at the peak: 6 - 0 + 1
+        ("b", ts[0], ts[0], 1, 9.0, 3.0, 3.0),
+        ("a", ts[0], ts[1], 2, 5.0, 2.0, 2.5),
+        ("a", ts[5], ts[5], 1, 4.0, 2.0, 2.0),   # a span that runs to the KPI's last point
     ]
 
 
@@ -104,7 +104,7 @@ def test_build_report_writes_summary_and_page(report, tmp_path):
     rows = page.split('<table class="spans">')[1].split("<tbody>")[1].split("</tbody>")[0].split("</tr>")[:-1]
     assert len(rows) == 4
     assert [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", rows[0])] == \
-        ["cpu/host-1", "2026-03-01 08:20:00", "2026-03-01 08:45:00", "6", "2.500", "2.50"]
+        ["cpu/host-1", "2026-03-01 08:20:00", "2026-03-01 08:45:00", "6", "2.500", "1.000", "2.50"]
     assert page.count('<img class="kpi-plot"') == 3
     assert page.count('src="data:image/png;base64,') == 3
     assert "latency&lt;p99&gt;" in page and "latency<p99>" not in page
