@@ -350,7 +350,8 @@ TINY = {
     "lstm_forecaster": {"chunk_length": 64, "max_train_windows": 256},
     "vae_lstm": {"l_win": 24, "l_seq": 4, "max_train_windows": 512},  # a 96-row sequence fits the test split
 }
-SAME_PATH = {"robust_zscore", "cnn_classifier", "convlstm_classifier"}  # causal as they are
+SAME_PATH = {"windowed_gaussian", "diff_z", "robust_zscore", "cnn_classifier", "convlstm_classifier"}  # causal as they are
+NO_KNOBS = {"windowed_gaussian", "diff_z", "robust_zscore"}  # no max_train_windows
 RECONSTRUCTORS = ["lstm_autoencoder", "conv1d_autoencoder", "dense_autoencoder"]
 
 
@@ -360,7 +361,7 @@ def tiny(splits):
 
     def get(name):
         if name not in cache:
-            default = None if name == "robust_zscore" else {"max_train_windows": 512}
+            default = None if name in NO_KNOBS else {"max_train_windows": 512}
             cache[name] = registry.create(name, TINY.get(name, default), CPU).fit(splits[0], splits[1])
         return cache[name]
     return get
