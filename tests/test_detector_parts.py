@@ -351,7 +351,8 @@ TINY = {
     "lstm_forecaster": {"chunk_length": 64, "max_train_windows": 256},
     "vae_lstm": {"l_win": 24, "l_seq": 4, "max_train_windows": 512},  # a 96-row sequence fits the test split
 }
-SAME_PATH = {"windowed_gaussian", "diff_z", "robust_zscore", "cnn_classifier", "convlstm_classifier"}  # causal as they are
+SAME_PATH = {"windowed_gaussian", "diff_z", "robust_zscore",  # causal as they are
+             "cnn_classifier", "convlstm_classifier"}
 NO_KNOBS = {"windowed_gaussian", "diff_z", "robust_zscore"}  # no max_train_windows
 RECONSTRUCTORS = ["lstm_autoencoder", "conv1d_autoencoder", "dense_autoencoder"]
 
