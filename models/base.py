@@ -308,10 +308,12 @@ class Detector:
         if state:
             raise ValueError(f"{self.name}: unexpected weights {sorted(state)}")
 
-    def _fitted_scalars(self) -> dict[str, float]:
+    def _fitted_scalars(self) -> dict[str, Any]:
+        """Small fitted values for config.json: JSON-serialisable (numbers, strings, nested dicts and
+        lists), round-tripped as they are by :meth:`save`/:meth:`load`."""
         return {}
 
-    def _load_fitted_scalars(self, scalars: dict[str, float]) -> None:
+    def _load_fitted_scalars(self, scalars: dict[str, Any]) -> None:
         pass
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from models.base import CONFIG_FILE, Detector, DetectorConfig, TrainConfig
 
 DETECTORS: dict[str, str] = {
+    "windowed_gaussian": "models.windowed_gaussian:WindowedGaussian",
+    "diff_z": "models.diff_z:DiffZ",
     "robust_zscore": "models.robust_zscore:RobustZScore",
     "isolation_forest": "models.isolation_forest:IsolationForest",
     "lstm_forecaster": "models.lstm_forecaster:LstmForecaster",

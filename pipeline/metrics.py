@@ -30,7 +30,8 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 __all__ = [
-    "METRICS", "MetricSpec", "NAB_STANDARD", "BEST_F1_METRICS",
+    "METRICS", "MetricSpec", "NAB_STANDARD", "NAB_REWARD_LOW_FP_RATE", "NAB_REWARD_LOW_FN_RATE",
+    "NAB_PROFILES", "BEST_F1_METRICS",
     "point_precision", "point_recall", "point_f1", "aiops_f1", "rpa_f1", "point_adjusted_f1",
     "auc_roc", "auc_pr", "vus_pr", "vus_roc", "range_auc_volumes",
     "nab_standard", "nab_raw_scores", "nab_best_threshold", "nab_probation_length",
@@ -401,6 +402,12 @@ def vus_roc(labels, scores, missing=None, series_ids=None, sliding_window: int |
 # config/profiles.json of numenta/NAB, "standard" profile. The file also lists tnWeight, which
 # NAB's scorer never uses: true negatives score 0 (A_TN = 0).
 NAB_STANDARD = {"tpWeight": 1.0, "fpWeight": 0.11, "fnWeight": 1.0}
+# The two other profiles of config/profiles.json: false positives cost twice as much, or a missed
+# window twice as much. Any of them can be passed as ``profile`` to the NAB functions below.
+NAB_REWARD_LOW_FP_RATE = {"tpWeight": 1.0, "fpWeight": 0.22, "fnWeight": 1.0}
+NAB_REWARD_LOW_FN_RATE = {"tpWeight": 1.0, "fpWeight": 0.11, "fnWeight": 2.0}
+NAB_PROFILES = {"standard": NAB_STANDARD, "reward_low_FP_rate": NAB_REWARD_LOW_FP_RATE,
+                "reward_low_FN_rate": NAB_REWARD_LOW_FN_RATE}
 NAB_PROBATION_PERCENT = 0.15
 
 

@@ -4,6 +4,7 @@ export, device selection, the training loop's holdout/checkpoint and causal scor
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pandas as pd
@@ -350,7 +351,9 @@ TINY = {
     "lstm_forecaster": {"chunk_length": 64, "max_train_windows": 256},
     "vae_lstm": {"l_win": 24, "l_seq": 4, "max_train_windows": 512},  # a 96-row sequence fits the test split
 }
-SAME_PATH = {"robust_zscore", "cnn_classifier", "convlstm_classifier"}  # causal as they are
+SAME_PATH = {"windowed_gaussian", "diff_z", "robust_zscore",  # causal as they are
+             "cnn_classifier", "convlstm_classifier"}
+NO_KNOBS = {"windowed_gaussian", "diff_z", "robust_zscore"}  # no max_train_windows
 RECONSTRUCTORS = ["lstm_autoencoder", "conv1d_autoencoder", "dense_autoencoder"]
 
 
@@ -360,7 +363,7 @@ def tiny(splits):
 
     def get(name):
         if name not in cache:
-            default = None if name == "robust_zscore" else {"max_train_windows": 512}
+            default = None if name in NO_KNOBS else {"max_train_windows": 512}
             cache[name] = registry.create(name, TINY.get(name, default), CPU).fit(splits[0], splits[1])
         return cache[name]
     return get
@@ -483,3 +486,55 @@ def test_cnn_classifier_sees_the_point_it_scores():
     y[:, -1] += 100.0
     with torch.no_grad():
         assert not torch.allclose(net(x), net(y))
+
+
+# -- the fixed reference rules: windowed_gaussian and diff_z ----------------------------------------
+def test_windowed_gaussian_hand_case():
+    frame = tiny_frame({"a": [1, 3, 5, 0, 10], "b": [2, 2, 2, 5]})
+    detector = registry.create("windowed_gaussian").fit(frame)
+    raw = detector._score_core(frame)
+    # a: t=2 reads [1, 3] (mean 2, population std 1); t=3 reads [1, 3, 5]; t=4 reads [1, 3, 5, 0]
+    expected_a = [np.nan, np.nan, 3.0, 3.0 / np.sqrt(8 / 3), 7.75 / np.sqrt(3.6875)]
+    # b: a constant history has std 0, floored at min_std = 1e-6
+    expected_b = [np.nan, np.nan, 0.0, 3.0 / 1e-6]
+    np.testing.assert_allclose(raw, expected_a + expected_b, rtol=1e-12)
+    s = detector.score(frame)  # the first two rows of each KPI take that KPI's minimum
+    np.testing.assert_allclose(s[[0, 1, 5, 6]], [min(expected_a[2:])] * 2 + [0.0, 0.0], rtol=1e-12)
+    small = registry.create("windowed_gaussian", {"window": 2}).fit(frame)
+    # window 2: t=3 reads [3, 5] (mean 4, std 1), t=4 reads [5, 0] (mean 2.5, std 2.5)
+    np.testing.assert_allclose(small._score_core(frame)[:5], [np.nan, np.nan, 3.0, 4.0, 3.0], rtol=1e-12)
+
+
+def test_diff_z_hand_case_and_unseen_kpi(tmp_path):
+    train = tiny_frame({"a": [0, 1, 3, 4, 8], "b": [0, 2, 4, 6], "c": [0, 2, 3, 50, 6, 10]})
+    train.loc[(train[KPI_ID] == "c").to_numpy().nonzero()[0][3], MISSING] = True  # c's 50 was interpolated
+    detector = registry.create("diff_z", {"min_scale": 0.01}).fit(train)
+    # a: d = [1, 2, 1, 4], median 1.5, MAD 0.5; b: d = [2, 2, 2], MAD 0 -> floor 0.01;
+    # c: the two differences touching the missing point and the a/b, b/c boundaries are left out:
+    # d = [2, 1, 4], median 2, MAD 1
+    expected = {"a": 1.4826 * 0.5, "b": 0.01, "c": 1.4826}
+    assert detector.scales == pytest.approx(expected, rel=1e-12)
+    assert detector.global_scale == pytest.approx(1.4826 * 0.5, rel=1e-12)  # median over KPIs
+    frame = tiny_frame({"a": [0, 5, 4], "c": [0, 1.4826], "z": [1, 4]})  # z: not in training
+    raw = detector._score_core(frame)
+    np.testing.assert_allclose(raw, [np.nan, 5 / 0.7413, 1 / 0.7413, np.nan, 1.0, np.nan, 3 / 0.7413], rtol=1e-12)
+    np.testing.assert_allclose(detector.score(frame)[[0, 3, 5]], [1 / 0.7413, 1.0, 3 / 0.7413], rtol=1e-12)
+    loaded = registry.load(detector.save(tmp_path))  # the nested scales survive config.json
+    assert loaded.scales == detector.scales and loaded.global_scale == detector.global_scale
+    np.testing.assert_array_equal(loaded.score(frame), detector.score(frame))
+    saved = json.loads((tmp_path / "config.json").read_text())["fitted"]
+    assert saved == {"scales": detector.scales, "global_scale": detector.global_scale}
+
+
+@pytest.mark.parametrize("name, config", [("windowed_gaussian", {"window": 50}), ("diff_z", None)])
+def test_reference_rules_are_causal_and_prefix_invariant(name, config, splits):
+    train, val, test = splits
+    detector = registry.create(name, config).fit(train, val)
+    full = detector._score_core(test)
+    np.testing.assert_array_equal(detector.score(test, causal=True), detector.score(test))
+    np.testing.assert_array_equal(detector._score_core(test, causal=True), full)
+    for t in (1, 2, 37, 400, len(test) - 2):  # a cut inside the first KPI and inside the second
+        np.testing.assert_array_equal(detector._score_core(test.iloc[: t + 1]), full[: t + 1])
+    changed = test.copy()
+    changed.loc[401:, VALUE] += 1000.0
+    np.testing.assert_array_equal(detector._score_core(changed)[:401], full[:401])
