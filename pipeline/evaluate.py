@@ -92,11 +92,12 @@ def calibrate(full: pd.DataFrame, scores: np.ndarray, config: dict | None) -> tu
 
 
 def evaluate_scores(name: str, full: pd.DataFrame, scores: np.ndarray, params: Params,
-                    calibration: dict | None = None) -> dict:
+                    calibration: dict | None = None, threshold_rule: dict | None = None) -> dict:
     """Calibrate, threshold on validation, then metrics on validation and test (overall and per KPI).
 
-    ``calibration`` overrides ``evaluate.calibration`` (the benchmark compares against ``none``). The
-    result holds the fitted calibration under ``"calibration"``.
+    ``calibration`` and ``threshold_rule`` override ``evaluate.calibration`` / ``evaluate.threshold`` (the
+    benchmark compares against raw scores). The result holds the fitted calibration under
+    ``"calibration"``.
     """
     ev = params.evaluate
     scores, fitted_calibration = calibrate(full, scores, ev.calibration if calibration is None else calibration)
@@ -104,7 +105,7 @@ def evaluate_scores(name: str, full: pd.DataFrame, scores: np.ndarray, params: P
     test_mask = (full["split"] == "test").to_numpy()
     val, test = full[val_mask], full[test_mask]
     labelled = has_labels(val)
-    threshold = make_threshold(dict(ev.threshold))
+    threshold = make_threshold(dict(ev.threshold if threshold_rule is None else threshold_rule))
     threshold.fit(scores[val_mask], labels=val[LABEL].to_numpy() if labelled else None,
                   missing=val[MISSING].to_numpy(), kpi_ids=val[KPI_ID].to_numpy())
     result = {"status": "ok", "calibration": fitted_calibration, "threshold": threshold.to_dict()}

@@ -12,6 +12,9 @@ Methods
 * ``pot``: peaks over threshold (Siffer et al., "Anomaly detection in streams with extreme value
   theory", KDD 2017, SPOT initialisation): GPD fitted to the excesses over a high empirical
   quantile, threshold at the risk level ``q``.
+* ``fixed``: a constant ``value``, fitted on nothing. It makes sense on calibrated scores
+  (:mod:`pipeline.calibration`), where one value means the same tail probability on every KPI: 5.0
+  is NAB's red zone, a 1-in-100,000 score. It uses no label and no data at all.
 
 Scopes
 ------
@@ -32,7 +35,7 @@ from scipy import stats
 
 from pipeline import metrics
 
-__all__ = ["Threshold", "QuantileThreshold", "BestF1Threshold", "PotThreshold",
+__all__ = ["Threshold", "FixedThreshold", "QuantileThreshold", "BestF1Threshold", "PotThreshold",
            "ThresholdError", "make_threshold", "pot_threshold", "SCOPES", "METHODS"]
 
 SCOPES = ("global", "per_kpi")
@@ -320,7 +323,25 @@ class PotThreshold(Threshold):
         return pot_threshold(scores[observed], self.level, self.q, self.min_peaks)
 
 
+@dataclass
+class FixedThreshold(Threshold):
+    """A constant on the (calibrated) score scale; the same for every KPI."""
+
+    value: float = 5.0
+    method: ClassVar[str] = "fixed"
+    params: ClassVar[tuple[str, ...]] = ("value",)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not math.isfinite(float(self.value)):
+            raise ThresholdError(f"a fixed threshold value must be finite, got {self.value}")
+
+    def _fit_one(self, scores, labels, observed, series_ids):
+        return float(self.value), {"fixed": True}
+
+
 METHODS: dict[str, type[Threshold]] = {
+    "fixed": FixedThreshold,
     "quantile": QuantileThreshold,
     "best_f1": BestF1Threshold,
     "pot": PotThreshold,
@@ -337,6 +358,7 @@ _CFG_KEYS = {
     "pot_level": "level",
     "pot_q": "q",
     "pot_min_peaks": "min_peaks",
+    "value": "value",
 }
 
 

@@ -76,9 +76,12 @@ def regularise(kpi: pd.DataFrame, interval: pd.Timedelta | None = None) -> tuple
     grid[RAW_VALUE] = raw
     grid[MISSING] = ~present
     if LABEL in kpi.columns:
-        labels = np.zeros(n, dtype=np.int8)
-        labels[slot] = kpi[LABEL].to_numpy(dtype=np.int8)
-        grid[LABEL] = labels
+        observed = np.full(n, np.nan)
+        observed[slot] = kpi[LABEL].to_numpy(dtype=np.float64)
+        # A gap inside a labelled event belongs to it (labelled, and masked as missing), so that the
+        # event stays one event: metrics then neither split it nor score the unobserved points.
+        before, after = pd.Series(observed).ffill().to_numpy(), pd.Series(observed).bfill().to_numpy()
+        grid[LABEL] = np.where(present, observed, (before == 1) & (after == 1)).astype(np.int8)
     stats = {"interval_s": interval.total_seconds(), "points": n, "missing": int(n - present.sum()),
              "off_grid_snapped": off_grid, "collisions_dropped": int(collided.sum())}
     return grid, stats

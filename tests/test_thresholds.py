@@ -173,3 +173,14 @@ def test_make_threshold_validates_config():
 def test_unfitted_threshold_refuses_to_apply():
     with pytest.raises(ThresholdError, match="not fitted"):
         QuantileThreshold().apply(np.arange(3.0))
+
+
+def test_fixed_threshold_fits_nothing_and_round_trips():
+    th = make_threshold({"method": "fixed", "value": 5.0, "scope": "per_kpi", "min_points": 1})
+    th.fit(np.array([1.0, 9.0, 3.0]), kpi_ids=np.array(["a", "b", "b"]), labels=np.array([0, 1, 0]))
+    assert th.global_value == 5.0 and th.per_kpi == {"a": 5.0, "b": 5.0}
+    assert th.apply(np.array([4.99, 5.0, 7.0])).tolist() == [False, True, True]
+    again = Threshold.from_dict(th.to_dict())
+    assert again.value_for("never seen") == 5.0 and again.method == "fixed"
+    with pytest.raises(ThresholdError, match="finite"):
+        make_threshold({"method": "fixed", "value": float("inf")})

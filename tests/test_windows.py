@@ -26,6 +26,16 @@ def test_regularise_interpolates_gaps_and_marks_them_missing():
                      "collisions_dropped": 0}
 
 
+def test_a_gap_inside_a_labelled_event_stays_in_the_event():
+    """Interpolated points take label 1 only between two labelled observations, so a gap never
+    splits one anomaly into two events (NAB windows, AIOps segments); at an event's edge they are 0."""
+    frame = kpi_frame("a", 12, drop=(3, 5, 6, 9))
+    frame[LABEL] = frame[TIMESTAMP].dt.minute.isin([10, 20, 35, 40]).astype(np.int8)  # points 2, 4, 7, 8
+    grid, _ = windows.regularise(frame)
+    assert grid[LABEL].tolist() == [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]
+    assert grid[MISSING].tolist() == [False] * 3 + [True, False, True, True, False, False, True, False, False]
+
+
 def test_regularise_sorts_and_counts_off_grid_points():
     frame = kpi_frame("a", 6).iloc[::-1].reset_index(drop=True)
     frame.loc[0, TIMESTAMP] += pd.Timedelta("10s")  # the last point, 10 s late
