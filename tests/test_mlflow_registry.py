@@ -86,7 +86,8 @@ def test_first_register_is_champion_and_rerun_changes_nothing(trained, server):
     losses = client.get_metric_history(run.info.run_id, "train_loss")
     assert len(losses) >= 1 and [m.step for m in losses] == sorted(m.step for m in losses)
     files = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"threshold.json", "train_report.json", "plots"} <= files
+    assert {"threshold.json", "calibration.json", "train_report.json", "plots"} <= files
+    assert "calibration.method" in run.data.params
 
     again = register.run(p)  # same bundles: nothing new is logged or registered
     assert all(again["detectors"][n]["decision"] == "unchanged" and again["detectors"][n]["reused_run"]
@@ -185,7 +186,7 @@ print(json.dumps({{"rows": len(rows), "out": len(out), "columns": list(out.colum
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["out"] == result["rows"] > 0 and result["finite"]
-    assert result["columns"] == ["kpi_id", "timestamp", "value", "score", "threshold", "is_anomaly"]
+    assert result["columns"] == ["kpi_id", "timestamp", "value", "raw_score", "score", "threshold", "is_anomaly"]
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -214,7 +215,7 @@ def test_rescoring_a_date_is_idempotent(trained, server, where, request, tmp_pat
     assert not rows2.duplicated(["kpi_id", "timestamp"]).any()
     pd.testing.assert_frame_equal(rows1, rows2)
     assert rows1["timestamp"].min() >= start and rows1["timestamp"].max() < end
-    assert list(rows1.columns) == ["kpi_id", "timestamp", "value", "score", "threshold", "is_anomaly"]
+    assert list(rows1.columns) == ["kpi_id", "timestamp", "value", "raw_score", "score", "threshold", "is_anomaly"]
     assert first["model"]["model"] == f"serve-score{where}" and first["model"]["version"] == "1"
     if where == "local":
         assert sorted(x.name for x in (tmp_path / "scores").iterdir()) == ["date=2026-01-05"]
