@@ -97,12 +97,18 @@ def cmd_bench(args) -> dict:
     from models import registry
 
     p = _params(args)
+    command = bench.command_line(sys.argv[1:] if args.argv is None else args.argv)
+    if args.scores_from:
+        report = bench.rescore(p, Path(args.scores_from), Path(args.out), command=command)
+        print((Path(args.out) / "results.md").read_text())
+        return {"results": str(Path(args.out) / "results.json"), "wall_s": report["wall_s"]}
+    if not args.train:
+        raise ParamsError("kpiguard bench: give --train SPEC (or --scores-from DIR to rescore a finished run)")
     names = registry.names() if args.detectors == "all" else args.detectors.split(",")
     for name in names:
         registry.get(name)  # an unknown name fails before any work starts
     report = bench.run(p, args.train, args.test, names, Path(args.out), protocol=args.protocol,
-                       command=bench.command_line(sys.argv[1:] if args.argv is None else args.argv),
-                       progress=not args.no_progress)
+                       command=command, progress=not args.no_progress)
     print((Path(args.out) / "results.md").read_text())
     return {"results": str(Path(args.out) / "results.json"), "wall_s": report["wall_s"]}
 
@@ -168,7 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", parents=[common],
                        help="ingest → validate → windows → train → evaluate on any sources, outside DVC")
-    p.add_argument("--train", required=True, help="source spec, e.g. nab:../shared/datasets/nab")
+    p.add_argument("--train", help="source spec, e.g. nab:../shared/datasets/nab (required unless --scores-from)")
+    p.add_argument("--scores-from", metavar="DIR",
+                   help="rescore a finished benchmark's saved scores with today's evaluate settings "
+                        "(e.g. -S evaluate.calibration.method=ecdf): no ingest, no training")
     p.add_argument("--test", help="a separate test source, scored whole")
     p.add_argument("--detectors", default="all", help="a,b,c or all (every registered detector)")
     p.add_argument("--out", default="bench-results", help="output directory (results.json, results.md)")
