@@ -14,7 +14,6 @@ import functools
 import gzip
 import io
 import os
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +22,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from pipeline import outputs
 from pipeline.contract import DataError
 
 S3_CONNECT_TIMEOUT_S = 5
@@ -317,18 +317,7 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
             raise StorageError(path, "s3_path", "an S3 object path needs a key after the bucket")
         _s3_call(path, "write the object", s3_client().put_object, Bucket=bucket, Key=key, Body=data)
         return
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    outputs.write_bytes_atomic(path, data)  # locked per file; a rerun removes a killed writer's temp file
 
 
 def write_parquet(df: pd.DataFrame, path: str | Path) -> None:
