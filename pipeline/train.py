@@ -53,6 +53,7 @@ def fit_detector(name: str, params: Params, train: pd.DataFrame, val: pd.DataFra
 
 
 def run(params: Params, name: str, progress: bool = True) -> dict:
+    registry.get(name)  # raises UnknownDetector: the name becomes a directory below, so it must be a registered one
     windows = Path(params.paths.windows)
     train = pd.read_parquet(windows / "train.parquet")
     val = pd.read_parquet(windows / "val.parquet")
