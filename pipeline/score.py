@@ -13,6 +13,7 @@ rows are never duplicated.
 """
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import logging
@@ -40,14 +41,28 @@ def day_range(date: str | None = None, start: str | None = None, end: str | None
               ) -> tuple[pd.Timestamp, pd.Timestamp]:
     """``--date D`` is ``[D, D+1)``; ``--start/--end`` are whole days, ``end`` exclusive."""
     if date is not None:
-        start_ts = pd.Timestamp(date, tz="UTC").normalize()
+        start_ts = _day(date, "--date")
         return start_ts, start_ts + pd.Timedelta(days=1)
     if start is None or end is None:
         raise DataError("kpiguard score", "date_range", "give --date, or both --start and --end")
-    start_ts, end_ts = pd.Timestamp(start, tz="UTC").normalize(), pd.Timestamp(end, tz="UTC").normalize()
+    start_ts, end_ts = _day(start, "--start"), _day(end, "--end")
     if end_ts <= start_ts:
         raise DataError("kpiguard score", "date_range", f"--end {end} must be after --start {start}")
     return start_ts, end_ts
+
+
+def _day(text, option: str) -> pd.Timestamp:
+    """A UTC day from ``YYYY-MM-DD`` (a Timestamp or date passes through); DataError otherwise."""
+    if not isinstance(text, str):
+        ts = pd.Timestamp(text)
+        return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).normalize()
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text.strip()):
+            raise ValueError("not YYYY-MM-DD")
+        return pd.Timestamp(datetime.date.fromisoformat(text.strip()), tz="UTC")
+    except ValueError as exc:
+        raise DataError(f"kpiguard score {option}", "date_format",
+                        f"{text!r} is not a valid day; expected YYYY-MM-DD, e.g. 2026-01-28 ({exc})") from None
 
 
 def load_model(params: Params, model_uri: str):

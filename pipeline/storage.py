@@ -377,12 +377,18 @@ def _read_csv(path: str, data: bytes, string_columns: tuple[str, ...]) -> pd.Dat
     try:
         table = pacsv.read_csv(pa.BufferReader(data), convert_options=convert)
         return table.to_pandas()
+    except UnicodeDecodeError as exc:
+        raise StorageError(path, "utf8_text", f"not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                           "save the CSV as UTF-8") from exc
     except pa.ArrowInvalid as exc:
         if "conversion error" not in str(exc).lower():
             raise StorageError(path, "readable_file", f"not a readable CSV file: {exc}") from exc
     # pyarrow inferred a type from the first block that a later value breaks: read everything as
     # text and let the contract say which column and values are wrong.
     try:
-        return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+        return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise StorageError(path, "utf8_text", f"not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                           "save the CSV as UTF-8") from exc
     except (ValueError, pd.errors.ParserError) as exc:
         raise StorageError(path, "readable_file", f"not a readable CSV file: {exc}") from exc
