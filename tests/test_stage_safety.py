@@ -98,11 +98,12 @@ def test_evaluate_plots_any_kpi_id_and_keeps_outputs_in_step(pipeline_dir, monke
     assert [f.name for f in Path(p.paths.evaluation).parent.iterdir() if f.name.startswith(".")] == []
 
 
-@pytest.mark.parametrize("argv", [["--date", "2026-13-45"], ["--start", "garbage", "--end", "2026-01-02"],
-                                  ["--start", "2026-01-01", "--end", "2026-02-30"]])
-def test_score_bad_dates_are_one_clear_error(tmp_path, capsys, argv):
+@pytest.mark.parametrize("argv,bad", [(["--date", "2026-13-45"], "2026-13-45"),
+                                      (["--start", "garbage", "--end", "2026-01-02"], "garbage"),
+                                      (["--start", "2026-01-01", "--end", "2026-02-30"], "2026-02-30")])
+def test_score_bad_dates_are_one_clear_error(tmp_path, capsys, argv, bad):
     code = cli.main(["score", *argv, "--output", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
-    assert "date_format" in err and "YYYY-MM-DD" in err and argv[1] in err
+    assert "date_format" in err and "YYYY-MM-DD" in err and bad in err
     assert not (tmp_path / "out").exists()
