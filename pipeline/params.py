@@ -95,6 +95,7 @@ class WindowParams(_Section):
     stride: int = Field(1, ge=1)
     train_fraction: float = Field(0.6, gt=0, lt=1)
     val_fraction: float = Field(0.2, ge=0, lt=1)
+    clip_sigma: float = Field(1.0e6, gt=0, le=1.0e30)
 
     @model_validator(mode="after")
     def _fractions(self):

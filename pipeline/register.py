@@ -120,7 +120,8 @@ def log_detector_run(client, experiment: str, params: Params, name: str, evaluat
     artifacts = Path(params.paths.artifacts) / name
     with tempfile.TemporaryDirectory(prefix=f"kpiguard-bundle-{name}-") as tmp:
         bundle = Path(tmp) / "bundle"
-        meta = write_bundle(bundle, artifacts, evaluation["threshold"], {"params_digest": params.digest()})
+        meta = write_bundle(bundle, artifacts, evaluation["threshold"],
+                            {"params_digest": params.digest(), "clip_sigma": params.windows.clip_sigma})
         found = client.search_runs(
             [experiment], max_results=1,
             filter_string=f"tags.`{TAG}bundle_digest` = '{meta['digest']}' and tags.`{TAG}detector` = '{name}' "
