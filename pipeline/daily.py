@@ -74,8 +74,8 @@ def score_shard(params: Params, day: str, shard: int, shards: int, model_uri: st
     folder = staging(params, day)
     valid = pd.read_parquet(folder / VALID)
     mine = valid[shard_of(valid[KPI_ID].astype(str), shards) == shard]
-    pyfunc, info = score.load_model(params, model_uri or params.score.model_uri)
-    scored = score.score_rows(pyfunc, mine, start, end) if len(mine) else mine.iloc[:0]
+    model, info = score.load_model(params, model_uri or params.score.model_uri)  # never runs stored code
+    scored = score.score_rows(model, mine, start, end) if len(mine) else mine.iloc[:0]
     storage.write_parquet(scored, folder / "shards" / f"{shard:04d}-of-{shards:04d}.parquet")
     write_json_atomic(folder / MODEL, info)
     return {"shard": shard, "kpis": int(mine[KPI_ID].nunique()), "rows": len(scored)}

@@ -66,17 +66,16 @@ def _day(text, option: str) -> pd.Timestamp:
 
 
 def load_model(params: Params, model_uri: str):
-    """(pyfunc model, description of the model version) for a ``models:/`` URI."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    """(model, description of the model version) for a ``models:/name@alias`` or ``models:/name/N`` URI.
+
+    The model is loaded by :func:`pipeline.model_store.load_version`: only its bundle, with kpiguard's
+    own code, after checking its stored code is kpiguard's; nothing stored with the version is executed.
+    """
+    from pipeline import model_store
 
     client = tracking.connect(params.mlflow)
     info = describe_model(client, model_uri)
-    try:
-        return mlflow.pyfunc.load_model(model_uri), info
-    except MlflowException as exc:
-        raise tracking.TrackingError(tracking.tracking_uri(), f"cannot load {model_uri}: {exc.message}",
-                                     rule="model_loadable") from None
+    return model_store.load_version(client, info["model"], info["version"]), info
 
 
 def describe_model(client, model_uri: str) -> dict:
@@ -85,7 +84,8 @@ def describe_model(client, model_uri: str) -> dict:
 
     m = MODEL_URI.match(model_uri)
     if m is None:
-        return {"uri": model_uri}
+        raise tracking.TrackingError(tracking.tracking_uri(), f"{model_uri!r} is not a registry URI; expected "
+                                     "models:/<name>@<alias> or models:/<name>/<version>", rule="model_uri")
     try:
         mv = (client.get_model_version_by_alias(m["name"], m["alias"]) if m["alias"]
               else client.get_model_version(m["name"], m["version"]))
@@ -102,11 +102,11 @@ def describe_model(client, model_uri: str) -> dict:
 
 def run(params: Params, input_spec: str, start: pd.Timestamp, end: pd.Timestamp, output: str,
         model_uri: str, model=None) -> dict:
-    """Score ``[start, end)`` and write one partition per day. ``model``: (pyfunc, info), preloaded."""
-    pyfunc, info = model or load_model(params, model_uri)
+    """Score ``[start, end)`` and write one partition per day. ``model``: (loaded model, info), preloaded."""
+    loaded, info = model or load_model(params, model_uri)
     raw = read_input(params, input_spec, start, end)
     outcome = check(params, raw, input_spec, start, end)
-    scored = score_rows(pyfunc, outcome.valid, start, end)
+    scored = score_rows(loaded, outcome.valid, start, end)
     return {"model": info, "partitions": write_days(output, start, end, scored, outcome.quarantine,
                                                     {"model": info, "input": input_spec})}
 
@@ -135,8 +135,8 @@ def check(params: Params, raw: pd.DataFrame, input_spec: str, start: pd.Timestam
     return outcome
 
 
-def score_rows(pyfunc, valid: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-    scored = predict_with(pyfunc, valid)
+def score_rows(model, valid: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+    scored = predict_with(model, valid)
     return scored[_in(scored, start, end)].reset_index(drop=True)
 
 
