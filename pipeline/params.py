@@ -176,6 +176,15 @@ class ScoreParams(_Section):
         return v
 
 
+class StorageParams(_Section):
+    """Bounds of every remote read (pipeline/storage.py); applied to the storage module on load."""
+
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(30.0, gt=0)
+    max_attempts: int = Field(3, ge=1, le=20)
+    max_read_mb: float = Field(2048.0, gt=0)
+
+
 class Params(_Section):
     paths: Paths = Paths()
     data: DataParams = DataParams()
@@ -187,6 +196,7 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     mlflow: MlflowParams = MlflowParams()
     score: ScoreParams = ScoreParams()
+    storage: StorageParams = StorageParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -225,6 +235,9 @@ def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
         lines = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
         raise ParamsError(f"{source}: invalid parameters:\n  " + "\n  ".join(lines)) from None
     _check_detectors(params, source)
+    from pipeline import storage
+
+    storage.configure(params.storage)  # timeouts, attempts and size caps of every remote read from here on
     return params
 
 

@@ -116,4 +116,4 @@ def test_unreachable_endpoint():
             msg = str(err.value)
             assert err.value.rule == "s3_reachable"
             assert path in msg and endpoint in msg
-            assert f"after {storage.S3_MAX_ATTEMPTS} attempts" in msg
+            assert f"in {storage.settings().max_attempts} attempt(s) of at most" in msg
