@@ -167,6 +167,7 @@ class ScoreParams(_Section):
     max_quarantined_fraction: float = Field(0.05, ge=0, le=1)
     reports: str = "reports/daily"
     report_bucket: str | None = None
+    allowed_inputs: list[str] = Field(default_factory=list)
 
     @field_validator("context")
     @classmethod

@@ -107,3 +107,31 @@ def test_score_bad_dates_are_one_clear_error(tmp_path, capsys, argv, bad):
     assert code == 2 and "Traceback" not in err
     assert "date_format" in err and "YYYY-MM-DD" in err and bad in err
     assert not (tmp_path / "out").exists()
+
+
+def test_daily_input_conf_is_restricted_to_configured_sources(tmp_path):
+    """#13.10d: a DAG run's `input` conf may only name score.input or what score.allowed_inputs allows."""
+    from pipeline import daily, sources
+    from pipeline.contract import DataError
+
+    raw = small_params_dict()
+    raw["paths"] = {k: str(tmp_path / v) for k, v in raw["paths"].items()}
+    raw["score"].update({"staging": str(tmp_path / "staging"), "allowed_inputs": [f"csv:{tmp_path}/landing/"]})
+    p = parse_params(raw)
+    day = "2026-01-05"
+    start, end = pd.Timestamp(day, tz="UTC"), pd.Timestamp("2026-01-06", tz="UTC")
+    rows = sources.read_source("synthetic:", p, start - pd.Timedelta(p.score.context), end)
+    (tmp_path / "landing").mkdir()
+    rows.to_csv(tmp_path / "landing" / "kpis.csv", index=False)
+    rows.to_csv(tmp_path / "secret.csv", index=False)  # readable, valid, and outside every allowed prefix
+
+    for spec in (f"csv:{tmp_path}/secret.csv", f"csv:{tmp_path}/landing/../secret.csv",
+                 f"csv:{tmp_path}/landing/%2e%2e/secret.csv", "csv:/etc/passwd", "csv:http://example.invalid/x.csv"):
+        with pytest.raises(DataError) as err:
+            daily.ingest(p, day, spec)
+        assert err.value.rule == "allowed_input" and "score.allowed_inputs" in str(err.value)
+        assert not daily.staging(p, day).exists()  # refused before anything was read or written
+
+    assert daily.ingest(p, day, f"csv:{tmp_path}/landing/kpis.csv")["rows"] == len(rows)
+    assert daily.ingest(p, day, "synthetic:")["input"] == "synthetic:"  # score.input itself
+    assert daily.ingest(p, day)["input"] == "synthetic:"
