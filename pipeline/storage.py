@@ -370,6 +370,25 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     outputs.write_bytes_atomic(path, data)  # locked per file; a rerun removes a killed writer's temp file
 
 
+def s3_objects(prefix: str) -> list[str]:
+    """Every object at or below an ``s3://`` prefix, as ``s3://`` paths (sorted)."""
+    bucket, _ = split_s3(prefix)
+    return sorted(f"s3://{bucket}/{k}" for k in _s3_keys(prefix))
+
+
+def s3_delete(paths: Iterable[str]) -> None:
+    """Delete ``s3://`` objects (batches of 1000, one bucket per call); missing ones are no error."""
+    paths = list(paths)
+    if not paths:
+        return
+    bucket = split_s3(paths[0])[0]
+    client = s3_client()
+    for start in range(0, len(paths), 1000):
+        batch = [{"Key": split_s3(p)[1]} for p in paths[start:start + 1000]]
+        _s3_call(paths[0], "delete objects", client.delete_objects, Bucket=bucket,
+                 Delete={"Objects": batch, "Quiet": True})
+
+
 def write_parquet(df: pd.DataFrame, path: str | Path) -> None:
     """Write ``df`` as Parquet (no index), atomically, to a local or S3 path."""
     buf = io.BytesIO()
