@@ -60,10 +60,17 @@ def run(params: Params, name: str, progress: bool = True) -> dict:
     try:
         detector, report = fit_detector(name, params, train, val if len(val) else None, progress)
     except Exception as exc:
-        # Recorded before re-raising, so evaluate and register see this detector as failed, not a stale model.
+        # Recorded before re-raising, so evaluate and register see this detector as failed, not a stale
+        # model. The previous model's files stay beside the record (nothing is lost), unused while it says failed.
         report = {"detector": name, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
-        replace_dir_atomic(Path(params.paths.artifacts) / name,
-                           lambda tmp: write_json_atomic(tmp / "status.json", report))
+        target = Path(params.paths.artifacts) / name
+
+        def record(tmp: Path) -> None:
+            if target.is_dir():
+                shutil.copytree(target, tmp, dirs_exist_ok=True)
+            write_json_atomic(tmp / "status.json", report)
+
+        replace_dir_atomic(target, record)
         write_json_atomic(Path(params.paths.train_reports) / f"{name}.json", report)
         raise
 

@@ -135,3 +135,26 @@ def test_daily_input_conf_is_restricted_to_configured_sources(tmp_path):
     assert daily.ingest(p, day, f"csv:{tmp_path}/landing/kpis.csv")["rows"] == len(rows)
     assert daily.ingest(p, day, "synthetic:")["input"] == "synthetic:"  # score.input itself
     assert daily.ingest(p, day)["input"] == "synthetic:"
+
+
+def test_a_failed_training_keeps_the_previous_model_files(pipeline_dir, monkeypatch):
+    """#13.8 (train): the failure is recorded (evaluate skips the detector) without deleting the last model."""
+    import json
+
+    root, p = pipeline_dir
+    model_dir = Path(p.paths.artifacts) / "robust_zscore"
+    train.run(p, "robust_zscore", progress=False)
+    before = {f.name: f.read_bytes() for f in model_dir.iterdir() if f.name != "status.json"}
+
+    def broken(*a, **kw):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(train, "fit_detector", broken)
+    with pytest.raises(RuntimeError):
+        train.run(p, "robust_zscore", progress=False)
+    assert json.loads((model_dir / "status.json").read_text())["status"] == "failed"
+    assert {f.name: f.read_bytes() for f in model_dir.iterdir() if f.name != "status.json"} == before
+    assert evaluate.run(p)["detectors"]["robust_zscore"]["status"] == "failed"  # not used while failed
+    monkeypatch.undo()
+    train.run(p, "robust_zscore", progress=False)  # a later success replaces the record
+    assert json.loads((model_dir / "status.json").read_text())["status"] == "ok"
