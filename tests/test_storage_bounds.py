@@ -145,6 +145,7 @@ def test_gzip_bomb_is_refused_and_multi_member_gzip_still_reads(bounds, tmp_path
         storage.read_table(str(broken))
 
 
+@pytest.mark.integration
 def test_s3_object_over_the_cap_is_refused(bounds, s3_server):
     import boto3
 
