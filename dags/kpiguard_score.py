@@ -25,7 +25,8 @@ CHAMPION = Asset(name="kpiguard_champion", uri="kpiguard://champion")  # produce
      params={"day": Param(None, type=["null", "string"], format="date",
                           description="score this day instead of the run's data interval (YYYY-MM-DD)"),
              "input": Param(None, type=["null", "string"],
-                            description="a source spec instead of score.input in params.yaml")},
+                            description="a source spec instead of score.input in params.yaml; only "
+                                        "score.input or what score.allowed_inputs allows")},
      tags=["kpiguard"], doc_md=__doc__)
 def kpiguard_score():
     @task

@@ -5,6 +5,7 @@ The canonical (raw) frame is owned by ``pipeline.contract``; it reuses these nam
 
 A *prepared* frame is what the windows stage writes and what every detector consumes:
 one row per (kpi_id, timestamp), sorted by kpi_id then timestamp, on a regular grid per KPI.
+Detectors ignore columns they do not know (``clipped``, ``split``, ...).
 
 =========== ========= ===================================================================
 column      dtype     meaning
@@ -14,6 +15,8 @@ timestamp   datetime  timezone-aware UTC, regular per KPI
 value       float64   normalised value (train-split statistics of that KPI), gaps interpolated
 raw_value   float64   the value in its original units, gaps interpolated
 missing     bool      True where the point was absent from the source and interpolated
+clipped     bool      True where the normalised value was beyond +-``windows.clip_sigma`` and was
+                      clipped to it (an extreme value: always an alarm when scored)
 label       int8      1 = anomalous; absent for unlabelled data
 =========== ========= ===================================================================
 """
@@ -25,6 +28,7 @@ VALUE = "value"
 RAW_VALUE = "raw_value"
 LABEL = "label"
 MISSING = "missing"
+CLIPPED = "clipped"
 
 PREPARED_COLUMNS = (KPI_ID, TIMESTAMP, VALUE, RAW_VALUE, MISSING)
 

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from models import registry
 from models.frame import KPI_ID, LABEL, MISSING, has_labels
 from pipeline import evaluate, ingest, validate, windows
 from pipeline.outputs import write_json_atomic, write_text_atomic
@@ -82,6 +83,8 @@ def protocol_for(train: str, test: str | None, protocol: str) -> str:
 def run(base: Params, train: str, test: str | None, detectors: list[str], out: Path,
         protocol: str = "auto", command: str = "", progress: bool = True) -> dict:
     out = Path(out)
+    for name in detectors:  # names become score files (<out>/work/scores/<name>.npy): registered ones only
+        registry.get(name)
     protocol = protocol_for(train, test, protocol)
     params = bench_params(base, train, test, out, protocol)
     p = params.paths

@@ -21,6 +21,23 @@ def _params(args):
     return load_params(args.params, args.set)
 
 
+def _detector_names(value: str, option: str) -> list[str]:
+    """``a,b,c`` -> registered detector names, checked before any work starts.
+
+    A name becomes a directory (``<paths.artifacts>/<name>``) that a stage replaces, so an empty or
+    unknown name ("", "../x") must never get that far.
+    """
+    from models import registry
+
+    names = [n.strip() for n in value.split(",")]
+    bad = [n for n in names if n not in registry.names()]
+    if bad:
+        raise DataError(f"kpiguard {option}", "known_detector",
+                        f"{', '.join(repr(n) for n in bad)} is not a registered detector; "
+                        f"registered: {', '.join(registry.names())}")
+    return list(dict.fromkeys(names))
+
+
 def cmd_ingest(args) -> dict:
     from pipeline import ingest
 
@@ -47,7 +64,7 @@ def cmd_train(args) -> dict:
     from pipeline import train
 
     p = _params(args)
-    names = p.train.detectors if args.detector == "all" else args.detector.split(",")
+    names = p.train.detectors if args.detector == "all" else _detector_names(args.detector, "--detector")
     reports = [train.run(p, name, progress=not args.no_progress) for name in names]
     return {r["detector"]: {k: r.get(k) for k in ("status", "train_seconds", "device", "epochs", "reason")
                             if r.get(k) is not None} for r in reports}
@@ -104,9 +121,7 @@ def cmd_bench(args) -> dict:
         return {"results": str(Path(args.out) / "results.json"), "wall_s": report["wall_s"]}
     if not args.train:
         raise ParamsError("kpiguard bench: give --train SPEC (or --scores-from DIR to rescore a finished run)")
-    names = registry.names() if args.detectors == "all" else args.detectors.split(",")
-    for name in names:
-        registry.get(name)  # an unknown name fails before any work starts
+    names = registry.names() if args.detectors == "all" else _detector_names(args.detectors, "--detectors")
     report = bench.run(p, args.train, args.test, names, Path(args.out), protocol=args.protocol,
                        command=command, progress=not args.no_progress)
     print((Path(args.out) / "results.md").read_text())

@@ -9,6 +9,7 @@ Long format, one row per (kpi_id, timestamp):
 """
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from models.frame import KPI_ID, LABEL, TIMESTAMP, VALUE
@@ -70,13 +71,51 @@ def _to_float(col: pd.Series, source: str, name: str) -> pd.Series:
     return converted.astype("float64")
 
 
+# Magnitude bands of numeric epoch timestamps: |t| below 1e11 is seconds (up to the year 5138), then
+# milliseconds, microseconds, nanoseconds (1e11 s would be year 5138, 1e11 ms is 1973: no overlap for
+# any date between 1973 and 5138). Beyond the int64 nanosecond range nothing is representable.
+EPOCH_UNITS = (("s", 1e11), ("ms", 1e14), ("us", 1e17), ("ns", 9.2e18))
+
+
+def epoch_unit(values: np.ndarray, source: str) -> str:
+    """The unit (s, ms, us, ns) of numeric epoch timestamps, from their magnitude.
+
+    Raises :class:`DataError` (rule ``epoch_unit``) when values of the column fall in different bands
+    (seconds mixed with milliseconds, ...) or outside every band.
+    """
+    finite = np.abs(values[np.isfinite(values)])
+    if finite.size == 0:
+        return "s"
+    bounds = np.array([b for _, b in EPOCH_UNITS])
+    band = np.searchsorted(bounds, finite, side="right")
+    if (band >= len(EPOCH_UNITS)).any():
+        bad = values[np.isfinite(values)][band >= len(EPOCH_UNITS)][:3].tolist()
+        raise DataError(source, "epoch_unit", f"numeric timestamp(s) out of range for any epoch unit "
+                        f"(s, ms, us, ns), e.g. {bad}", column=TIMESTAMP)
+    found = np.unique(band)
+    if len(found) > 1:
+        examples = {EPOCH_UNITS[b][0]: float(finite[band == b][0]) for b in found}
+        raise DataError(source, "epoch_unit", f"numeric timestamps mix epoch units: {examples}; use one "
+                        "unit (s, ms, us or ns) per column", column=TIMESTAMP)
+    return EPOCH_UNITS[int(found[0])][0]
+
+
 def _to_utc(col: pd.Series, source: str) -> pd.Series:
     try:
+        if pd.api.types.is_bool_dtype(col):
+            raise TypeError(f"booleans are not timestamps: {col.head(3).tolist()}")
         if pd.api.types.is_numeric_dtype(col):
-            parsed = pd.to_datetime(col, unit="s", utc=True)
+            values = col.to_numpy(dtype="float64", na_value=np.nan)
+            unit = epoch_unit(values, source)
+            if pd.api.types.is_integer_dtype(col):  # integers stay exact (float64 would round ns)
+                parsed = pd.to_datetime(col, unit=unit, utc=True)
+            else:
+                parsed = pd.to_datetime(values, unit=unit, utc=True)
         else:
             parsed = pd.to_datetime(col, utc=True, format="mixed")
-    except (ValueError, TypeError, OverflowError) as exc:
+    except (ValueError, TypeError, OverflowError, pd.errors.OutOfBoundsDatetime) as exc:
+        if isinstance(exc, DataError):
+            raise
         raise DataError(source, "parseable_timestamps", str(exc).splitlines()[0],
                         column=TIMESTAMP) from exc
-    return parsed.astype("datetime64[ns, UTC]")
+    return pd.Series(parsed, index=col.index).astype("datetime64[ns, UTC]")

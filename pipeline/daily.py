@@ -35,9 +35,9 @@ def staging(params: Params, day: str) -> Path:
 
 
 def ingest(params: Params, day: str, input_spec: str | None = None) -> dict:
-    """The day's rows plus ``score.context`` of history, from ``score.input``."""
+    """The day's rows plus ``score.context`` of history, from ``score.input`` (or an allowed ``input_spec``)."""
     start, end = score.day_range(day)
-    spec = input_spec or params.score.input
+    spec = check_input(params, input_spec) if input_spec else params.score.input
     raw = score.read_input(params, spec, start, end)
     def write(tmp: Path) -> None:  # a new ingest replaces everything downstream of it for that day
         raw.to_parquet(tmp / RAW, index=False)
@@ -45,6 +45,30 @@ def ingest(params: Params, day: str, input_spec: str | None = None) -> dict:
 
     replace_dir_atomic(staging(params, day), write)
     return {"day": _iso(day), "input": spec, "rows": len(raw), "kpis": int(raw[KPI_ID].nunique())}
+
+
+def check_input(params: Params, spec: str) -> str:
+    """``spec`` if ``score.input`` or ``score.allowed_inputs`` permits it; DataError otherwise.
+
+    Whoever can trigger the DAG sets its ``input`` conf, and workers read what it names with their
+    own credentials: it must not reach any path or URL, only what the deployment configured.
+    """
+    allowed = [params.score.input, *params.score.allowed_inputs]
+    for entry in allowed:
+        if spec == entry:
+            return spec
+        rest = spec[len(entry):]
+        if entry.endswith("/") and spec.startswith(entry) and not _escapes(rest):
+            return spec
+    raise DataError(f"kpiguard_score input {spec!r}", "allowed_input",
+                    f"not score.input and not under score.allowed_inputs ({allowed}); add it to "
+                    "score.allowed_inputs in params.yaml to allow it")
+
+
+def _escapes(rest: str) -> bool:
+    """True when a path below an allowed prefix could climb out of it (``..``, also URL-encoded)."""
+    decoded = rest.replace("%2e", ".").replace("%2E", ".").replace("%2f", "/").replace("%2F", "/")
+    return any(part == ".." for part in decoded.replace("\\", "/").split("/")) or rest.startswith("/")
 
 
 def validate(params: Params, day: str) -> dict:
@@ -74,8 +98,8 @@ def score_shard(params: Params, day: str, shard: int, shards: int, model_uri: st
     folder = staging(params, day)
     valid = pd.read_parquet(folder / VALID)
     mine = valid[shard_of(valid[KPI_ID].astype(str), shards) == shard]
-    pyfunc, info = score.load_model(params, model_uri or params.score.model_uri)
-    scored = score.score_rows(pyfunc, mine, start, end) if len(mine) else mine.iloc[:0]
+    model, info = score.load_model(params, model_uri or params.score.model_uri)  # never runs stored code
+    scored = score.score_rows(model, mine, start, end) if len(mine) else mine.iloc[:0]
     storage.write_parquet(scored, folder / "shards" / f"{shard:04d}-of-{shards:04d}.parquet")
     write_json_atomic(folder / MODEL, info)
     return {"shard": shard, "kpis": int(mine[KPI_ID].nunique()), "rows": len(scored)}

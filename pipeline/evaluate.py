@@ -17,13 +17,12 @@ back into splits, so the first test points are scored with their real preceding 
 Outputs: ``paths.evaluation``: ``metrics.json`` (DVC metrics: per detector overall and per KPI),
 ``leaderboard.md``, ``thresholds/<detector>.json``, ``calibration/<detector>.json`` (the fitted
 calibration, which the register stage bundles with the model); ``paths.plots`` (DVC plots): ``pr/<detector>.csv``
-and ``scores/<kpi>.png`` (score versus label for a few KPIs).
+and ``scores/<safe_stem(kpi)>.png`` (score versus label for a few KPIs; see ``pipeline.outputs.safe_stem``).
 """
 from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +31,8 @@ import pandas as pd
 from models import registry
 from models.frame import KPI_ID, LABEL, MISSING, TIMESTAMP, VALUE, has_labels
 from pipeline import metrics as M
-from pipeline.outputs import replace_dir_atomic
 from pipeline.calibration import make_calibration
+from pipeline.outputs import replace_dirs_atomic, safe_stem
 from pipeline.params import Params
 from pipeline.thresholds import make_threshold
 
@@ -151,6 +150,8 @@ def run(params: Params, detectors: list[str] | None = None) -> dict:
         log.warning("the data has no labels: only thresholds and alarm rates are reported")
     artifacts = Path(params.paths.artifacts)
     results, curves, all_scores = {}, {}, {}
+    for name in detectors or ():
+        registry.get(name)  # names become paths under paths.artifacts: registered ones only
     for name in [*(detectors or params.train.detectors), RANDOM]:
         status = _train_status(artifacts, name)
         if status.get("status") not in (None, "ok"):
@@ -191,8 +192,9 @@ def run(params: Params, detectors: list[str] | None = None) -> dict:
             curve.to_csv(tmp / "pr" / f"{name}.csv", index=False)
         plot_scores(full, all_scores, results, tmp / "scores", params.evaluate.plot_kpis)
 
-    replace_dir_atomic(Path(params.paths.evaluation), write)
-    replace_dir_atomic(Path(params.paths.plots), write_plots)
+    # Both written before either is swapped in: a failure (a plot that cannot be written) leaves the
+    # previous evaluation and plots in step.
+    replace_dirs_atomic([(Path(params.paths.evaluation), write), (Path(params.paths.plots), write_plots)])
     return report
 
 
@@ -275,7 +277,7 @@ def plot_scores(full: pd.DataFrame, all_scores: dict, results: dict, out: Path, 
             ax.set_ylabel(name, fontsize=7)
         fig.suptitle(f"{kpi}: test split, calibrated scores and thresholds")
         fig.tight_layout()
-        fig.savefig(out / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', str(kpi))}.png", dpi=80)
+        fig.savefig(out / f"{safe_stem(str(kpi))}.png", dpi=80)  # any id: bounded, no two KPIs share a file
         plt.close(fig)
 
 

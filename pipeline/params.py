@@ -97,6 +97,7 @@ class WindowParams(_Section):
     val_fraction: float = Field(0.2, ge=0, lt=1)
     max_train_points: int | None = Field(None, ge=1)
     max_val_points: int | None = Field(None, ge=0)
+    clip_sigma: float = Field(1.0e6, gt=0, le=1.0e30)
 
     @model_validator(mode="after")
     def _fractions(self):
@@ -177,6 +178,7 @@ class ScoreParams(_Section):
     max_quarantined_fraction: float = Field(0.05, ge=0, le=1)
     reports: str = "reports/daily"
     report_bucket: str | None = None
+    allowed_inputs: list[str] = Field(default_factory=list)
 
     @field_validator("context")
     @classmethod
@@ -184,6 +186,15 @@ class ScoreParams(_Section):
         if pd.Timedelta(v) < pd.Timedelta(0):
             raise ValueError(f"context must not be negative, got {v!r}")
         return v
+
+
+class StorageParams(_Section):
+    """Bounds of every remote read (pipeline/storage.py); applied to the storage module on load."""
+
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(30.0, gt=0)
+    max_attempts: int = Field(3, ge=1, le=20)
+    max_read_mb: float = Field(2048.0, gt=0)
 
 
 class Params(_Section):
@@ -197,6 +208,7 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     mlflow: MlflowParams = MlflowParams()
     score: ScoreParams = ScoreParams()
+    storage: StorageParams = StorageParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -235,6 +247,9 @@ def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
         lines = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
         raise ParamsError(f"{source}: invalid parameters:\n  " + "\n  ".join(lines)) from None
     _check_detectors(params, source)
+    from pipeline import storage
+
+    storage.configure(params.storage)  # timeouts, attempts and size caps of every remote read from here on
     return params
 
 

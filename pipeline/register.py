@@ -122,7 +122,7 @@ def log_detector_run(client, experiment: str, params: Params, name: str, evaluat
         bundle = Path(tmp) / "bundle"
         calibration = json.loads((Path(params.paths.evaluation) / "calibration" / f"{name}.json").read_text())
         meta = write_bundle(bundle, artifacts, evaluation["threshold"], calibration,
-                            {"params_digest": params.digest()})
+                            {"params_digest": params.digest(), "clip_sigma": params.windows.clip_sigma})
         found = client.search_runs(
             [experiment], max_results=1,
             filter_string=f"tags.`{TAG}bundle_digest` = '{meta['digest']}' and tags.`{TAG}detector` = '{name}' "
@@ -313,8 +313,12 @@ class Gate:
         return self._data
 
     def validation_metric(self, model: str, version: str) -> float | None:
-        """The champion metric of one registered version on the current validation split."""
-        import mlflow
+        """The champion metric of one registered version on the current validation split.
+
+        The version is loaded by :func:`pipeline.model_store.load_version`, which never executes code
+        stored in the registry (and refuses a version whose code is not kpiguard's).
+        """
+        from pipeline import model_store
 
         run_id = self.client.get_model_version(model, version).run_id
         if run_id not in self._cache:
@@ -322,8 +326,7 @@ class Gate:
             if val.empty or LABEL not in val.columns:
                 self._cache[run_id] = None
             else:
-                pyfunc = mlflow.pyfunc.load_model(f"models:/{model}/{version}")
-                scored = predict_with(pyfunc, rows)
+                scored = predict_with(model_store.load_version(self.client, model, version), rows)
                 self._cache[run_id] = self._metric_on(val, scored)
         return self._cache[run_id]
 

@@ -8,15 +8,19 @@
 A partition is ``<output>/date=YYYY-MM-DD/`` with ``scores.parquet`` (``kpi_id, timestamp, value,
 score, threshold, is_anomaly``), ``quarantine.parquet`` (that day's rows that failed validation,
 with rule and reason) and ``_meta.json`` (model, counts). Locally the partition directory is
-replaced in one rename; on S3 each object is one PUT. Rerunning a day replaces its partition, so
-rows are never duplicated.
+replaced in one atomic exchange (:mod:`pipeline.outputs`); on S3 the files go to a new
+``run=<time>-<id>/`` prefix and one PUT of ``_partition.json`` switches readers to it (read with
+:func:`read_partition` / :func:`partition_file`). Either way a reader sees the old partition or the
+new one, never a mix, and rerunning a day never duplicates rows.
 """
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import logging
 import re
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -40,28 +44,41 @@ def day_range(date: str | None = None, start: str | None = None, end: str | None
               ) -> tuple[pd.Timestamp, pd.Timestamp]:
     """``--date D`` is ``[D, D+1)``; ``--start/--end`` are whole days, ``end`` exclusive."""
     if date is not None:
-        start_ts = pd.Timestamp(date, tz="UTC").normalize()
+        start_ts = _day(date, "--date")
         return start_ts, start_ts + pd.Timedelta(days=1)
     if start is None or end is None:
         raise DataError("kpiguard score", "date_range", "give --date, or both --start and --end")
-    start_ts, end_ts = pd.Timestamp(start, tz="UTC").normalize(), pd.Timestamp(end, tz="UTC").normalize()
+    start_ts, end_ts = _day(start, "--start"), _day(end, "--end")
     if end_ts <= start_ts:
         raise DataError("kpiguard score", "date_range", f"--end {end} must be after --start {start}")
     return start_ts, end_ts
 
 
+def _day(text, option: str) -> pd.Timestamp:
+    """A UTC day from ``YYYY-MM-DD`` (a Timestamp or date passes through); DataError otherwise."""
+    if not isinstance(text, str):
+        ts = pd.Timestamp(text)
+        return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).normalize()
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text.strip()):
+            raise ValueError("not YYYY-MM-DD")
+        return pd.Timestamp(datetime.date.fromisoformat(text.strip()), tz="UTC")
+    except ValueError as exc:
+        raise DataError(f"kpiguard score {option}", "date_format",
+                        f"{text!r} is not a valid day; expected YYYY-MM-DD, e.g. 2026-01-28 ({exc})") from None
+
+
 def load_model(params: Params, model_uri: str):
-    """(pyfunc model, description of the model version) for a ``models:/`` URI."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    """(model, description of the model version) for a ``models:/name@alias`` or ``models:/name/N`` URI.
+
+    The model is loaded by :func:`pipeline.model_store.load_version`: only its bundle, with kpiguard's
+    own code, after checking its stored code is kpiguard's; nothing stored with the version is executed.
+    """
+    from pipeline import model_store
 
     client = tracking.connect(params.mlflow)
     info = describe_model(client, model_uri)
-    try:
-        return mlflow.pyfunc.load_model(model_uri), info
-    except MlflowException as exc:
-        raise tracking.TrackingError(tracking.tracking_uri(), f"cannot load {model_uri}: {exc.message}",
-                                     rule="model_loadable") from None
+    return model_store.load_version(client, info["model"], info["version"]), info
 
 
 def describe_model(client, model_uri: str) -> dict:
@@ -70,7 +87,8 @@ def describe_model(client, model_uri: str) -> dict:
 
     m = MODEL_URI.match(model_uri)
     if m is None:
-        return {"uri": model_uri}
+        raise tracking.TrackingError(tracking.tracking_uri(), f"{model_uri!r} is not a registry URI; expected "
+                                     "models:/<name>@<alias> or models:/<name>/<version>", rule="model_uri")
     try:
         mv = (client.get_model_version_by_alias(m["name"], m["alias"]) if m["alias"]
               else client.get_model_version(m["name"], m["version"]))
@@ -87,11 +105,11 @@ def describe_model(client, model_uri: str) -> dict:
 
 def run(params: Params, input_spec: str, start: pd.Timestamp, end: pd.Timestamp, output: str,
         model_uri: str, model=None) -> dict:
-    """Score ``[start, end)`` and write one partition per day. ``model``: (pyfunc, info), preloaded."""
-    pyfunc, info = model or load_model(params, model_uri)
+    """Score ``[start, end)`` and write one partition per day. ``model``: (loaded model, info), preloaded."""
+    loaded, info = model or load_model(params, model_uri)
     raw = read_input(params, input_spec, start, end)
     outcome = check(params, raw, input_spec, start, end)
-    scored = score_rows(pyfunc, outcome.valid, start, end)
+    scored = score_rows(loaded, outcome.valid, start, end)
     return {"model": info, "partitions": write_days(output, start, end, scored, outcome.quarantine,
                                                     {"model": info, "input": input_spec})}
 
@@ -120,8 +138,8 @@ def check(params: Params, raw: pd.DataFrame, input_spec: str, start: pd.Timestam
     return outcome
 
 
-def score_rows(pyfunc, valid: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-    scored = predict_with(pyfunc, valid)
+def score_rows(model, valid: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+    scored = predict_with(model, valid)
     return scored[_in(scored, start, end)].reset_index(drop=True)
 
 
@@ -148,19 +166,78 @@ def write_partition(output: str, day: pd.Timestamp, rows: pd.DataFrame, held: pd
     blobs = {"scores.parquet": _parquet(rows), "quarantine.parquet": _parquet(held),
              "_meta.json": (json.dumps(meta, indent=2, default=str) + "\n").encode()}
     if storage.is_s3(target):
-        for name, data in blobs.items():  # _meta.json last: it marks a complete partition
-            storage.write_bytes_atomic(storage.join(target, name), data)
-    else:
-        def write(tmp: Path) -> None:
-            for name, data in blobs.items():
-                (tmp / name).write_bytes(data)
+        return {"path": target, "run": _write_s3_partition(target, blobs)}
 
-        replace_dir_atomic(Path(target), write)
+    def write(tmp: Path) -> None:
+        for name, data in blobs.items():
+            (tmp / name).write_bytes(data)
+
+    replace_dir_atomic(Path(target), write)  # one atomic exchange; writers of a day take turns
     return {"path": target}
 
 
+# -- S3 partitions -----------------------------------------------------------------------------
+# S3 has no rename: PUTting the files one by one over the old ones would let a reader (or a crash)
+# mix two runs. So each write goes to its own prefix, <partition>/run=<UTC time>-<random>/, and then
+# one small PUT of <partition>/_partition.json (atomic on S3) switches readers to it. The run the
+# pointer named before is kept for readers that have just read it; older runs, and runs of writers
+# that died before their switch, are deleted by the next write.
+POINTER = "_partition.json"
+RUN_PREFIX = "run="
+
+
+def _write_s3_partition(target: str, blobs: dict[str, bytes]) -> str:
+    previous = (_read_pointer(target) or {}).get("run")
+    run = f"{RUN_PREFIX}{pd.Timestamp.now(tz='UTC'):%Y%m%dT%H%M%S%f}Z-{uuid.uuid4().hex[:8]}"
+    for name, data in blobs.items():  # _meta.json last: a run with it is complete
+        storage.write_bytes_atomic(storage.join(target, run, name), data)
+    storage.write_bytes_atomic(storage.join(target, POINTER), (json.dumps(
+        {"run": run, "files": list(blobs), "written_at": pd.Timestamp.now(tz="UTC").isoformat()}, indent=2)
+        + "\n").encode())
+    keep = {run, previous}
+    stale = [p for p in storage.s3_objects(target) if p != storage.join(target, POINTER)
+             and _run_of(target, p) not in keep and (_run_of(target, p) or "") < run]
+    storage.s3_delete(stale)  # superseded runs, killed writers' runs, files of the old flat layout
+    return run
+
+
+def _run_of(target: str, path: str) -> str | None:
+    rel = path[len(target.rstrip("/")) + 1:]
+    first = rel.split("/", 1)[0]
+    return first if first.startswith(RUN_PREFIX) and "/" in rel else None
+
+
+def _read_pointer(target: str) -> dict | None:
+    try:
+        return json.loads(storage.read_bytes(storage.join(target, POINTER)))
+    except storage.StorageError as exc:
+        if exc.rule == "file_exists":
+            return None
+        raise
+    except ValueError:
+        return None  # a damaged pointer: the newest complete run is used
+
+
+def partition_file(output: str, date: str, name: str = "scores.parquet") -> str:
+    """Where a partition's file is now: locally the directory; on S3 the run its pointer names (or,
+    when that run is gone or there is no pointer, the newest complete run, then the flat layout)."""
+    target = partition_path(output, pd.Timestamp(date))
+    if not storage.is_s3(target):
+        return storage.join(target, name)
+    pointer = _read_pointer(target)
+    objects = set(storage.s3_objects(target))
+    if pointer and storage.join(target, pointer["run"], name) in objects:
+        return storage.join(target, pointer["run"], name)
+    complete = sorted({_run_of(target, p) for p in objects if p.endswith("/_meta.json") and _run_of(target, p)},
+                      reverse=True)
+    for run in complete:
+        if storage.join(target, run, name) in objects:
+            return storage.join(target, run, name)
+    return storage.join(target, name)
+
+
 def read_partition(output: str, date: str) -> pd.DataFrame:
-    return storage.read_table(storage.join(partition_path(output, pd.Timestamp(date)), "scores.parquet"))
+    return storage.read_table(partition_file(output, date))
 
 
 def _parquet(df: pd.DataFrame) -> bytes:

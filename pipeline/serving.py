@@ -9,7 +9,7 @@ A bundle holds everything needed to turn raw KPI rows into alarms, and nothing p
 ``calibration.json``   the score calibration fitted on train + validation (:mod:`pipeline.calibration`)
 ``threshold.json``     the threshold on calibrated scores, fitted on validation (:mod:`pipeline.thresholds`):
                        per-KPI values plus the global one for KPIs it has never seen
-``bundle.json``        detector name, digest of the above, and where it came from
+``bundle.json``        detector name, digest of the above, ``clip_sigma``, and where it came from
 =====================  =====================================================================
 
 :class:`KpiguardModel` is the MLflow ``PythonModel`` around a bundle, logged as "models from code"
@@ -35,11 +35,11 @@ import pandas as pd
 
 from models import registry
 from models.base import Detector
-from models.frame import KPI_ID, MISSING, RAW_VALUE, TIMESTAMP, VALUE
+from models.frame import CLIPPED, KPI_ID, MISSING, RAW_VALUE, TIMESTAMP, VALUE
 from pipeline.calibration import Calibration, NoCalibration
 from pipeline.contract import to_canonical
 from pipeline.thresholds import Threshold
-from pipeline.windows import NormStats, load_norm_stats, prepare
+from pipeline.windows import DEFAULT_CLIP_SIGMA, NormStats, load_norm_stats, prepare
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,8 @@ class Bundle:
                  threshold: Threshold, meta: dict):
         self.detector, self.norm, self.calibration, self.threshold, self.meta = (
             detector, norm, calibration, threshold, meta)
+        # windows.clip_sigma the model was trained under (bundle.json); older bundles: the default
+        self.clip_sigma = float(meta.get("clip_sigma") or DEFAULT_CLIP_SIGMA)
 
     @classmethod
     def load(cls, directory: str | Path, device: str | None = None) -> "Bundle":
@@ -107,14 +109,15 @@ class Bundle:
         frame = to_canonical(rows[[KPI_ID, TIMESTAMP, VALUE]], "model input")
         if frame.empty:
             return _empty_output()
-        prepared = prepare(frame, self.norm)
+        prepared = prepare(frame, self.norm, self.clip_sigma)
         if prepared.attrs.get("unseen_kpis"):
             log.warning("KPIs without training statistics, normalised by their own: %s",
                         ", ".join(prepared.attrs["unseen_kpis"]))
         raw = self.detector.score(prepared)
         ids = prepared[KPI_ID].to_numpy()
         scores = self.calibration.transform(raw, ids)  # the same fitted transform as the evaluate stage
-        alarms = self.threshold.apply(scores, ids)
+        # An extreme value (normalised beyond clip_sigma) is always an alarm, whatever its score.
+        alarms = self.threshold.apply(scores, ids) | prepared[CLIPPED].to_numpy(dtype=bool)
         per_kpi = {str(k): self.threshold.value_for(k) for k in pd.unique(ids)}
         out = pd.DataFrame({KPI_ID: prepared[KPI_ID].astype(str), TIMESTAMP: prepared[TIMESTAMP],
                             VALUE: prepared[RAW_VALUE], RAW_SCORE: raw, SCORE: scores,
@@ -140,16 +143,31 @@ except ImportError:  # models/ and bundles work without MLflow; only logging nee
     _PythonModel = object
 
 
+class BundleModel:
+    """A bundle behind the pyfunc's ``predict(model_input)``: what kpiguard's scorer and gate use.
+
+    Loaded by kpiguard's own installed code (:meth:`Bundle.load`: JSON, a ``weights_only`` state_dict),
+    never by ``mlflow.pyfunc.load_model``, which would execute whatever code is stored with a model
+    version (see :mod:`pipeline.model_store`).
+    """
+
+    def __init__(self, bundle: Bundle):
+        self.bundle = bundle
+
+    def predict(self, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        out = self.bundle.predict(model_input)  # the data contract reads naive timestamps as UTC
+        out[TIMESTAMP] = out[TIMESTAMP].dt.tz_convert(None)  # naive UTC: the signature's convention
+        return out
+
+
 class KpiguardModel(_PythonModel):
     """MLflow pyfunc wrapper: the bundle travels as the ``bundle`` artifact."""
 
     def load_context(self, context) -> None:
-        self.bundle = Bundle.load(context.artifacts["bundle"])
+        self.model = BundleModel(Bundle.load(context.artifacts["bundle"]))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        out = self.bundle.predict(model_input)  # the data contract reads naive timestamps as UTC
-        out[TIMESTAMP] = out[TIMESTAMP].dt.tz_convert(None)  # naive UTC: the signature's convention
-        return out
+        return self.model.predict(model_input)
 
 
 def signature():

@@ -11,26 +11,54 @@ path, the rule that failed and, for S3, the endpoint: one paragraph a person can
 from __future__ import annotations
 
 import functools
-import gzip
 import io
 import os
-import tempfile
 import time
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
 
+from pipeline import outputs
 from pipeline.contract import DataError
+from pipeline.params import StorageParams
 
-S3_CONNECT_TIMEOUT_S = 5
-S3_READ_TIMEOUT_S = 60
-S3_MAX_ATTEMPTS = 3
-HTTP_TIMEOUT_S = 10
-HTTP_MAX_ATTEMPTS = 3
 HTTP_BACKOFF_S = 0.5
+READ_CHUNK = 1 << 20
+
+# The ``storage:`` section of params.yaml; loading params applies it (configure). Until then: its defaults.
+_settings = StorageParams()
+
+
+def configure(settings: StorageParams) -> None:
+    """Use these timeouts, attempts and size caps for every remote read from now on."""
+    global _settings
+    if settings != _settings:
+        _settings = settings
+        _s3_client.cache_clear()
+
+
+def settings() -> StorageParams:
+    return _settings
+
+
+def max_read_bytes() -> int:
+    return int(_settings.max_read_mb * 1024 * 1024)
+
+
+def _too_big(path: str, size: int | str, what: str = "the file") -> StorageError:
+    return StorageError(path, "max_read_bytes", f"{what} is {size} bytes, more than storage.max_read_mb = "
+                        f"{_settings.max_read_mb:g} MiB ({max_read_bytes()} bytes); raise it in params.yaml "
+                        "if this input is expected")
+
+
+def _attempts_text() -> str:
+    s = _settings
+    return (f"{s.max_attempts} attempt(s) of at most {s.connect_timeout_s:g}s to connect and "
+            f"{s.read_timeout_s:g}s to read each (params storage.*)")
 
 TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 
@@ -103,16 +131,17 @@ def s3_client():
     env = os.environ
     return _s3_client(s3_endpoint(), env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY"),
                       env.get("AWS_SESSION_TOKEN"),
-                      env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1")
+                      env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1", _settings)
 
 
 @functools.lru_cache(maxsize=8)
-def _s3_client(endpoint, key_id, secret, token, region):
+def _s3_client(endpoint, key_id, secret, token, region, bounds: StorageParams):
     import boto3
     from botocore.config import Config
 
-    config = Config(retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
-                    connect_timeout=S3_CONNECT_TIMEOUT_S, read_timeout=S3_READ_TIMEOUT_S,
+    # total_max_attempts counts every attempt, the first included (botocore's max_attempts counts retries)
+    config = Config(retries={"total_max_attempts": bounds.max_attempts, "mode": "standard"},
+                    connect_timeout=bounds.connect_timeout_s, read_timeout=bounds.read_timeout_s,
                     # a custom endpoint (SeaweedFS, MinIO, an IP address) rarely serves virtual hosts
                     s3={"addressing_style": "path"} if endpoint else None)
     session = boto3.session.Session(aws_access_key_id=key_id, aws_secret_access_key=secret,
@@ -158,8 +187,8 @@ def _s3_error(path: str, exc: Exception, action: str) -> StorageError:
     if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ReadTimeoutError,
                         bx.ConnectionClosedError, bx.ConnectionError)):
         return StorageError(path, "s3_reachable",
-                            f"cannot {action}: the S3 endpoint did not answer after "
-                            f"{S3_MAX_ATTEMPTS} attempts ({type(exc).__name__}: {exc}); check that the "
+                            f"cannot {action}: the S3 endpoint did not answer in "
+                            f"{_attempts_text()} ({type(exc).__name__}: {exc}); check that the "
                             "server is running and AWS_ENDPOINT_URL points at it", endpoint)
     return StorageError(path, "s3_request", f"{action} failed: {type(exc).__name__}: {exc}", endpoint)
 
@@ -177,7 +206,14 @@ def _s3_read(path: str) -> bytes:
     bucket, key = split_s3(path)
     client = s3_client()
     obj = _s3_call(path, "read the object", client.get_object, Bucket=bucket, Key=key)
-    return _s3_call(path, "read the object body", obj["Body"].read)
+    size = obj.get("ContentLength")
+    if size is not None and size > max_read_bytes():
+        obj["Body"].close()
+        raise _too_big(path, size, "the object")
+    data = _s3_call(path, "read the object body", obj["Body"].read, max_read_bytes() + 1)
+    if len(data) > max_read_bytes():
+        raise _too_big(path, f"over {max_read_bytes()}", "the object")
+    return data
 
 
 def _s3_keys(path: str) -> list[str]:
@@ -204,12 +240,22 @@ def _s3_keys(path: str) -> list[str]:
 
 def _http_read(url: str) -> bytes:
     last: Exception | None = None
-    for attempt in range(HTTP_MAX_ATTEMPTS):
+    cap = max_read_bytes()
+    for attempt in range(_settings.max_attempts):
         if attempt:
             time.sleep(HTTP_BACKOFF_S * 2 ** (attempt - 1))
         try:
-            with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as resp:  # noqa: S310
-                return resp.read()
+            with urllib.request.urlopen(url, timeout=_http_timeout()) as resp:  # noqa: S310
+                length = resp.headers.get("Content-Length")
+                if length and length.isdigit() and int(length) > cap:
+                    raise _too_big(url, int(length), "the response")
+                chunks, size = [], 0
+                while chunk := resp.read(min(READ_CHUNK, cap + 1 - size)):
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > cap:
+                        raise _too_big(url, f"over {cap}", "the response")
+                return b"".join(chunks)
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 raise StorageError(url, "file_exists", "HTTP 404: no such file") from exc
@@ -220,8 +266,12 @@ def _http_read(url: str) -> bytes:
             last = exc
     reason = getattr(last, "reason", last)
     raise StorageError(url, "http_reachable",
-                       f"no answer after {HTTP_MAX_ATTEMPTS} attempts with a {HTTP_TIMEOUT_S}s "
-                       f"timeout: {reason}; check the URL and that the server is up") from last
+                       f"no answer in {_attempts_text()}: {reason}; check the URL and that the server is up") from last
+
+
+def _http_timeout() -> float:
+    """urllib has one timeout for connecting and for each read: the larger of the two bounds."""
+    return max(_settings.connect_timeout_s, _settings.read_timeout_s)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,7 +304,7 @@ def exists(path: str | Path) -> bool:
     if is_http(path):
         req = urllib.request.Request(path, method="HEAD")
         try:
-            with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S):  # noqa: S310
+            with urllib.request.urlopen(req, timeout=_http_timeout()):  # noqa: S310
                 return True
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
@@ -317,18 +367,26 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
             raise StorageError(path, "s3_path", "an S3 object path needs a key after the bucket")
         _s3_call(path, "write the object", s3_client().put_object, Bucket=bucket, Key=key, Body=data)
         return
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    outputs.write_bytes_atomic(path, data)  # locked per file; a rerun removes a killed writer's temp file
+
+
+def s3_objects(prefix: str) -> list[str]:
+    """Every object at or below an ``s3://`` prefix, as ``s3://`` paths (sorted)."""
+    bucket, _ = split_s3(prefix)
+    return sorted(f"s3://{bucket}/{k}" for k in _s3_keys(prefix))
+
+
+def s3_delete(paths: Iterable[str]) -> None:
+    """Delete ``s3://`` objects (batches of 1000, one bucket per call); missing ones are no error."""
+    paths = list(paths)
+    if not paths:
+        return
+    bucket = split_s3(paths[0])[0]
+    client = s3_client()
+    for start in range(0, len(paths), 1000):
+        batch = [{"Key": split_s3(p)[1]} for p in paths[start:start + 1000]]
+        _s3_call(paths[0], "delete objects", client.delete_objects, Bucket=bucket,
+                 Delete={"Objects": batch, "Quiet": True})
 
 
 def write_parquet(df: pd.DataFrame, path: str | Path) -> None:
@@ -354,10 +412,7 @@ def read_table(path: str | Path, string_columns: Iterable[str] = ()) -> pd.DataF
         df = _read_parquet(path, data)
     elif name.endswith((".csv", ".csv.gz")):
         if name.endswith(".gz"):
-            try:
-                data = gzip.decompress(data)
-            except (OSError, EOFError) as exc:
-                raise StorageError(path, "readable_file", f"not valid gzip: {exc}") from exc
+            data = gunzip(path, data)
             if not data.strip():
                 raise StorageError(path, "non_empty_file", "the file is empty once decompressed")
         df = _read_csv(path, data, tuple(string_columns))
@@ -367,6 +422,28 @@ def read_table(path: str | Path, string_columns: Iterable[str] = ()) -> pd.DataF
     if len(df) == 0:
         raise StorageError(path, "non_empty_file", f"no data rows (columns: {list(df.columns)})")
     return df
+
+
+def gunzip(path: str, data: bytes) -> bytes:
+    """Decompress gzip (every member) with at most ``storage.max_read_mb`` of output (no zip bomb)."""
+    cap, out, size = max_read_bytes(), [], 0
+    rest = data
+    try:
+        while rest:
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            chunk = d.decompress(rest, cap + 1 - size)
+            size += len(chunk)
+            out.append(chunk)
+            if size > cap or d.unconsumed_tail:
+                raise _too_big(path, f"over {cap}", "the decompressed file")
+            if not d.eof:
+                raise StorageError(path, "readable_file", "not valid gzip: the compressed data is truncated")
+            rest = d.unused_data
+            if rest and not rest.startswith(b"\x1f\x8b"):
+                break  # trailing bytes that start no member (zero padding of some writers): ignored
+    except zlib.error as exc:
+        raise StorageError(path, "readable_file", f"not valid gzip: {exc}") from exc
+    return b"".join(out)
 
 
 def _read_parquet(path: str, data: bytes) -> pd.DataFrame:
@@ -388,12 +465,18 @@ def _read_csv(path: str, data: bytes, string_columns: tuple[str, ...]) -> pd.Dat
     try:
         table = pacsv.read_csv(pa.BufferReader(data), convert_options=convert)
         return table.to_pandas()
+    except UnicodeDecodeError as exc:
+        raise StorageError(path, "utf8_text", f"not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                           "save the CSV as UTF-8") from exc
     except pa.ArrowInvalid as exc:
         if "conversion error" not in str(exc).lower():
             raise StorageError(path, "readable_file", f"not a readable CSV file: {exc}") from exc
     # pyarrow inferred a type from the first block that a later value breaks: read everything as
     # text and let the contract say which column and values are wrong.
     try:
-        return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+        return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise StorageError(path, "utf8_text", f"not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                           "save the CSV as UTF-8") from exc
     except (ValueError, pd.errors.ParserError) as exc:
         raise StorageError(path, "readable_file", f"not a readable CSV file: {exc}") from exc

@@ -53,16 +53,24 @@ def fit_detector(name: str, params: Params, train: pd.DataFrame, val: pd.DataFra
 
 
 def run(params: Params, name: str, progress: bool = True) -> dict:
+    registry.get(name)  # raises UnknownDetector: the name becomes a directory below, so it must be a registered one
     windows = Path(params.paths.windows)
     train = pd.read_parquet(windows / "train.parquet")
     val = pd.read_parquet(windows / "val.parquet")
     try:
         detector, report = fit_detector(name, params, train, val if len(val) else None, progress)
     except Exception as exc:
-        # Recorded before re-raising, so evaluate and register see this detector as failed, not a stale model.
+        # Recorded before re-raising, so evaluate and register see this detector as failed, not a stale
+        # model. The previous model's files stay beside the record (nothing is lost), unused while it says failed.
         report = {"detector": name, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
-        replace_dir_atomic(Path(params.paths.artifacts) / name,
-                           lambda tmp: write_json_atomic(tmp / "status.json", report))
+        target = Path(params.paths.artifacts) / name
+
+        def record(tmp: Path) -> None:
+            if target.is_dir():
+                shutil.copytree(target, tmp, dirs_exist_ok=True)
+            write_json_atomic(tmp / "status.json", report)
+
+        replace_dir_atomic(target, record)
         write_json_atomic(Path(params.paths.train_reports) / f"{name}.json", report)
         raise
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import pandas as pd
 
 from models.frame import KPI_ID, LABEL, TIMESTAMP, VALUE
 from pipeline.contract import CANONICAL_COLUMNS, DataError
-from pipeline.outputs import replace_dir_atomic, write_json_atomic
+from pipeline.outputs import replace_dirs_atomic
 from pipeline.params import Params
 
 log = logging.getLogger(__name__)
@@ -209,22 +210,24 @@ def run(params: Params, raw_dir: Path, out_dir: Path, quarantine_dir: Path, repo
             o.kpi_stats.to_csv(tmp / f"{split}_kpi_stats.csv")
 
     summary = {split: o.summary() for split, o in outcomes.items()}
-    replace_dir_atomic(out_dir, write_valid)
-    replace_dir_atomic(quarantine_dir, write_quarantine)
+    # A failing stage leaves its previous outputs as they were: decide before anything is replaced.
+    for split, o in outcomes.items():
+        if o.valid.empty:
+            shutil.rmtree(docs_tmp, ignore_errors=True)
+            rules = summary[split]["quarantined_by_rule"]
+            raise DataError(o.source, "at_least_one_valid_kpi",
+                            f"every row or KPI failed validation (quarantined by rule: {rules}); the previous "
+                            f"{out_dir}, {quarantine_dir} and {report_dir} are left as they were")
+    metrics = {s: {k: v for k, v in summary[s].items() if isinstance(v, int)} for s in summary}
 
     def write_report(tmp: Path) -> None:
         if docs_tmp.exists():
             os.replace(docs_tmp, tmp / "data_docs")
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
-    replace_dir_atomic(report_dir, write_report)
-    for split, o in outcomes.items():
-        if o.valid.empty:
-            raise DataError(o.source, "at_least_one_valid_kpi",
-                            f"every row or KPI failed validation; see {quarantine_dir}/{split}.parquet "
-                            f"and {report_dir}/summary.json")
-    write_json_atomic(report_dir / "metrics.json", {
-        s: {k: v for k, v in summary[s].items() if isinstance(v, int)} for s in summary})
+    # All three written before any is swapped in, so they never go out of step.
+    replace_dirs_atomic([(out_dir, write_valid), (quarantine_dir, write_quarantine), (report_dir, write_report)])
     return summary
 
 

@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.frame import KPI_ID, LABEL, MISSING, RAW_VALUE, TIMESTAMP, VALUE, kpi_slices
+from models.frame import CLIPPED, KPI_ID, LABEL, MISSING, RAW_VALUE, TIMESTAMP, VALUE, kpi_slices
 from models.windowing import windows_by_kpi
 from pipeline.outputs import replace_dir_atomic
 from pipeline.params import Params, WindowParams
 
 SPLITS = ("train", "val", "test")
 MAD_TO_STD = 1.4826
+DEFAULT_CLIP_SIGMA = WindowParams.model_fields["clip_sigma"].default
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,23 @@ class NormStats:
     scale: float
     interval_s: float
 
-    def apply(self, values: np.ndarray) -> np.ndarray:
-        return (values - self.center) / self.scale
+    def apply(self, values: np.ndarray, clip_sigma: float | None = None) -> np.ndarray:
+        """Normalised values in float64, clipped to ``+-clip_sigma`` when given."""
+        return self.normalise(values, clip_sigma)[0] if clip_sigma is not None else \
+            (np.asarray(values, dtype=np.float64) - self.center) / self.scale
+
+    def normalise(self, values: np.ndarray, clip_sigma: float) -> tuple[np.ndarray, np.ndarray]:
+        """(normalised values clipped to ``+-clip_sigma``, which were clipped).
+
+        Validation passes any finite value (1e200 is a number), but detectors compute in float32,
+        where such a value overflows to inf: a crash, or a NaN that scores as the minimum. Clipping
+        in float64 keeps every score finite; the mask lets serving flag those points regardless.
+        """
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = (np.asarray(values, dtype=np.float64) - self.center) / self.scale
+        clipped = ~(np.abs(z) <= clip_sigma)  # also catches inf
+        return np.clip(np.nan_to_num(z, nan=0.0, posinf=clip_sigma, neginf=-clip_sigma),
+                       -clip_sigma, clip_sigma), clipped & ~np.isnan(z)
 
 
 def infer_interval(timestamps: pd.Series) -> pd.Timedelta:
@@ -107,8 +123,10 @@ def split_bounds(n: int, wp: WindowParams, has_test_source: bool) -> dict[str, s
             "test": slice(n_train + n_val, n)}
 
 
-def prepare(frame: pd.DataFrame, norm: dict[str, NormStats]) -> pd.DataFrame:
+def prepare(frame: pd.DataFrame, norm: dict[str, NormStats], clip_sigma: float = DEFAULT_CLIP_SIGMA) -> pd.DataFrame:
     """Regularise and normalise a frame with known per-KPI statistics (used for scoring new data).
+
+    Normalised values beyond ``+-clip_sigma`` are clipped and marked in the ``clipped`` column.
 
     KPIs without statistics are returned normalised by their own robust statistics and listed in
     ``frame.attrs["unseen_kpis"]`` so callers can report them.
@@ -120,7 +138,7 @@ def prepare(frame: pd.DataFrame, norm: dict[str, NormStats]) -> pd.DataFrame:
         if stats is None:
             unseen.append(str(kpi_id))
             stats = fit_norm(grid[RAW_VALUE].to_numpy(), grid[MISSING].to_numpy(), reg["interval_s"])
-        grid[VALUE] = stats.apply(grid[RAW_VALUE].to_numpy())
+        grid[VALUE], grid[CLIPPED] = stats.normalise(grid[RAW_VALUE].to_numpy(), clip_sigma)
         parts.append(grid)
     out = _concat(parts, LABEL in frame.columns)
     out.attrs["unseen_kpis"] = unseen
@@ -139,14 +157,14 @@ def build(train_frame: pd.DataFrame, test_frame: pd.DataFrame | None, wp: Window
         bounds = split_bounds(len(grid), wp, has_test)
         tr = grid.iloc[bounds["train"]]
         norm[str(kpi_id)] = fit_norm(tr[RAW_VALUE].to_numpy(), tr[MISSING].to_numpy(), stats["interval_s"])
-        grid[VALUE] = norm[str(kpi_id)].apply(grid[RAW_VALUE].to_numpy())
+        grid[VALUE], grid[CLIPPED] = norm[str(kpi_id)].normalise(grid[RAW_VALUE].to_numpy(), wp.clip_sigma)
         for split, sl in bounds.items():
             parts[split].append(grid.iloc[sl])
         reg_stats[str(kpi_id)] = stats
     splits = {s: _concat(parts[s], with_label) for s in SPLITS}
     if has_test:
         known = test_frame[KPI_ID].astype(str).isin(norm.keys())
-        splits["test"] = prepare(test_frame[known], norm)
+        splits["test"] = prepare(test_frame[known], norm, wp.clip_sigma)
         unknown = sorted(test_frame.loc[~known, KPI_ID].astype(str).unique())
     else:
         unknown = []
@@ -203,8 +221,8 @@ def _window_count(frame: pd.DataFrame, wp: WindowParams) -> int:
 
 
 def _concat(parts: list[pd.DataFrame], with_label: bool) -> pd.DataFrame:
-    cols = [KPI_ID, TIMESTAMP, VALUE, RAW_VALUE, MISSING, *([LABEL] if with_label else [])]
+    cols = [KPI_ID, TIMESTAMP, VALUE, RAW_VALUE, MISSING, CLIPPED, *([LABEL] if with_label else [])]
     if not parts:
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
-            cols, ["string", "datetime64[ns, UTC]", "float64", "float64", "bool", "int8"])})
+            cols, ["string", "datetime64[ns, UTC]", "float64", "float64", "bool", "bool", "int8"])})
     return pd.concat(parts, ignore_index=True)[cols]

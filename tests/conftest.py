@@ -13,6 +13,16 @@ needs_shared = pytest.mark.skipif(not SHARED.exists(),
                                   reason=f"{SHARED} absent: real-data tests need ../shared/datasets")
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+try:  # property-based tests (tests/test_contract_fuzz.py): bounded, and reproducible in CI
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("dev", max_examples=40, deadline=None,
+                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    settings.register_profile("ci", parent=settings.get_profile("dev"), derandomize=True, print_blob=True)
+    settings.load_profile("ci" if os.environ.get("CI", "").lower() in ("1", "true") else "dev")
+except ImportError:  # hypothesis is a test extra; only the fuzz tests need it
+    pass
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 

@@ -184,6 +184,45 @@ def test_mlflow_server(services):
     assert mlflow["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://seaweedfs:8333"
 
 
+def test_mlflow_requires_basic_auth(services):
+    """#13.5: writing to the registry needs a login; the admin and CSRF secrets come from .env."""
+    import configparser
+
+    mlflow = services["mlflow"]
+    assert "--app-name=basic-auth" in command(mlflow).split()
+    env = mlflow["environment"]
+    assert env["MLFLOW_AUTH_CONFIG_PATH"] == "/etc/mlflow/auth.ini"
+    assert env["MLFLOW_AUTH_ADMIN_USERNAME"] == "admin"
+    raw_env = raw_compose()["services"]["mlflow"]["environment"]
+    for key in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]*\}", raw_env[key]), key
+    assert "mlflow-auth:/home/mlflow/auth" in mlflow["volumes"] and "mlflow-auth" in raw_compose()["volumes"]
+    ini = configparser.ConfigParser()
+    ini.read(DOCKER / "mlflow-auth.ini")
+    assert ini["mlflow"]["default_permission"] == "READ"
+    assert ini["mlflow"]["database_uri"].startswith("sqlite:////home/mlflow/auth/")
+    assert "admin_password" not in ini["mlflow"]  # never a password in a file of the repository
+    dockerfile = (DOCKER / "Dockerfile.mlflow").read_text()
+    assert '"mlflow[auth]"' in dockerfile and "COPY docker/mlflow-auth.ini /etc/mlflow/auth.ini" in dockerfile
+    # every kpiguard container logs in with the admin's credentials
+    for name in WORKERS | {"airflow-scheduler", "airflow-init", "buckets"}:
+        env = services[name]["environment"]
+        assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == ("admin", "change-me"), name
+
+
+def test_airflow_init_refuses_every_placeholder_secret(services, example_env):
+    """#13.10c: every secret of .env.example is checked for the placeholder, PostgreSQL's and MLflow's too."""
+    init = services["airflow-init"]
+    checked = set(re.search(r"for var in (.*?); do", command(init), re.S).group(1).replace("\\", " ").split())
+    assert {"POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_FLASK_SECRET_KEY"} <= checked
+    assert all(var in init["environment"] for var in checked)
+    # each .env.example secret reaches the check, directly or inside a value that is checked
+    raw_init = raw_compose()["services"]["airflow-init"]["environment"]
+    covered = {m.group(2) for var in checked for m in VAR.finditer(str(raw_init.get(var, ""))) if m.group(2)}
+    secrets = {k for k in example_env if SECRET_NAME.search(k)} - {"AWS_ACCESS_KEY_ID"}
+    assert secrets <= covered | checked, sorted(secrets - covered - checked)
+
+
 def strings(node):
     if isinstance(node, dict):
         for value in node.values():

@@ -41,6 +41,8 @@ def airflow(tmp_path_factory):
     params["synthetic"].update({"n_kpis": 2, "start": "2026-01-01", "end": "2026-01-08"})
     params["train"].update({"detectors": ["robust_zscore", "isolation_forest", "dense_autoencoder"],
                             "max_epochs": 2})
+    # a run's `input` conf may name files under <root>/landing/ (daily.check_input refuses anything else)
+    params["score"]["allowed_inputs"] = [f"csv:{root / 'landing'}/"]
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = airflow_env(root / "home", workspace)
     for cmd in (["db", "migrate"], ["pools", "set", "gpu", "2", "GPU slots"],
@@ -178,13 +180,14 @@ def test_score_end_to_end_publishes_and_reruns_idempotently(airflow, s3_server):
     assert [p.name for p in (workspace / "data/scores").iterdir()] == [f"date={DAY}"]
 
 
-def test_score_validation_failure_stops_before_scoring(airflow, tmp_path):
+def test_score_validation_failure_stops_before_scoring(airflow):
     env, workspace = airflow
     bad_day = "2026-01-07"
     ts = pd.date_range(f"{bad_day} 00:00", periods=288, freq="5min", tz="UTC")
     bad = pd.DataFrame({"kpi_id": "k1", "timestamp": ts.astype(str), "value": 1.0, "label": 0})
     bad.loc[::3, "value"] = float("nan")  # a third of the rows break the not-null rule
-    path = tmp_path / "bad.csv"
+    path = workspace.parent / "landing" / "bad.csv"  # under score.allowed_inputs (the fixture)
+    path.parent.mkdir(exist_ok=True)
     bad.to_csv(path, index=False)
     result = run_dag(env, "kpiguard_score", conf={"day": bad_day, "input": f"csv:{path}"})
     assert result["tasks"]["ingest"] == "success" and result["tasks"]["validate"] == "failed"

@@ -257,3 +257,76 @@ def test_register_with_a_postgresql_backend(trained, tmp_path):
         cur.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (db.rsplit("/", 1)[1],))
         assert cur.fetchone()[0] == 0  # the test database is dropped
     assert np.isfinite(report["serving"]["candidate_value"])
+
+
+EVIL_CODE = '''"""Not kpiguard's model code: it writes a marker file when it is run (by mlflow.pyfunc.load_model)."""
+import os
+import pathlib
+
+import mlflow
+
+from pipeline.serving import KpiguardModel
+
+if os.environ.get("KPIGUARD_TEST_MARKER"):
+    pathlib.Path(os.environ["KPIGUARD_TEST_MARKER"]).write_text("stored code ran")
+mlflow.models.set_model(KpiguardModel())
+'''
+
+
+def test_scorer_and_gate_never_execute_code_stored_in_the_registry(trained, server, tmp_path, capsys):
+    """#13.5: a version logged from other code is refused by name and rule, and its code never runs;
+    a genuine version loads from its bundle alone and scores exactly as the pyfunc does."""
+    import mlflow
+
+    from pipeline import cli, model_store, serving
+
+    p = params_for(trained, "safe")
+    register.run(p)
+    client = client_for(p)
+
+    # the genuine champion: loaded without mlflow.pyfunc, same output as the pyfunc
+    model, info = score.load_model(p, "models:/serve-safe@champion")
+    assert isinstance(model, serving.BundleModel) and info["version"] == "1"
+    from pipeline.sources import read_source
+
+    rows = read_source("synthetic:", p, "2026-01-05", "2026-01-07")
+    ours = serving.predict_with(model, rows)
+    theirs = serving.predict_with(mlflow.pyfunc.load_model("models:/serve-safe@champion"), rows)
+    pd.testing.assert_frame_equal(ours, theirs)
+
+    # a tampered version: same bundle, different code file (which would write the marker if run)
+    evil = tmp_path / "pyfunc_model.py"  # even under kpiguard's file name
+    evil.write_text(EVIL_CODE)
+    marker = tmp_path / "pwned.txt"
+    evaluation = json.loads((Path(p.paths.evaluation) / "metrics.json").read_text())["detectors"]
+    bundle = tmp_path / "bundle"
+    serving.write_bundle(bundle, Path(p.paths.artifacts) / "robust_zscore", evaluation["robust_zscore"]["threshold"])
+    experiment = tracking.experiment_id(client, p.mlflow.experiment)
+    with mlflow.start_run(experiment_id=experiment):
+        logged = mlflow.pyfunc.log_model(name="model", python_model=str(evil), artifacts={"bundle": str(bundle)},
+                                          signature=serving.signature())
+    mlflow.register_model(logged.model_uri, "evil-model")
+    client.set_registered_model_alias("evil-model", "champion", "1")
+
+    with env_vars({"KPIGUARD_TEST_MARKER": str(marker)}):
+        for uri in ("models:/evil-model@champion", "models:/evil-model/1"):
+            with pytest.raises(tracking.TrackingError, match="model_code_digest") as err:
+                score.load_model(p, uri)
+            assert "'evil-model' version 1" in str(err.value)
+        with pytest.raises(tracking.TrackingError, match="model_code_digest"):
+            register.Gate(client, p).validation_metric("evil-model", "1")
+        code = cli.main(["score", "--date", "2026-01-05", "--model-uri", "models:/evil-model@champion",
+                         "--output", str(tmp_path / "scores"), "--params", str(_params_file(p, tmp_path))])
+        err_text = capsys.readouterr().err
+        assert code == 2 and "model_code_digest" in err_text and "Traceback" not in err_text
+    assert not marker.exists()  # the stored code never ran
+    assert not (tmp_path / "scores").exists()
+    assert model_store.CODE_FILE.name == "pyfunc_model.py"
+
+
+def _params_file(p, tmp_path) -> Path:
+    import yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(p.as_dict()))
+    return path

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 
 import numpy as np
 import pandas as pd
@@ -116,4 +117,51 @@ def test_unreachable_endpoint():
             msg = str(err.value)
             assert err.value.rule == "s3_reachable"
             assert path in msg and endpoint in msg
-            assert f"after {storage.S3_MAX_ATTEMPTS} attempts" in msg
+            assert f"in {storage.settings().max_attempts} attempt(s) of at most" in msg
+
+
+# -- the S3 partition writer, killed at every step (issue #13.7) --------------------------------
+def _partition(tag: str) -> pd.DataFrame:
+    return pd.DataFrame({"kpi_id": ["a", "b"], "tag": [tag, tag]})
+
+
+def test_s3_partition_writer_killed_at_every_step(s3):
+    """A reader sees the old or the new partition at every step of a killed write, never a mix or
+    nothing; the rerun cleans up what the killed writer left."""
+    from pipeline import score
+    from tests.test_outputs import _killed_at
+
+    output, date = f"s3://{BUCKET}/scores-fault", "2026-01-05"
+    day, target = pd.Timestamp(date, tz="UTC"), f"s3://{BUCKET}/scores-fault/date={date}"
+
+    def write(tag):
+        return score.write_partition(output, day, _partition(tag), _partition(tag), {"tag": tag})
+
+    def patch(dying):
+        storage._s3_client.cache_clear()  # no connection shared with the parent process
+        storage.write_bytes_atomic = dying(storage.write_bytes_atomic)
+        storage.s3_delete = dying(storage.s3_delete)
+
+    def seen() -> set[str]:
+        tags = set(score.read_partition(output, date)["tag"])
+        tags |= set(storage.read_table(score.partition_file(output, date, "quarantine.parquet"))["tag"])
+        tags.add(json.loads(storage.read_bytes(score.partition_file(output, date, "_meta.json")))["tag"])
+        return tags
+
+    # a partition in the old flat layout (one PUT per file) is taken over by the first write
+    storage.write_parquet(_partition("flat"), f"{target}/scores.parquet")
+    k = 0
+    while True:
+        k += 1
+        assert k < 12, "the writer never finished"
+        write("old")
+        code = _killed_at(k, patch, lambda: write("new"))
+        assert len(seen()) == 1 and seen() <= {"old", "new"}, (k, seen())  # one whole partition
+        run = write("rerun")["run"]
+        assert seen() == {"rerun"}
+        runs = {score._run_of(target, p) for p in storage.s3_objects(target)} - {None}
+        assert run in runs and len(runs) <= 2, (k, runs)  # the new run and the one it superseded, no orphan
+        assert f"{target}/scores.parquet" not in storage.s3_objects(target)
+        if code == 0:
+            break
+    assert k > 3

@@ -142,10 +142,21 @@ def test_stage_writes_valid_quarantine_report_and_data_docs(tmp_path, small_para
     assert (tmp_path / "report" / "data_docs" / "index.html").exists()
 
 
-def test_stage_fails_when_nothing_is_valid(tmp_path, small_params):
+def test_stage_fails_when_nothing_is_valid_and_keeps_the_previous_outputs(tmp_path, small_params):
+    """#13.8: a run where every row fails raises, and the previous good outputs stay as they were."""
     raw = tmp_path / "raw"
     raw.mkdir()
+    dirs = (raw, tmp_path / "valid", tmp_path / "q", tmp_path / "report")
+    kpi("good", 300).to_parquet(raw / "train.parquet")
+    validate.run(small_params, *dirs)
+    before = {p.relative_to(tmp_path): p.read_bytes() for d in dirs[1:] for p in d.rglob("*") if p.is_file()}
+    assert len(pd.read_parquet(tmp_path / "valid" / "train.parquet")) == 300
+    assert (tmp_path / "report" / "metrics.json").exists()
+
     kpi("tiny", 30).to_parquet(raw / "train.parquet")
-    with pytest.raises(DataError, match="at_least_one_valid_kpi"):
-        validate.run(small_params, raw, tmp_path / "valid", tmp_path / "q", tmp_path / "report")
-    assert len(pd.read_parquet(tmp_path / "q" / "train.parquet")) == 30  # quarantine is still written
+    with pytest.raises(DataError, match="at_least_one_valid_kpi") as err:
+        validate.run(small_params, *dirs)
+    after = {p.relative_to(tmp_path): p.read_bytes() for d in dirs[1:] for p in d.rglob("*") if p.is_file()}
+    assert after == before  # nothing replaced, nothing lost
+    assert "quarantined by rule" in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
