@@ -300,7 +300,8 @@ def test_scorer_and_gate_never_execute_code_stored_in_the_registry(trained, serv
     marker = tmp_path / "pwned.txt"
     evaluation = json.loads((Path(p.paths.evaluation) / "metrics.json").read_text())["detectors"]
     bundle = tmp_path / "bundle"
-    serving.write_bundle(bundle, Path(p.paths.artifacts) / "robust_zscore", evaluation["robust_zscore"]["threshold"])
+    serving.write_bundle(bundle, Path(p.paths.artifacts) / "robust_zscore", evaluation["robust_zscore"]["threshold"],
+                         json.loads((Path(p.paths.evaluation) / "calibration" / "robust_zscore.json").read_text()))
     experiment = tracking.experiment_id(client, p.mlflow.experiment)
     with mlflow.start_run(experiment_id=experiment):
         logged = mlflow.pyfunc.log_model(name="model", python_model=str(evil), artifacts={"bundle": str(bundle)},
