@@ -16,6 +16,7 @@ DETECTORS: dict[str, str] = {
     "diff_z": "models.diff_z:DiffZ",
     "robust_zscore": "models.robust_zscore:RobustZScore",
     "isolation_forest": "models.isolation_forest:IsolationForest",
+    "seasonal_residual": "models.seasonal_residual:SeasonalResidual",
     "lstm_forecaster": "models.lstm_forecaster:LstmForecaster",
     "lstm_autoencoder": "models.lstm_autoencoder:LstmAutoencoder",
     "conv1d_autoencoder": "models.conv1d_autoencoder:Conv1dAutoencoder",

@@ -351,9 +351,9 @@ TINY = {
     "lstm_forecaster": {"chunk_length": 64, "max_train_windows": 256},
     "vae_lstm": {"l_win": 24, "l_seq": 4, "max_train_windows": 512},  # a 96-row sequence fits the test split
 }
-SAME_PATH = {"windowed_gaussian", "diff_z", "robust_zscore",  # causal as they are
+SAME_PATH = {"windowed_gaussian", "diff_z", "robust_zscore", "seasonal_residual",  # causal as they are
              "cnn_classifier", "convlstm_classifier"}
-NO_KNOBS = {"windowed_gaussian", "diff_z", "robust_zscore"}  # no max_train_windows
+NO_KNOBS = {"windowed_gaussian", "diff_z", "robust_zscore", "seasonal_residual"}  # no max_train_windows
 RECONSTRUCTORS = ["lstm_autoencoder", "conv1d_autoencoder", "dense_autoencoder"]
 
 
@@ -526,7 +526,8 @@ def test_diff_z_hand_case_and_unseen_kpi(tmp_path):
     assert saved == {"scales": detector.scales, "global_scale": detector.global_scale}
 
 
-@pytest.mark.parametrize("name, config", [("windowed_gaussian", {"window": 50}), ("diff_z", None)])
+@pytest.mark.parametrize("name, config", [("windowed_gaussian", {"window": 50}), ("diff_z", None),
+                                          ("seasonal_residual", {"day": "1h", "week": "2h"})])
 def test_reference_rules_are_causal_and_prefix_invariant(name, config, splits):
     train, val, test = splits
     detector = registry.create(name, config).fit(train, val)
@@ -538,3 +539,47 @@ def test_reference_rules_are_causal_and_prefix_invariant(name, config, splits):
     changed = test.copy()
     changed.loc[401:, VALUE] += 1000.0
     np.testing.assert_array_equal(detector._score_core(changed)[:401], full[:401])
+
+
+# -- seasonal residual --------------------------------------------------------------------------------
+def test_seasonal_residual_baseline_and_scale_hand_case():
+    from models.seasonal_residual import row_nanmedian, seasonal_baseline
+    np.testing.assert_array_equal(row_nanmedian(np.array([[3.0, np.nan, 1.0], [np.nan] * 3, [4.0, 2.0, 9.0]])),
+                                  [2.0, np.nan, 4.0])
+    # 1-minute grid, "day" = 4 minutes, "week" = 8 minutes: a period-4 pattern with one spike at t = 13
+    pattern = np.tile([0.0, 1.0, 2.0, 1.0], 5)
+    values = pattern.copy()
+    values[13] += 10.0
+    obs = values.copy()
+    base = seasonal_baseline(obs, [4, 8], neighbours=0, fallback_window=2)
+    # t < 4: trailing median of up to 2 values (t = 0 has none); t >= 4: median of x[t-4] (and x[t-8])
+    np.testing.assert_array_equal(base[:4], [np.nan, 0.0, 0.5, 1.5])
+    np.testing.assert_array_equal(base[4:13], pattern[4:13])
+    assert base[13] == 1.0 and base[17] == 6.0  # the spike is a candidate a "day" later (median of 11, 1)
+    frame = pd.DataFrame({KPI_ID: "a", TIMESTAMP: pd.date_range("2026-01-01", periods=20, freq="1min", tz="UTC"),
+                          VALUE: values, MISSING: False})
+    detector = registry.create("seasonal_residual", {"day": "4min", "week": "8min", "neighbours": 0,
+                                                      "fallback_window": 2, "min_history": 2,
+                                                      "scale_window": 4, "min_scale": 0.5}).fit(frame)
+    raw = detector._score_core(frame)
+    # residuals are 0 from t = 4 on (before the spike): the scale is the floor, the spike scores 10 / 0.5
+    assert raw[13] == pytest.approx(20.0) and (raw[8:13] == 0.0).all()
+    assert np.isnan(raw[:3]).all()  # t = 0 has no baseline; t = 1, 2 have < min_history past residuals
+    # a 5-minute grid with the same periods in time gives the same baseline lags in steps of 5 minutes
+    frame5 = frame.assign(**{TIMESTAMP: pd.date_range("2026-01-01", periods=20, freq="5min", tz="UTC")})
+    d5 = registry.create("seasonal_residual", {**detector.config.to_dict(), "day": "20min", "week": "40min"})
+    np.testing.assert_array_equal(d5.fit(frame5)._score_core(frame5), raw)
+
+
+def test_seasonal_residual_ignores_interpolated_candidates_and_short_kpis_get_scores():
+    values = np.tile([0.0, 1.0, 2.0, 1.0], 5)
+    frame = pd.DataFrame({KPI_ID: "a", TIMESTAMP: pd.date_range("2026-01-01", periods=20, freq="1min", tz="UTC"),
+                          VALUE: values, MISSING: False})
+    frame.loc[9, MISSING] = True
+    frame.loc[9, VALUE] = 50.0  # a bad interpolation must not become a baseline candidate a period later
+    cfg = {"day": "4min", "week": "8min", "neighbours": 0, "fallback_window": 2, "min_history": 2}
+    raw = registry.create("seasonal_residual", cfg).fit(frame)._score_core(frame)
+    assert raw[13] == 0.0  # x[13] = 1 against the week candidate x[5] = 1 (x[9] left out)
+    # no day of history at all (a 3-point KPI): the fallback baseline still scores from min_history on
+    short = frame.iloc[:6].assign(**{TIMESTAMP: pd.date_range("2026-01-01", periods=6, freq="1h", tz="UTC")})
+    assert np.isfinite(registry.create("seasonal_residual", cfg).fit(short)._score_core(short)[3:]).all()
