@@ -17,6 +17,7 @@ DETECTORS: dict[str, str] = {
     "robust_zscore": "models.robust_zscore:RobustZScore",
     "isolation_forest": "models.isolation_forest:IsolationForest",
     "seasonal_residual": "models.seasonal_residual:SeasonalResidual",
+    "spectral_residual": "models.spectral_residual:SpectralResidual",
     "lstm_forecaster": "models.lstm_forecaster:LstmForecaster",
     "lstm_autoencoder": "models.lstm_autoencoder:LstmAutoencoder",
     "conv1d_autoencoder": "models.conv1d_autoencoder:Conv1dAutoencoder",

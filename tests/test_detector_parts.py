@@ -352,8 +352,9 @@ TINY = {
     "vae_lstm": {"l_win": 24, "l_seq": 4, "max_train_windows": 512},  # a 96-row sequence fits the test split
 }
 SAME_PATH = {"windowed_gaussian", "diff_z", "robust_zscore", "seasonal_residual",  # causal as they are
+             "spectral_residual",
              "cnn_classifier", "convlstm_classifier"}
-NO_KNOBS = {"windowed_gaussian", "diff_z", "robust_zscore", "seasonal_residual"}  # no max_train_windows
+NO_KNOBS = {"windowed_gaussian", "diff_z", "robust_zscore", "seasonal_residual", "spectral_residual"}  # no max_train_windows
 RECONSTRUCTORS = ["lstm_autoencoder", "conv1d_autoencoder", "dense_autoencoder"]
 
 
@@ -583,3 +584,38 @@ def test_seasonal_residual_ignores_interpolated_candidates_and_short_kpis_get_sc
     # no day of history at all (a 3-point KPI): the fallback baseline still scores from min_history on
     short = frame.iloc[:6].assign(**{TIMESTAMP: pd.date_range("2026-01-01", periods=6, freq="1h", tz="UTC")})
     assert np.isfinite(registry.create("seasonal_residual", cfg).fit(short)._score_core(short)[3:]).all()
+
+
+# -- spectral residual --------------------------------------------------------------------------------
+def spectral_residual_reference(x, window, m, q, z):
+    """The paper's steps, one window at a time, with numpy's rfft/irfft (a loop per window: a test)."""
+    out = []
+    for n in range(window - 1, len(x)):
+        w = list(x[n - window + 1: n + 1])
+        g = np.mean([(w[-2] - w[-2 - i]) / i for i in range(1, m + 1)])  # gradients to x_{n-1}
+        w = np.array(w + [w[-1 - m] + g * m] * m)
+        spectrum = np.fft.rfft(w)
+        log_amp = np.log(np.maximum(np.abs(spectrum), 1e-8))
+        local_log = np.array([log_amp[max(0, k - q + 1): k + 1].mean() for k in range(len(log_amp))])
+        saliency = np.abs(np.fft.irfft(np.exp(log_amp - local_log + 1j * np.angle(spectrum)), n=len(w)))
+        local = saliency[window - 1 - z: window - 1].mean()
+        out.append((saliency[window - 1] - local) / local)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("config", [{"window": 24, "extend": 5, "score_window": 7, "batch_windows": 16},
+                                    {"window": 25, "extend": 3, "amplitude_window": 4, "score_window": 5}])
+def test_spectral_residual_equals_a_per_window_reference(config):
+    from models.spectral_residual import SpectralResidualConfig
+    cfg = SpectralResidualConfig(**config)
+    rng = np.random.default_rng(0)
+    x = 3 * np.sin(np.arange(120) / 5) + rng.standard_normal(120) + 20
+    x[70] += 8
+    frame = tiny_frame({"a": x, "b": x[:cfg.window - 1]})  # b: shorter than a window, nothing scored
+    raw = registry.create("spectral_residual", cfg).fit(frame)._score_core(frame)
+    expected = spectral_residual_reference(x, cfg.window, cfg.extend, cfg.amplitude_window, cfg.score_window)
+    assert np.isnan(raw[:cfg.window - 1]).all() and np.isnan(raw[120:]).all()
+    np.testing.assert_allclose(raw[cfg.window - 1:120], expected, rtol=1e-9, atol=1e-9)
+    assert raw[:120].argmax() == 70  # the spike is the most salient point
+    # causal prefix invariance is test_causal_scores_use_no_later_row (to 1e-6: BLAS may round a block
+    # of windows differently from a shorter one, so the exact-equality test above does not apply)
