@@ -350,9 +350,10 @@ TINY = {
     "isolation_forest": {"n_estimators": 25},
     "lstm_forecaster": {"chunk_length": 64, "max_train_windows": 256},
     "vae_lstm": {"l_win": 24, "l_seq": 4, "max_train_windows": 512},  # a 96-row sequence fits the test split
+    "stacked_gbdt": {"max_iter": 20},
 }
 SAME_PATH = {"windowed_gaussian", "diff_z", "robust_zscore", "seasonal_residual",  # causal as they are
-             "spectral_residual",
+             "spectral_residual", "stacked_gbdt",
              "cnn_classifier", "convlstm_classifier"}
 NO_KNOBS = {"windowed_gaussian", "diff_z", "robust_zscore", "seasonal_residual", "spectral_residual"}  # no max_train_windows
 RECONSTRUCTORS = ["lstm_autoencoder", "conv1d_autoencoder", "dense_autoencoder"]
@@ -619,3 +620,49 @@ def test_spectral_residual_equals_a_per_window_reference(config):
     assert np.nanargmax(raw[:120]) == 70  # the spike is the most salient point
     # causal prefix invariance is test_causal_scores_use_no_later_row (to 1e-6: BLAS may round a block
     # of windows differently from a shorter one, so the exact-equality test above does not apply)
+
+
+# -- stacked GBDT -------------------------------------------------------------------------------------
+def test_stacked_gbdt_export_matches_sklearn(splits, tmp_path):
+    train, val, test = splits
+    detector = registry.create("stacked_gbdt", {"max_iter": 15}, CPU).fit(train, val)
+    model = detector.sklearn_model
+    for frame in (train, test):  # the test split's first rows have NaN features: the routing of missing values
+        x = detector.features(frame)
+        assert np.isnan(x).any()
+        np.testing.assert_allclose(detector.raw_predict(x, batch=333), model.decision_function(x), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(detector.score(test), model.decision_function(detector.features(test)), rtol=0, atol=1e-12)
+    loaded = registry.load(detector.save(tmp_path))
+    assert loaded.sklearn_model is None and loaded.scales == detector.scales
+    np.testing.assert_array_equal(loaded.score(test), detector.score(test))
+    state = torch.load(tmp_path / "weights.pt", weights_only=True)
+    assert set(state) == {"value", "feature", "threshold", "missing_left", "left", "right", "is_leaf", "baseline"}
+    assert state["left"].shape[0] == model.n_iter_ and loaded.fit_info == detector.fit_info
+    assert detector.fit_info["early_stopping"] and detector.fit_info["rows"] == len(train)
+
+
+def test_stacked_gbdt_features_are_scale_free_and_use_the_kpi_grid():
+    from models.stacked_gbdt import StackedGbdtConfig, kpi_features
+    cfg = StackedGbdtConfig(lags=(1, 3), widths=(4,), day="4min", week="8min")
+    x = np.arange(12, dtype=float) ** 2
+    f = kpi_features(x, pd.Timedelta("1min"), 2.0, cfg)
+    names = cfg.feature_names()
+    assert names == ["value", "diff_1", "diff_3", "med_4", "mad_4", "std_4", "day", "week"] and f.shape == (12, 8)
+    col = dict(zip(names, f.T))
+    np.testing.assert_array_equal(col["value"], x)
+    np.testing.assert_array_equal(col["diff_3"][3:], (x[3:] - x[:-3]) / 2.0)
+    assert np.isnan(col["diff_3"][:3]).all() and np.isnan(col["week"][:8]).all()
+    assert col["med_4"][4] == (16 - np.median(x[:4])) / 2.0 and np.isnan(col["med_4"][3])
+    np.testing.assert_array_equal(col["day"][4:], (x[4:] - x[:-4]) / 2.0)  # 4 min = 4 steps of 1 min
+    f5 = kpi_features(x, pd.Timedelta("2min"), 2.0, cfg)  # 4 min = 2 steps of 2 min
+    np.testing.assert_array_equal(dict(zip(names, f5.T))["day"][2:], (x[2:] - x[:-2]) / 2.0)
+    # scale-free: a KPI twice as large with twice the difference scale gives the same differences
+    np.testing.assert_allclose(kpi_features(2 * x, pd.Timedelta("1min"), 4.0, cfg)[:, 1:3], f[:, 1:3])
+
+
+def test_stacked_gbdt_keeps_all_positives_when_subsampling(splits):
+    train, val, _ = splits
+    detector = registry.create("stacked_gbdt", {"max_iter": 5, "max_train_rows": 500}, CPU).fit(train, None)
+    positives = int(train[LABEL].sum())
+    assert detector.fit_info == {"rows": 500, "positives": positives, "iterations": 5, "early_stopping": False}
+    assert np.isfinite(detector.score(splits[2], causal=True)).all()
