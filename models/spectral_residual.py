@@ -121,10 +121,10 @@ class SpectralTables:
             power = spec[:, :n_freq] ** 2 + spec[:, n_freq:] ** 2
             avg_log = trailing_mean(0.5 * np.log(np.maximum(power, AMPLITUDE_EPS ** 2)), cfg.amplitude_window)
             # exp(R + i*phase) = F/|F| * exp(log|F| - AL) = F * exp(-AL); a zero amplitude keeps phase 0
-            gain = np.exp(-avg_log)
             zero = power <= AMPLITUDE_EPS ** 2
-            spec[:, :n_freq] = np.where(zero, AMPLITUDE_EPS, spec[:, :n_freq]) * gain
-            spec[:, n_freq:] = np.where(zero, 0.0, spec[:, n_freq:]) * gain
+            if zero.any():  # rare (a constant window): amplitude eps, phase 0, as the log's clip
+                spec[:, :n_freq][zero], spec[:, n_freq:][zero] = AMPLITUDE_EPS, 0.0
+            spec *= np.tile(np.exp(-avg_log), 2)
             saliency = np.abs(spec @ self.inverse)                             # (b, z + 1)
             local = np.maximum(saliency[:, :-1].mean(axis=1), SALIENCY_EPS)
             out[start:stop] = (saliency[:, -1] - local) / local

@@ -618,6 +618,8 @@ def test_spectral_residual_equals_a_per_window_reference(config):
     assert np.isnan(raw[:cfg.window - 1]).all() and np.isnan(raw[120:]).all()
     np.testing.assert_allclose(raw[cfg.window - 1:120], expected, rtol=1e-9, atol=1e-9)
     assert np.nanargmax(raw[:120]) == 70  # the spike is the most salient point
+    flat = tiny_frame({"c": np.r_[np.zeros(60), np.arange(20.0)]})  # all-zero spectra: clipped, finite
+    assert np.isfinite(registry.create("spectral_residual", cfg).fit(flat).score(flat)).all()
     # causal prefix invariance is test_causal_scores_use_no_later_row (to 1e-6: BLAS may round a block
     # of windows differently from a shorter one, so the exact-equality test above does not apply)
 
