@@ -7,9 +7,9 @@ both work):
 - baseline ``b_t`` = median of the *observed* values at ``t - d - k .. t - d + k`` and
   ``t - w - k .. t - w + k`` (``k = neighbours``: a few points either side absorb small phase
   drifts). Where a week of history is not there yet only the day candidates exist, and the median
-  uses what exists; where not even a day is there (the start, short KPIs, or a KPI whose grid makes
-  a day shorter than ``k + 1`` steps) the baseline is the median of the ``fallback_window`` observed
-  values before ``t``.
+  uses what exists (candidates closer than one step back are dropped); where not even a day is
+  there (the first day, short KPIs) or every candidate was interpolated, the baseline is the median
+  of the observed values among the ``fallback_window`` before ``t``.
 - residual ``r_t = x_t - b_t``;
 - scale ``s_t = max(1.4826 * median(|r|) over the scale_window observed points before t, min_scale)``:
   a robust standard deviation of the recent misses, so a noisy KPI needs a larger miss; ``t`` itself
