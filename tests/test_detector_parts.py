@@ -350,10 +350,12 @@ TINY = {
     "isolation_forest": {"n_estimators": 25},
     "lstm_forecaster": {"chunk_length": 64, "max_train_windows": 256},
     "vae_lstm": {"l_win": 24, "l_seq": 4, "max_train_windows": 512},  # a 96-row sequence fits the test split
+    "stacked_gbdt": {"max_iter": 20},
 }
-SAME_PATH = {"windowed_gaussian", "diff_z", "robust_zscore",  # causal as they are
+SAME_PATH = {"windowed_gaussian", "diff_z", "robust_zscore", "seasonal_residual",  # causal as they are
+             "spectral_residual", "stacked_gbdt",
              "cnn_classifier", "convlstm_classifier"}
-NO_KNOBS = {"windowed_gaussian", "diff_z", "robust_zscore"}  # no max_train_windows
+NO_KNOBS = {"windowed_gaussian", "diff_z", "robust_zscore", "seasonal_residual", "spectral_residual"}  # no max_train_windows
 RECONSTRUCTORS = ["lstm_autoencoder", "conv1d_autoencoder", "dense_autoencoder"]
 
 
@@ -526,7 +528,8 @@ def test_diff_z_hand_case_and_unseen_kpi(tmp_path):
     assert saved == {"scales": detector.scales, "global_scale": detector.global_scale}
 
 
-@pytest.mark.parametrize("name, config", [("windowed_gaussian", {"window": 50}), ("diff_z", None)])
+@pytest.mark.parametrize("name, config", [("windowed_gaussian", {"window": 50}), ("diff_z", None),
+                                          ("seasonal_residual", {"day": "1h", "week": "2h"})])
 def test_reference_rules_are_causal_and_prefix_invariant(name, config, splits):
     train, val, test = splits
     detector = registry.create(name, config).fit(train, val)
@@ -538,3 +541,130 @@ def test_reference_rules_are_causal_and_prefix_invariant(name, config, splits):
     changed = test.copy()
     changed.loc[401:, VALUE] += 1000.0
     np.testing.assert_array_equal(detector._score_core(changed)[:401], full[:401])
+
+
+# -- seasonal residual --------------------------------------------------------------------------------
+def test_seasonal_residual_baseline_and_scale_hand_case():
+    from models.seasonal_residual import row_nanmedian, seasonal_baseline
+    np.testing.assert_array_equal(row_nanmedian(np.array([[3.0, np.nan, 1.0], [np.nan] * 3, [4.0, 2.0, 9.0]])),
+                                  [2.0, np.nan, 4.0])
+    # 1-minute grid, "day" = 4 minutes, "week" = 8 minutes: a period-4 pattern with one spike at t = 13
+    pattern = np.tile([0.0, 1.0, 2.0, 1.0], 5)
+    values = pattern.copy()
+    values[13] += 10.0
+    obs = values.copy()
+    base = seasonal_baseline(obs, [4, 8], neighbours=0, fallback_window=2)
+    # t < 4: trailing median of up to 2 values (t = 0 has none); t >= 4: median of x[t-4] (and x[t-8])
+    np.testing.assert_array_equal(base[:4], [np.nan, 0.0, 0.5, 1.5])
+    np.testing.assert_array_equal(base[4:13], pattern[4:13])
+    assert base[13] == 1.0 and base[17] == 6.0  # the spike is a candidate a "day" later (median of 11, 1)
+    frame = pd.DataFrame({KPI_ID: "a", TIMESTAMP: pd.date_range("2026-01-01", periods=20, freq="1min", tz="UTC"),
+                          VALUE: values, MISSING: False})
+    detector = registry.create("seasonal_residual", {"day": "4min", "week": "8min", "neighbours": 0,
+                                                      "fallback_window": 2, "min_history": 2,
+                                                      "scale_window": 4, "min_scale": 0.5}).fit(frame)
+    raw = detector._score_core(frame)
+    # residuals are 0 from t = 4 on (before the spike): the scale is the floor, the spike scores 10 / 0.5
+    assert raw[13] == pytest.approx(20.0) and (raw[8:13] == 0.0).all()
+    assert np.isnan(raw[:3]).all()  # t = 0 has no baseline; t = 1, 2 have < min_history past residuals
+    # a 5-minute grid with the same periods in time gives the same baseline lags in steps of 5 minutes
+    frame5 = frame.assign(**{TIMESTAMP: pd.date_range("2026-01-01", periods=20, freq="5min", tz="UTC")})
+    d5 = registry.create("seasonal_residual", {**detector.config.to_dict(), "day": "20min", "week": "40min"})
+    np.testing.assert_array_equal(d5.fit(frame5)._score_core(frame5), raw)
+
+
+def test_seasonal_residual_ignores_interpolated_candidates_and_short_kpis_get_scores():
+    values = np.tile([0.0, 1.0, 2.0, 1.0], 5)
+    frame = pd.DataFrame({KPI_ID: "a", TIMESTAMP: pd.date_range("2026-01-01", periods=20, freq="1min", tz="UTC"),
+                          VALUE: values, MISSING: False})
+    frame.loc[9, MISSING] = True
+    frame.loc[9, VALUE] = 50.0  # a bad interpolation must not become a baseline candidate a period later
+    cfg = {"day": "4min", "week": "8min", "neighbours": 0, "fallback_window": 2, "min_history": 2}
+    raw = registry.create("seasonal_residual", cfg).fit(frame)._score_core(frame)
+    assert raw[13] == 0.0  # x[13] = 1 against the week candidate x[5] = 1 (x[9] left out)
+    # no day of history at all (a 3-point KPI): the fallback baseline still scores from min_history on
+    short = frame.iloc[:6].assign(**{TIMESTAMP: pd.date_range("2026-01-01", periods=6, freq="1h", tz="UTC")})
+    assert np.isfinite(registry.create("seasonal_residual", cfg).fit(short)._score_core(short)[3:]).all()
+
+
+# -- spectral residual --------------------------------------------------------------------------------
+def spectral_residual_reference(x, window, m, q, z):
+    """The paper's steps, one window at a time, with numpy's rfft/irfft (a loop per window: a test)."""
+    out = []
+    for n in range(window - 1, len(x)):
+        w = list(x[n - window + 1: n + 1])
+        g = np.mean([(w[-2] - w[-2 - i]) / i for i in range(1, m + 1)])  # gradients to x_{n-1}
+        w = np.array(w + [w[-1 - m] + g * m] * m)
+        spectrum = np.fft.rfft(w)
+        log_amp = np.log(np.maximum(np.abs(spectrum), 1e-8))
+        local_log = np.array([log_amp[max(0, k - q + 1): k + 1].mean() for k in range(len(log_amp))])
+        saliency = np.abs(np.fft.irfft(np.exp(log_amp - local_log + 1j * np.angle(spectrum)), n=len(w)))
+        local = saliency[window - 1 - z: window - 1].mean()
+        out.append((saliency[window - 1] - local) / local)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("config", [{"window": 24, "extend": 5, "score_window": 7, "batch_windows": 16},
+                                    {"window": 25, "extend": 3, "amplitude_window": 4, "score_window": 5}])
+def test_spectral_residual_equals_a_per_window_reference(config):
+    from models.spectral_residual import SpectralResidualConfig
+    cfg = SpectralResidualConfig(**config)
+    rng = np.random.default_rng(0)
+    x = 3 * np.sin(np.arange(120) / 5) + rng.standard_normal(120) + 20
+    x[70] += 8
+    frame = tiny_frame({"a": x, "b": x[:cfg.window - 1]})  # b: shorter than a window, nothing scored
+    raw = registry.create("spectral_residual", cfg).fit(frame)._score_core(frame)
+    expected = spectral_residual_reference(x, cfg.window, cfg.extend, cfg.amplitude_window, cfg.score_window)
+    assert np.isnan(raw[:cfg.window - 1]).all() and np.isnan(raw[120:]).all()
+    np.testing.assert_allclose(raw[cfg.window - 1:120], expected, rtol=1e-9, atol=1e-9)
+    assert np.nanargmax(raw[:120]) == 70  # the spike is the most salient point
+    flat = tiny_frame({"c": np.r_[np.zeros(60), np.arange(20.0)]})  # all-zero spectra: clipped, finite
+    assert np.isfinite(registry.create("spectral_residual", cfg).fit(flat).score(flat)).all()
+    # causal prefix invariance is test_causal_scores_use_no_later_row (to 1e-6: BLAS may round a block
+    # of windows differently from a shorter one, so the exact-equality test above does not apply)
+
+
+# -- stacked GBDT -------------------------------------------------------------------------------------
+def test_stacked_gbdt_export_matches_sklearn(splits, tmp_path):
+    train, val, test = splits
+    detector = registry.create("stacked_gbdt", {"max_iter": 15}, CPU).fit(train, val)
+    model = detector.sklearn_model
+    for frame in (train, test):  # the test split's first rows have NaN features: the routing of missing values
+        x = detector.features(frame)
+        assert np.isnan(x).any()
+        np.testing.assert_allclose(detector.raw_predict(x, batch=333), model.decision_function(x), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(detector.score(test), model.decision_function(detector.features(test)), rtol=0, atol=1e-12)
+    loaded = registry.load(detector.save(tmp_path))
+    assert loaded.sklearn_model is None and loaded.scales == detector.scales
+    np.testing.assert_array_equal(loaded.score(test), detector.score(test))
+    state = torch.load(tmp_path / "weights.pt", weights_only=True)
+    assert set(state) == {"value", "feature", "threshold", "missing_left", "left", "right", "is_leaf", "baseline"}
+    assert state["left"].shape[0] == model.n_iter_ and loaded.fit_info == detector.fit_info
+    assert detector.fit_info["early_stopping"] and detector.fit_info["rows"] == len(train)
+
+
+def test_stacked_gbdt_features_are_scale_free_and_use_the_kpi_grid():
+    from models.stacked_gbdt import StackedGbdtConfig, kpi_features
+    cfg = StackedGbdtConfig(lags=(1, 3), widths=(4,), day="4min", week="8min")
+    x = np.arange(12, dtype=float) ** 2
+    f = kpi_features(x, pd.Timedelta("1min"), 2.0, cfg)
+    names = cfg.feature_names()
+    assert names == ["value", "diff_1", "diff_3", "med_4", "mad_4", "std_4", "day", "week"] and f.shape == (12, 8)
+    col = dict(zip(names, f.T))
+    np.testing.assert_array_equal(col["value"], x)
+    np.testing.assert_array_equal(col["diff_3"][3:], (x[3:] - x[:-3]) / 2.0)
+    assert np.isnan(col["diff_3"][:3]).all() and np.isnan(col["week"][:8]).all()
+    assert col["med_4"][4] == (16 - np.median(x[:4])) / 2.0 and np.isnan(col["med_4"][3])
+    np.testing.assert_array_equal(col["day"][4:], (x[4:] - x[:-4]) / 2.0)  # 4 min = 4 steps of 1 min
+    f5 = kpi_features(x, pd.Timedelta("2min"), 2.0, cfg)  # 4 min = 2 steps of 2 min
+    np.testing.assert_array_equal(dict(zip(names, f5.T))["day"][2:], (x[2:] - x[:-2]) / 2.0)
+    # scale-free: a KPI twice as large with twice the difference scale gives the same differences
+    np.testing.assert_allclose(kpi_features(2 * x, pd.Timedelta("1min"), 4.0, cfg)[:, 1:3], f[:, 1:3])
+
+
+def test_stacked_gbdt_keeps_all_positives_when_subsampling(splits):
+    train, val, _ = splits
+    detector = registry.create("stacked_gbdt", {"max_iter": 5, "max_train_rows": 500}, CPU).fit(train, None)
+    positives = int(train[LABEL].sum())
+    assert detector.fit_info == {"rows": 500, "positives": positives, "iterations": 5, "early_stopping": False}
+    assert np.isfinite(detector.score(splits[2], causal=True)).all()

@@ -1,0 +1,273 @@
+"""Stacked GBDT (Opprentice, Liu et al., IMC 2015): simple detectors as features, a supervised model on top.
+
+Each point gets causal, scale-free features from the past of its own KPI (the values are already
+normalised with the KPI's train median/MAD; differences are further divided by the KPI's train
+scale of first differences ``diff_scale``, as :mod:`models.diff_z`, so a smooth and a noisy KPI
+speak the same units):
+
+- ``value``: the normalised value itself;
+- ``diff_<l>``: ``(x_t - x_{t-l}) / diff_scale`` for each lag ``l`` in ``lags``;
+- ``med_<w>`` and ``mad_<w>``: the deviation from the median of the ``w`` points before ``t``, over
+  ``diff_scale`` and over the rolling MAD (the rolling median of past deviations, as
+  :mod:`models.robust_zscore`), for each ``w`` in ``widths``;
+- ``std_<w>``: the standard deviation of the first differences over the ``w`` points ending at
+  ``t``, over ``diff_scale`` (noise bursts);
+- ``day``, ``week``: ``(x_t - x_{t-period}) / diff_scale``, the periods converted to grid steps
+  from the KPI's timestamps (:func:`models.seasonal_residual.period_steps`).
+
+Missing history is NaN and stays NaN: the trees route it natively (each split learns a side for it).
+
+``fit`` trains scikit-learn's ``HistGradientBoostingClassifier`` (imported there, lazily) on the
+train split's labels, with balanced sample weights (positives are ~1-10% of points), early stopping
+on the validation split's weighted loss when it has positives, and at most ``max_train_rows`` rows
+(all positives kept, negatives drawn at random). The fitted trees are exported to padded
+``(n_trees, max_nodes)`` tensors (``value``, ``feature``, ``threshold``, ``missing_left``, ``left``,
+``right``, ``is_leaf``) plus ``baseline`` and scored by a vectorised numpy traversal: all rows and
+all trees advance one level per step. Score = the summed raw prediction (the logit of the anomaly
+probability, equal to sklearn's ``decision_function`` up to float summation order): monotone in the
+probability, without its saturation at 1.
+
+Every feature reads rows up to ``t`` of its KPI: causal as it stands, ``causal=True`` takes the same
+path. Every row is scored (NaN features are routed, not dropped).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from models.base import Detector, DetectorConfig, labels_of
+from models.diff_z import MAD_TO_STD, diff_mad_scale
+from models.frame import MISSING, TIMESTAMP, VALUE, kpi_slices
+from models.seasonal_residual import grid_step, period_steps
+
+SINGLE_THREAD_ROWS = 50_000  # training rows below which sklearn gets one thread (see _fit_core)
+TREE_ARRAYS = ("value", "feature", "threshold", "missing_left", "left", "right", "is_leaf", "baseline")
+
+
+@dataclasses.dataclass
+class StackedGbdtConfig(DetectorConfig):
+    max_iter: int = 50                # boosting rounds (fewer with early stopping); scoring cost grows with it
+    learning_rate: float = 0.1
+    max_depth: int = 6                # levels of the scoring traversal: the main cost of a score
+    max_leaf_nodes: int = 31
+    min_samples_leaf: int = 20
+    l2_regularization: float = 0.0
+    n_iter_no_change: int = 10        # early stopping patience (rounds), on the validation loss
+    max_train_rows: int = 200_000     # rows handed to sklearn: all positives + random negatives
+    lags: tuple[int, ...] = (1, 2, 5, 10)
+    widths: tuple[int, ...] = (12, 48, 288)
+    day: str = "1D"
+    week: str = "7D"
+    min_scale: float = 1e-3           # floor of diff_scale and of the rolling MAD, normalised units
+
+    def validate(self) -> None:
+        self._positive("max_iter", "learning_rate", "max_depth", "max_leaf_nodes", "min_samples_leaf",
+                       "n_iter_no_change", "max_train_rows", "min_scale")
+        if self.l2_regularization < 0:
+            raise ValueError(f"StackedGbdtConfig: 'l2_regularization' must be >= 0, got {self.l2_regularization}")
+        for key in ("lags", "widths"):
+            v = getattr(self, key)
+            if not v or min(v) < 1 or len(set(v)) < len(v):
+                raise ValueError(f"StackedGbdtConfig: '{key}' must be distinct positive integers, got {list(v)}")
+        for key in ("day", "week"):
+            try:
+                ok = pd.Timedelta(getattr(self, key)) > pd.Timedelta(0)
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"StackedGbdtConfig: '{key}' must be a positive duration such as '1D', "
+                                 f"got {getattr(self, key)!r}")
+
+    def feature_names(self) -> list[str]:
+        return (["value"] + [f"diff_{l}" for l in self.lags] + [f"{k}_{w}" for w in self.widths for k in ("med", "mad")]
+                + [f"std_{w}" for w in self.widths] + ["day", "week"])
+
+
+def lagged_difference(x: np.ndarray, lag: int | None) -> np.ndarray:
+    """``x_t - x_{t-lag}`` (NaN where there is no such row, or no lag)."""
+    out = np.full(len(x), np.nan)
+    if lag is not None and 0 < lag < len(x):
+        out[lag:] = x[lag:] - x[:-lag]
+    return out
+
+
+def kpi_features(x: np.ndarray, step: pd.Timedelta | None, scale: float, cfg: StackedGbdtConfig) -> np.ndarray:
+    """The ``(len(x), n_features)`` features of one KPI, in :meth:`StackedGbdtConfig.feature_names` order."""
+    series = pd.Series(x)
+    columns = [x] + [lagged_difference(x, lag) / scale for lag in cfg.lags]
+    for w in cfg.widths:
+        median = series.rolling(w, min_periods=w).median().shift(1)
+        deviation = series - median
+        mad = MAD_TO_STD * deviation.abs().rolling(w, min_periods=w).median().shift(1)
+        columns += [deviation.to_numpy() / scale, deviation.to_numpy() / np.maximum(mad.to_numpy(), cfg.min_scale)]
+    first_diff = series.diff()
+    columns += [first_diff.rolling(w, min_periods=2).std(ddof=0).to_numpy() / scale for w in cfg.widths]
+    columns += [lagged_difference(x, period_steps(p, step)) / scale for p in (cfg.day, cfg.week)]
+    return np.stack(columns, axis=1)
+
+
+class CompiledTrees:
+    """Flat lookup tables for the level-by-level traversal of all trees at once.
+
+    Missing values without a branch per node: the rows are widened to ``[x with NaN -> -inf, x]``
+    and a node whose NaN goes left reads the first copy (``-inf <= threshold``: left), one whose NaN
+    goes right the second (``NaN <= threshold`` is False: right), so every step is one comparison.
+    int32 indices and blocks of a few thousand rows keep the working set in cache.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        n_trees, size = arrays["left"].shape
+        base = (np.arange(n_trees) * size)[:, None]
+        node = base + np.arange(size)[None, :]
+        leaf = arrays["is_leaf"].astype(bool)
+        # Leaves point to themselves, so extra levels leave a finished traversal where it is.
+        left = np.where(leaf, node, base + arrays["left"])
+        right = np.where(leaf, node, base + arrays["right"])
+        self.child = np.stack([left, right], axis=-1).ravel().astype(np.int32)
+        self.feature = np.where(leaf, 0, arrays["feature"]).ravel().astype(np.int32)
+        self.missing_right = (~arrays["missing_left"].astype(bool) & ~leaf).ravel()
+        self.threshold = np.where(leaf, np.inf, arrays["threshold"]).ravel()
+        self.value = arrays["value"].ravel()
+        self.roots = base[:, 0].astype(np.int32)
+        self.baseline = float(arrays["baseline"].reshape(-1)[0])
+        depth, frontier = 0, base[:, 0]  # the deepest leaf: one traversal step per level
+        while True:
+            inner = frontier[~leaf.ravel()[frontier]]
+            if not len(inner):
+                break
+            frontier, depth = np.concatenate([left.ravel()[inner], right.ravel()[inner]]), depth + 1
+        self.levels = depth
+
+    def raw_predict(self, x: np.ndarray) -> np.ndarray:
+        """sklearn's ``decision_function`` for feature rows ``x (n, n_features)``, float64 as sklearn."""
+        x = np.asarray(x, dtype=np.float64)
+        wide = np.concatenate([np.where(np.isnan(x), -np.inf, x), x], axis=1)
+        flat, column = wide.ravel(), self.feature + x.shape[1] * self.missing_right  # second copy: NaN right
+        row = (np.arange(len(x), dtype=np.int32) * wide.shape[1])[:, None]
+        node = np.broadcast_to(self.roots, (len(x), len(self.roots)))
+        for _ in range(self.levels):
+            right = ~(flat[row + column[node]] <= self.threshold[node])  # NaN <= t is False: right
+            node = self.child[2 * node + right]
+        return self.baseline + self.value[node].sum(axis=1)
+
+
+def export_trees(model) -> dict[str, torch.Tensor]:
+    """A fitted binary HistGradientBoostingClassifier as padded per-tree arrays (one loop per tree)."""
+    nodes = [predictors[0].nodes for predictors in model._predictors]
+    if any(n["is_categorical"].any() for n in nodes):
+        raise ValueError("categorical splits are not exported")
+    size = max(len(n) for n in nodes)
+    out = {"value": np.zeros((len(nodes), size)), "feature": np.zeros((len(nodes), size), np.int64),
+           "threshold": np.zeros((len(nodes), size)), "missing_left": np.zeros((len(nodes), size), np.bool_),
+           "left": np.zeros((len(nodes), size), np.int64), "right": np.zeros((len(nodes), size), np.int64),
+           "is_leaf": np.ones((len(nodes), size), np.bool_)}  # padding: unreachable leaves of value 0
+    for i, n in enumerate(nodes):
+        k = len(n)
+        out["value"][i, :k], out["feature"][i, :k], out["threshold"][i, :k] = n["value"], n["feature_idx"], n["num_threshold"]
+        out["missing_left"][i, :k], out["is_leaf"][i, :k] = n["missing_go_to_left"], n["is_leaf"]
+        out["left"][i, :k], out["right"][i, :k] = n["left"], n["right"]
+    state = {k: torch.from_numpy(v) for k, v in out.items()}
+    state["baseline"] = torch.tensor(np.asarray(model._baseline_prediction, np.float64).reshape(-1))
+    return state
+
+
+def balanced_weights(y: np.ndarray, positive_share: float) -> np.ndarray:
+    """Weights that give both classes the same total, for the train class ratio ``positive_share``."""
+    return np.where(y == 1, 0.5 / positive_share, 0.5 / (1.0 - positive_share))
+
+
+class StackedGbdt(Detector):
+    name = "stacked_gbdt"
+    supervised = True
+    config_class = StackedGbdtConfig
+    config: StackedGbdtConfig
+
+    def __init__(self, config=None, train_config=None):
+        super().__init__(config, train_config)
+        self.scales: dict[str, float] = {}
+        self.global_scale = 1.0
+        self.fit_info: dict[str, Any] = {}  # rows and positives handed to sklearn, rounds kept
+        self.arrays: dict[str, np.ndarray] = {}
+        self.sklearn_model = None  # the fitted sklearn object, in memory only (tests compare against it)
+        self._compiled: CompiledTrees | None = None
+
+    def features(self, frame: pd.DataFrame) -> np.ndarray:
+        values = frame[VALUE].to_numpy(dtype=np.float64)
+        out = np.empty((len(frame), len(self.config.feature_names())))
+        for kpi, sl in kpi_slices(frame):  # one vectorised block per KPI
+            out[sl] = kpi_features(values[sl], grid_step(frame[TIMESTAMP].iloc[sl]),
+                                   self.scales.get(kpi, self.global_scale), self.config)
+        return out
+
+    def _fit_core(self, train: pd.DataFrame, val: pd.DataFrame | None) -> None:
+        from sklearn.ensemble import HistGradientBoostingClassifier  # lazy: scoring must not need sklearn
+        from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+
+        cfg, seed = self.config, self.train_config.seed
+        values, missing = train[VALUE].to_numpy(dtype=np.float64), train[MISSING].to_numpy(dtype=bool)
+        scales = {kpi: diff_mad_scale(values[sl], missing[sl]) for kpi, sl in kpi_slices(train)}
+        self.scales = {k: max(v, cfg.min_scale) for k, v in scales.items() if v is not None}
+        self.global_scale = float(np.median(list(self.scales.values()))) if self.scales else 1.0
+        x, y = self.features(train), labels_of(train)
+        if len(x) > cfg.max_train_rows:  # keep every positive: they are the scarce class
+            rng = np.random.default_rng(seed)
+            negatives = np.flatnonzero(y == 0)
+            keep = rng.choice(negatives, max(cfg.max_train_rows - int(y.sum()), 0), replace=False)
+            rows = np.sort(np.concatenate([np.flatnonzero(y == 1), keep]))
+            x, y = x[rows], y[rows]
+        # sklearn cannot bin an all-NaN column (a week lag on less than a week of training): a constant
+        # column instead, which no tree splits on, so its value at scoring time is never read.
+        x[:, np.isnan(x).all(axis=0)] = 0.0
+        share = float(y.mean())
+        model = HistGradientBoostingClassifier(
+            learning_rate=cfg.learning_rate, max_iter=cfg.max_iter, max_depth=cfg.max_depth,
+            max_leaf_nodes=cfg.max_leaf_nodes, min_samples_leaf=cfg.min_samples_leaf,
+            l2_regularization=cfg.l2_regularization, n_iter_no_change=cfg.n_iter_no_change,
+            random_state=seed, early_stopping=False)
+        fit_kwargs: dict[str, Any] = {}
+        y_val = labels_of(val) if val is not None else None
+        if y_val is not None and 0 < y_val.sum() < len(y_val):  # early stopping needs both classes
+            model.set_params(early_stopping=True, scoring="loss")
+            fit_kwargs = {"X_val": self.features(val), "y_val": y_val,
+                          "sample_weight_val": balanced_weights(y_val, share)}
+        # Small fits run on one OpenMP thread: per-split parallel regions cost more than they save there,
+        # and on a busy machine each barrier can wait a whole time slice (a 3 s fit took 20-45 s on 2 cores).
+        with threadpool_limits(1 if len(x) < SINGLE_THREAD_ROWS else None, user_api="openmp"):
+            model.fit(x, y, sample_weight=balanced_weights(y, share), **fit_kwargs)
+        self.sklearn_model = model
+        self.fit_info = {"rows": len(y), "positives": int(y.sum()), "iterations": int(model.n_iter_),
+                         "early_stopping": bool(fit_kwargs)}
+        self._load_state_dict(export_trees(model))
+
+    def raw_predict(self, x: np.ndarray, batch: int = 1024) -> np.ndarray:
+        """The traversal in blocks of rows (bounds the (rows, trees) index arrays)."""
+        if len(x) == 0:
+            return np.empty(0)
+        return np.concatenate([self._compiled.raw_predict(x[i:i + batch]) for i in range(0, len(x), batch)])
+
+    def _score_core(self, frame: pd.DataFrame, causal: bool = False) -> np.ndarray:
+        # Features read rows up to t only: already causal, the same in both modes.
+        return self.raw_predict(self.features(frame))
+
+    def _state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(v) for k, v in self.arrays.items()}
+
+    def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        absent = [k for k in TREE_ARRAYS if k not in state]
+        if absent:
+            raise ValueError(f"{self.name}: weights lack {absent}")
+        self.arrays = {k: state[k].cpu().numpy() for k in TREE_ARRAYS}
+        self._compiled = CompiledTrees(self.arrays)
+
+    def _fitted_scalars(self) -> dict[str, Any]:
+        return {"scales": dict(self.scales), "global_scale": self.global_scale,
+                "features": self.config.feature_names(), "fit_info": dict(self.fit_info)}
+
+    def _load_fitted_scalars(self, scalars: dict[str, Any]) -> None:
+        self.scales = {str(k): float(v) for k, v in (scalars.get("scales") or {}).items()}
+        self.global_scale = float(scalars.get("global_scale", 1.0))
+        self.fit_info = dict(scalars.get("fit_info") or {})
