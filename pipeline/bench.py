@@ -56,12 +56,13 @@ REFERENCES = ("diff_z", "windowed_gaussian")
 # NAB's probation holds almost no label, so the honest NAB threshold uses none: NAB's own red zone on the
 # calibrated scale (a 1-in-100,000 score given the KPI's history; pipeline.calibration), the same on every KPI.
 NAB_THRESHOLD = {"method": "fixed", "value": 5.0}
+NAB_CALIBRATION = {"method": "likelihood"}  # NAB's own post-processing: streaming, adapts along each series
 NAB_RAW_THRESHOLD = {"method": "pot", "scope": "per_kpi"}  # raw scores have no common scale: fit per KPI
 # NAB's probation (15% of each series, at most 750 points) is the only data a detector may learn from:
 # two thirds train it, one third fits the calibration's last points and the threshold; NAB scores the rest.
 NAB_OVERRIDES = {"windows": {"train_fraction": 0.10, "val_fraction": 0.05, "max_train_points": 500,
                              "max_val_points": 250},
-                 "evaluate": {"nab_probation": 0, "threshold": NAB_THRESHOLD}}
+                 "evaluate": {"nab_probation": 0, "threshold": NAB_THRESHOLD, "calibration": NAB_CALIBRATION}}
 
 
 def bench_params(base: Params, train: str, test: str | None, out: Path, protocol: str) -> Params:

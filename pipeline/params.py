@@ -126,7 +126,7 @@ class TrainParams(_Section):
 
 class EvaluateParams(_Section):
     champion_metric: str = "aiops_f1"
-    calibration: dict[str, Any] = Field(default_factory=lambda: {"method": "likelihood"})
+    calibration: dict[str, Any] = Field(default_factory=lambda: {"method": "ecdf"})
     threshold: dict[str, Any] = Field(default_factory=lambda: {"method": "best_f1", "scope": "global"})
     delay: int = Field(7, ge=0)
     nab_probation: int | None = Field(None, ge=0)

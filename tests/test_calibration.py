@@ -129,22 +129,22 @@ def test_served_bundle_gives_the_evaluate_stages_calibrated_scores(small_params,
     windows.run(small_params, p.validated, p.windows)
     train.run(small_params, "robust_zscore", progress=False)
     report = evaluate.run(small_params, ["robust_zscore"])
-    fitted = json.loads((tmp_path / p.evaluation / "calibration" / "robust_zscore.json").read_text())
-    assert fitted["method"] == "likelihood" and fitted["per_kpi"]
+    saved = json.loads((tmp_path / p.evaluation / "calibration" / "robust_zscore.json").read_text())
+    assert saved["method"] == small_params.evaluate.calibration["method"] and saved["per_kpi"]
 
     full = evaluate.load_splits(p.windows)
     raw = evaluate.score_detector("robust_zscore", tmp_path / p.artifacts, full)
-    calibrated, again = evaluate.calibrate(full, raw, dict(small_params.evaluate.calibration))
-    assert again == fitted
-
-    write_bundle(tmp_path / "bundle", tmp_path / p.artifacts / "robust_zscore",
-                 report["detectors"]["robust_zscore"]["threshold"], fitted)
-    served = Bundle.load(tmp_path / "bundle").predict(observed_rows(full))
     observed = ~full["missing"].to_numpy()
-    np.testing.assert_array_equal(served["score"].to_numpy(), calibrated[observed])
-    np.testing.assert_array_equal(served["raw_score"].to_numpy(), raw[observed])
-    threshold = report["detectors"]["robust_zscore"]["threshold"]
-    expected = calibrated[observed] >= np.array([threshold["per_kpi"].get(k, threshold["global_value"])
-                                                 for k in full.loc[observed, "kpi_id"].astype(str)])
-    np.testing.assert_array_equal(served["is_anomaly"].to_numpy(), expected)
-    assert pd.Series(served["kpi_id"]).nunique() == 2
+    for config in ({"method": "ecdf"}, {"method": "likelihood"}):
+        calibrated, fitted = evaluate.calibrate(full, raw, config)
+        if config["method"] == saved["method"]:
+            assert fitted == saved  # the evaluate stage wrote exactly this calibration
+        threshold = report["detectors"]["robust_zscore"]["threshold"]
+        write_bundle(tmp_path / config["method"], tmp_path / p.artifacts / "robust_zscore", threshold, fitted)
+        served = Bundle.load(tmp_path / config["method"]).predict(observed_rows(full))
+        np.testing.assert_array_equal(served["score"].to_numpy(), calibrated[observed])
+        np.testing.assert_array_equal(served["raw_score"].to_numpy(), raw[observed])
+        expected = calibrated[observed] >= np.array([threshold["per_kpi"].get(k, threshold["global_value"])
+                                                     for k in full.loc[observed, "kpi_id"].astype(str)])
+        np.testing.assert_array_equal(served["is_anomaly"].to_numpy(), expected)
+        assert pd.Series(served["kpi_id"]).nunique() == 2
