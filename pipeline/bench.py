@@ -43,7 +43,7 @@ from models import registry
 from models.frame import KPI_ID, LABEL, MISSING, has_labels
 from pipeline import evaluate, ingest, validate, windows
 from pipeline.outputs import write_json_atomic, write_text_atomic
-from pipeline.params import Params, parse_params
+from pipeline.params import Params, ParamsError, parse_params
 
 log = logging.getLogger(__name__)
 
@@ -138,30 +138,39 @@ def run(base: Params, train: str, test: str | None, detectors: list[str], out: P
     return report
 
 
-def rescore(base: Params, source: Path, out: Path, command: str = "") -> dict:
-    """Recompute a finished benchmark's summary from its saved scores, with today's calibration and
-    threshold settings (``-S evaluate...``): no ingest, no training. Writes ``out/results.{json,md}``."""
-    source, out = Path(source), Path(out)
-    before = json.loads((source / "results.json").read_text())
-    data, protocol = before["data"], before["protocol"]
-    params = bench_params(base, data["train"], data["test"], source, protocol)
+def rescore(base: Params, sources: list[Path], out: Path, command: str = "") -> dict:
+    """Recompute finished benchmarks' summaries from their saved scores, with today's calibration and
+    threshold settings (``-S evaluate...``): no ingest, no training. Several runs on the same data
+    (e.g. detectors added later) are combined into one table. Writes ``out/results.{json,md}``."""
+    sources, out = [Path(s) for s in sources], Path(out)
+    befores = [json.loads((s / "results.json").read_text()) for s in sources]
+    first = befores[0]
+    for source, before in zip(sources[1:], befores[1:]):
+        if (before["data"], before["protocol"]) != (first["data"], first["protocol"]):
+            raise ParamsError(f"{source}: not the same data and protocol as {sources[0]}; cannot combine")
+    data, protocol = first["data"], first["protocol"]
+    params = bench_params(base, data["train"], data["test"], sources[0], protocol)
     started = time.perf_counter()
     full = evaluate.load_splits(Path(params.paths.windows))
-    results = {}
-    for name, row in before["summary"].items():
-        if name == evaluate.RANDOM:
-            continue
-        kpis = {r["kpi_id"]: r for r in before["runs"] if r["detector"] == name and r.get("kpi_id") is not None}
-        outcome = {"status": row["status"], "reason": row.get("reason"), "train_s": row.get("train_s"),
-                   "peak_rss_mb": row.get("peak_rss_mb"), "score_points_per_s": row.get("score_points_per_s"),
-                   "kpis": kpis, "scores": str(source / "work" / "scores" / f"{name}.npy")}
-        results[name] = summarise(name, outcome, full, params)
+    results, runs = {}, []
+    for source, before in zip(sources, befores):
+        for name, row in before["summary"].items():
+            if name == evaluate.RANDOM:
+                continue
+            kpis = {r["kpi_id"]: r for r in before["runs"] if r["detector"] == name and r.get("kpi_id") is not None}
+            runs += [r for r in before["runs"] if r["detector"] == name]
+            outcome = {"status": row["status"], "reason": row.get("reason"), "train_s": row.get("train_s"),
+                       "peak_rss_mb": row.get("peak_rss_mb"), "score_points_per_s": row.get("score_points_per_s"),
+                       "kpis": kpis, "scores": str(source / "work" / "scores" / f"{name}.npy")}
+            results[name] = summarise(name, outcome, full, params)
     rng_scores = np.random.default_rng(params.train.seed).random(len(full))
     results[evaluate.RANDOM] = {**scored_row(full, rng_scores, params), "status": "ok", "train_s": 0.0,
                                 "score_points_per_s": None, "peak_rss_mb": None}
     for res in results.values():
         res.pop("_per_kpi", None)
-    report = {**before, "summary": results, "command": command, "rescored_from": str(source),
+    report = {**first, "summary": results, "runs": runs, "command": command,
+              "rescored_from": [{"dir": str(s), "command": b["command"], "hardware": b["hardware"],
+                                 "wall_s": b["wall_s"]} for s, b in zip(sources, befores)],
               "threshold": dict(params.evaluate.threshold), "calibration": dict(params.evaluate.calibration),
               "wall_s": round(time.perf_counter() - started, 1)}
     write_json_atomic(out / "results.json", report)
@@ -281,6 +290,8 @@ def markdown(report: dict) -> str:
     nab = report["data"]["train"].startswith("nab:")
     cols = [c for c in cols if not (c.startswith("nab_") if not nab else c.startswith("aiops_f1") and "raw" in c)]
     lines = [f"`{report['command']}`", "",
+             *(f"Scores from `{r['command']}` ({r['hardware']}; {r['wall_s']} s)." for r in report.get("rescored_from", [])),
+             *([""] if report.get("rescored_from") else []),
              f"Protocol: {report['protocol']}; data: {report['data']}; calibration: {report.get('calibration')}; "
              f"threshold: {report['threshold']}; "
              f"hardware: {report['hardware']}; wall time {report['wall_s']} s.", "",

@@ -116,7 +116,7 @@ def cmd_bench(args) -> dict:
     p = _params(args)
     command = bench.command_line(sys.argv[1:] if args.argv is None else args.argv)
     if args.scores_from:
-        report = bench.rescore(p, Path(args.scores_from), Path(args.out), command=command)
+        report = bench.rescore(p, [Path(d) for d in args.scores_from], Path(args.out), command=command)
         print((Path(args.out) / "results.md").read_text())
         return {"results": str(Path(args.out) / "results.json"), "wall_s": report["wall_s"]}
     if not args.train:
@@ -190,9 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", parents=[common],
                        help="ingest → validate → windows → train → evaluate on any sources, outside DVC")
     p.add_argument("--train", help="source spec, e.g. nab:../shared/datasets/nab (required unless --scores-from)")
-    p.add_argument("--scores-from", metavar="DIR",
+    p.add_argument("--scores-from", metavar="DIR", action="append",
                    help="rescore a finished benchmark's saved scores with today's evaluate settings "
-                        "(e.g. -S evaluate.calibration.method=ecdf): no ingest, no training")
+                        "(e.g. -S evaluate.calibration.method=ecdf): no ingest, no training; repeat to "
+                        "combine runs on the same data")
     p.add_argument("--test", help="a separate test source, scored whole")
     p.add_argument("--detectors", default="all", help="a,b,c or all (every registered detector)")
     p.add_argument("--out", default="bench-results", help="output directory (results.json, results.md)")

@@ -42,3 +42,29 @@ def test_a_failing_detector_does_not_stop_the_run(tmp_path):
     summary = json.loads((out / "results.json").read_text())["summary"]
     assert summary["vae_lstm"]["status"] == "failed" and summary["vae_lstm"]["reason"]
     assert summary["robust_zscore"]["status"] == "ok"
+
+
+def test_rescore_reproduces_a_run_and_combines_runs(tmp_path):
+    """--scores-from recomputes the summary from saved scores: the same settings give the same figures;
+    another calibration changes only what it should; two runs on the same data make one table."""
+    common = ["--params", str(REPO / "params.yaml"), "--train", "synthetic:", "--no-progress",
+              "-S", "synthetic.n_kpis=2", "-S", "synthetic.end=2026-01-08", "-S", "synthetic.anomalies_per_week=21"]
+    assert main(["bench", *common, "--detectors", "robust_zscore", "--out", str(tmp_path / "a")]) == 0
+    assert main(["bench", *common, "--detectors", "diff_z", "--out", str(tmp_path / "b")]) == 0
+    first = json.loads((tmp_path / "a" / "results.json").read_text())["summary"]
+
+    again = ["bench", "--params", str(REPO / "params.yaml"), "--scores-from", str(tmp_path / "a"),
+             "--scores-from", str(tmp_path / "b"), "-S", "synthetic.n_kpis=2", "-S", "synthetic.end=2026-01-08",
+             "-S", "synthetic.anomalies_per_week=21"]
+    assert main([*again, "--out", str(tmp_path / "same")]) == 0
+    same = json.loads((tmp_path / "same" / "results.json").read_text())
+    assert set(same["summary"]) == {"robust_zscore", "diff_z", "random"}
+    assert same["summary"]["robust_zscore"] == first["robust_zscore"]
+    assert [r["dir"] for r in same["rescored_from"]] == [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert "diff_z" in (tmp_path / "same" / "results.md").read_text()
+
+    assert main([*again, "--out", str(tmp_path / "raw"), "-S", "evaluate.calibration.method=none"]) == 0
+    raw = json.loads((tmp_path / "raw" / "results.json").read_text())["summary"]["robust_zscore"]
+    # Calibration "none" is exactly the run's uncalibrated ("_raw") row.
+    assert (raw["aiops_f1"], raw["aiops_f1_oracle"]) == (first["robust_zscore"]["aiops_f1_raw"],
+                                                         first["robust_zscore"]["aiops_f1_oracle_raw"])
