@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from models.frame import KPI_ID, LABEL, MISSING, has_labels
-from pipeline import evaluate, ingest, validate, windows
+from pipeline import evaluate, ingest, threads, validate, windows
 from pipeline.outputs import write_json_atomic, write_text_atomic
 from pipeline.params import Params, parse_params
 
@@ -151,9 +151,10 @@ def _in_child(name: str, params: Params, causal: bool, score_dir: Path) -> dict:
 
 def _train_and_score(name: str, raw_params: dict, causal: bool, score_dir: str) -> dict:
     """In a child process: fit one detector, then score each KPI's whole series."""
+    params = parse_params(raw_params, source="bench")
+    threads.configure(params.train.threads)  # before fit_detector's imports load torch
     from pipeline.train import fit_detector
 
-    params = parse_params(raw_params, source="bench")
     full = evaluate.load_splits(Path(params.paths.windows))
     train = full[full["split"] == "train"].drop(columns="split")
     val = full[full["split"] == "val"].drop(columns="split")

@@ -10,7 +10,9 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
+from pipeline import summary, threads
 from pipeline.contract import DataError
 from pipeline.params import ParamsError, load_params
 
@@ -21,90 +23,125 @@ def _params(args):
     return load_params(args.params, args.set)
 
 
-def cmd_ingest(args) -> dict:
+class Output(NamedTuple):
+    """What a subcommand prints: ``summary`` for people (one line per thing done), ``data`` for ``--json``
+    (the stage's full result, as in its report file)."""
+
+    summary: str
+    data: dict
+
+
+def cmd_ingest(args) -> Output:
+    p = _params(args)
     from pipeline import ingest
 
+    manifest = ingest.run(p, Path(p.paths.raw), start=args.start, end=args.end)
+    return Output(summary.ingest(manifest, p.paths.raw), manifest)
+
+
+def cmd_validate(args) -> Output:
     p = _params(args)
-    return ingest.run(p, Path(p.paths.raw), start=args.start, end=args.end)
-
-
-def cmd_validate(args) -> dict:
     from pipeline import validate
 
+    result = validate.run(p, Path(p.paths.raw), Path(p.paths.validated), Path(p.paths.quarantine),
+                          Path(p.paths.validation_report))
+    return Output(summary.validate(result, p.paths.validated, p.paths.validation_report), result)
+
+
+def cmd_windows(args) -> Output:
     p = _params(args)
-    return validate.run(p, Path(p.paths.raw), Path(p.paths.validated), Path(p.paths.quarantine),
-                        Path(p.paths.validation_report))
-
-
-def cmd_windows(args) -> dict:
     from pipeline import windows
 
+    result = windows.run(p, Path(p.paths.validated), Path(p.paths.windows))
+    return Output(summary.windows(result, p.paths.windows), result)
+
+
+def cmd_train(args) -> Output:
     p = _params(args)
-    return windows.run(p, Path(p.paths.validated), Path(p.paths.windows))
-
-
-def cmd_train(args) -> dict:
+    names = _detectors(args.detector, p.train.detectors)
+    threads.configure(p.train.threads)  # before the stage imports torch
     from pipeline import train
 
+    reports = []
+    for name in names:
+        reports.append(train.run(p, name, progress=_progress(args)))
+        if not args.json:  # each detector's line as soon as it is done
+            print(summary.train(reports[-1], p.paths.artifacts), flush=True)
+    return Output("", {r["detector"]: r for r in reports})
+
+
+def cmd_evaluate(args) -> Output:
     p = _params(args)
-    names = p.train.detectors if args.detector == "all" else args.detector.split(",")
-    reports = [train.run(p, name, progress=not args.no_progress) for name in names]
-    return {r["detector"]: {k: r.get(k) for k in ("status", "train_seconds", "device", "epochs", "reason")
-                            if r.get(k) is not None} for r in reports}
-
-
-def cmd_evaluate(args) -> dict:
+    threads.configure(p.score.threads)
     from pipeline import evaluate
 
-    p = _params(args)
     report = evaluate.run(p)
-    print(evaluate.leaderboard(report))
-    return {"best_on_val": report["best_on_val"], "metrics": f"{p.paths.evaluation}/metrics.json"}
+    return Output(summary.evaluate(report, p.paths.evaluation), report)
 
 
-def cmd_register(args) -> dict:
+def cmd_register(args) -> Output:
+    p = _params(args)
+    threads.configure(p.score.threads)
     from pipeline import register
 
-    report = register.run(_params(args))
-    return {"serving": report["serving"],
-            "detectors": {k: {f: v.get(f) for f in ("status", "version", "decision") if v.get(f) is not None}
-                          for k, v in report["detectors"].items()}}
+    report = register.run(p)
+    return Output(summary.register(report, p.paths.register_report), report)
 
 
-def cmd_promote(args) -> dict:
+def cmd_promote(args) -> Output:
     from pipeline import register, tracking
 
-    return register.promote(tracking.connect(_params(args).mlflow), args.model, args.version)
+    r = register.promote(tracking.connect(_params(args).mlflow), args.model, args.version)
+    return Output(f"promote: {r['model']}@champion = v{r['champion']} (was v{r['previous_champion'] or '–'})", r)
 
 
-def cmd_rollback(args) -> dict:
+def cmd_rollback(args) -> Output:
     from pipeline import register, tracking
 
-    return register.rollback(tracking.connect(_params(args).mlflow), args.model)
+    r = register.rollback(tracking.connect(_params(args).mlflow), args.model)
+    return Output(f"rollback: {r['model']}@champion = v{r['champion']} (was v{r['rolled_back_from']})", r)
 
 
-def cmd_score(args) -> dict:
+def cmd_score(args) -> Output:
+    p = _params(args)
+    threads.configure(p.score.threads)
     from pipeline import score
 
-    p = _params(args)
     start, end = score.day_range(args.date, args.start, args.end)
-    return score.run(p, args.input or p.score.input, start, end, args.output or p.score.output,
-                     args.model_uri or p.score.model_uri)
+    result = score.run(p, args.input or p.score.input, start, end, args.output or p.score.output,
+                       args.model_uri or p.score.model_uri)
+    return Output(summary.score(result), result)
 
 
-def cmd_bench(args) -> dict:
-    from pipeline import bench
+def cmd_bench(args) -> Output:
     from models import registry
 
     p = _params(args)
-    names = registry.names() if args.detectors == "all" else args.detectors.split(",")
-    for name in names:
-        registry.get(name)  # an unknown name fails before any work starts
+    names = _detectors(args.detectors, registry.names())
+    threads.configure(p.train.threads)  # the spawned detector processes inherit the pool sizes
+    from pipeline import bench
+
     report = bench.run(p, args.train, args.test, names, Path(args.out), protocol=args.protocol,
                        command=bench.command_line(sys.argv[1:] if args.argv is None else args.argv),
-                       progress=not args.no_progress)
-    print((Path(args.out) / "results.md").read_text())
-    return {"results": str(Path(args.out) / "results.json"), "wall_s": report["wall_s"]}
+                       progress=_progress(args))
+    return Output(summary.bench(report, args.out), report)
+
+
+def _detectors(arg: str, default: list[str]) -> list[str]:
+    """``all`` or ``a,b,c``; an unknown name is a usage error before any work starts."""
+    from models import registry
+
+    names = default if arg == "all" else [n.strip() for n in arg.split(",") if n.strip()]
+    unknown = [n for n in names if n not in registry.names()]
+    if unknown:
+        raise ParamsError(f"unknown detector(s) {', '.join(unknown)}; registered: {', '.join(registry.names())}")
+    return names
+
+
+def _progress(args) -> bool:
+    """Progress bars only for a person watching: stderr is a terminal, and --no-progress was not given.
+    CI logs, Airflow task logs and DVC's captured output stay free of bar redraws."""
+    return not args.no_progress and sys.stderr.isatty()
 
 
 def cmd_speed(args) -> None:
@@ -120,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     common.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter, e.g. -S windows.length=96 (repeatable)")
+    common.add_argument("--json", action="store_true",
+                        help="print the full result as JSON instead of the one-line summary")
+    common.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (they show only when stderr is a terminal anyway)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("ingest", parents=[common], help="read the train/test sources into data/raw")
@@ -135,7 +176,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", parents=[common], help="fit detectors on the windows stage's splits")
     p.add_argument("--detector", default="all", help="a registered name, a,b,c, or all (train.detectors)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", parents=[common],
@@ -174,7 +214,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench-results", help="output directory (results.json, results.md)")
     p.add_argument("--protocol", choices=["auto", "split", "nab"], default="auto",
                    help="auto: nab for nab: sources without --test, else split")
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("speed", help="benchmark training and scoring speed of the detectors",
@@ -196,8 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ParamsError) as exc:
         print(f"kpiguard {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if result is not None:
-        print(json.dumps(result, indent=2, default=str))
+    if result is None:  # speed prints its own table
+        return 0
+    if args.json:
+        print(json.dumps(result.data, indent=2, default=str))
+    elif result.summary:
+        print(result.summary)
     return 0
 
 
