@@ -150,6 +150,10 @@ def cmd_speed(args) -> None:
     speed.main(args.rest)
 
 
+def _ours_or_warning(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or record.name.split(".")[0] in ("pipeline", "models", "__main__")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kpiguard", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -228,8 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("great_expectations", "matplotlib", "numexpr"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not args.verbose:
+        # Libraries' INFO chatter (GX's temp dirs, MLflow's table migrations) is not what a stage did; the
+        # handler filters it whatever levels the libraries set on their own loggers. -v shows everything.
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_ours_or_warning)
     try:
         result = args.func(args)
     except (DataError, ParamsError) as exc:
