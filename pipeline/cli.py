@@ -13,13 +13,16 @@ from pathlib import Path
 from typing import NamedTuple
 
 from pipeline import summary, threads
-from pipeline.contract import DataError
-from pipeline.params import ParamsError, load_params
+
+# Nothing heavier than the standard library above: `kpiguard --help` answers without pandas or pydantic,
+# and each command imports what it needs (torch, GX, MLflow) only once its params and arguments are good.
 
 EXIT_BAD_INPUT = 2
 
 
 def _params(args):
+    from pipeline.params import load_params
+
     return load_params(args.params, args.set)
 
 
@@ -134,6 +137,8 @@ def _detectors(arg: str, default: list[str]) -> list[str]:
     names = default if arg == "all" else [n.strip() for n in arg.split(",") if n.strip()]
     unknown = [n for n in names if n not in registry.names()]
     if unknown:
+        from pipeline.params import ParamsError
+
         raise ParamsError(f"unknown detector(s) {', '.join(unknown)}; registered: {', '.join(registry.names())}")
     return names
 
@@ -237,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         # handler filters it whatever levels the libraries set on their own loggers. -v shows everything.
         for handler in logging.getLogger().handlers:
             handler.addFilter(_ours_or_warning)
+    from pipeline.contract import DataError
+    from pipeline.params import ParamsError
+
     try:
         result = args.func(args)
     except (DataError, ParamsError) as exc:
