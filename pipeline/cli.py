@@ -78,7 +78,7 @@ def cmd_evaluate(args) -> Output:
     threads.configure(p.score.threads)
     from pipeline import evaluate
 
-    report = evaluate.run(p)
+    report = evaluate.run(p, progress=_progress(args))
     return Output(summary.evaluate(report, p.paths.evaluation), report)
 
 
