@@ -32,7 +32,11 @@ def params(overrides: list[str] | None = None) -> Params:
 
 @contextlib.contextmanager
 def inside() -> Iterator[Path]:
-    """Run a block with the workspace as working directory (params paths are relative to it)."""
+    """Run a block with the workspace as working directory (params paths are relative to it).
+
+    Also tells this task process how many tasks share its worker, for the steps that run in-process
+    (the daily scoring shards size their threads from it: :func:`pipeline.threads.configure`)."""
+    os.environ.update(worker_threads_env())
     before = Path.cwd()
     os.chdir(root())
     try:

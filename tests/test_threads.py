@@ -68,3 +68,19 @@ def test_configure_applies_to_torch_in_a_fresh_process(setting, env, expected):
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**clean, **env}, capture_output=True,
                          text=True, timeout=120, check=True).stdout
     assert json.loads(out) == expected
+
+
+def test_an_airflow_celery_task_passes_the_worker_concurrency_on(tmp_path):
+    """Inside a task process, Airflow's [celery] worker_concurrency reaches the commands it runs."""
+    (tmp_path / "airflow.cfg").write_text("[core]\nexecutor = CeleryExecutor\n[celery]\nworker_concurrency = 3\n")
+    code = ("import airflow.configuration, json\n"
+            "from pipeline import workspace\n"
+            "print(json.dumps(workspace.worker_threads_env()))\n")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "KPIGUARD_TASKS"))}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**clean, "AIRFLOW_HOME": str(tmp_path)},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"AIRFLOW__CELERY__WORKER_CONCURRENCY": "3"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**clean, "AIRFLOW_HOME": str(tmp_path), "KPIGUARD_TASKS_PER_MACHINE": "2"})
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {}  # the worker's own setting stands
