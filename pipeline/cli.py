@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = args.func(args)
-    except (DataError, ParamsError) as exc:
+    except (DataError, ParamsError, threads.ThreadsError) as exc:
         print(f"kpiguard {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if result is None:  # speed prints its own table

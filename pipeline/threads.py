@@ -40,6 +40,10 @@ POOL_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
 
 
+class ThreadsError(ValueError):
+    """A thread-count environment variable is not a positive integer."""
+
+
 @dataclass(frozen=True)
 class ThreadPlan:
     threads: int      # torch intra-op threads, and the OpenMP / MKL / OpenBLAS pool size
@@ -71,9 +75,9 @@ def _positive_int(env: MutableMapping[str, str], name: str) -> int | None:
     try:
         number = int(value)
     except ValueError:
-        raise ValueError(f"{name}={value!r}: must be a positive integer") from None
+        raise ThreadsError(f"{name}={value!r}: must be a positive integer") from None
     if number < 1:
-        raise ValueError(f"{name}={value!r}: must be a positive integer")
+        raise ThreadsError(f"{name}={value!r}: must be a positive integer")
     return number
 
 
@@ -110,7 +114,7 @@ _applied: ThreadPlan | None = None
 
 
 def configure(setting: int | None = None) -> ThreadPlan:
-    """Apply the plan to this process: the environment first, then torch when it is (or gets) imported.
+    """Apply the plan to this process: the environment first, then torch's intra- and inter-op pools.
 
     Call it before ``import torch`` (the CLI does, right after reading params): OpenMP, MKL and OpenBLAS
     read their sizes once, when they load. Calling it again in the same process keeps the first
