@@ -16,7 +16,7 @@ from models.base import DetectorConfig
 FEATURES = ("value", "diff")  # isolation_forest's per-point window features
 
 
-# torch_base: models/torch_base.py
+# models/torch_base.py
 @dataclasses.dataclass
 class TorchConfig(DetectorConfig):
     """Fields every neural detector has, on top of its own."""
@@ -29,7 +29,7 @@ class TorchConfig(DetectorConfig):
         self._positive("max_epochs", "max_train_windows", "score_batch_size")
 
 
-# torch_base: models/torch_base.py
+# models/torch_base.py
 @dataclasses.dataclass
 class ReconstructorConfig(TorchConfig):
     window: int = 48
@@ -45,7 +45,7 @@ class ReconstructorConfig(TorchConfig):
                              f"point covered), got window={self.window}, score_stride={self.score_stride}")
 
 
-# torch_base: models/torch_base.py
+# models/torch_base.py
 @dataclasses.dataclass
 class ClassifierConfig(TorchConfig):
     window: int = 48
@@ -58,7 +58,7 @@ class ClassifierConfig(TorchConfig):
             raise ValueError(f"{type(self).__name__}: 'noise_std' must be >= 0, got {self.noise_std}")
 
 
-# robust_zscore: models/robust_zscore.py
+# models/robust_zscore.py
 @dataclasses.dataclass
 class RobustZScoreConfig(DetectorConfig):
     window: int = 48          # trailing points of the reference (4 h at 5-minute sampling)
@@ -68,7 +68,7 @@ class RobustZScoreConfig(DetectorConfig):
         self._positive("window", "min_scale")
 
 
-# isolation_forest: models/isolation_forest.py
+# models/isolation_forest.py
 @dataclasses.dataclass
 class IsolationForestConfig(DetectorConfig):
     window: int = 8
@@ -89,7 +89,7 @@ class IsolationForestConfig(DetectorConfig):
                              f"got {list(self.features)}")
 
 
-# lstm_forecaster: models/lstm_forecaster.py
+# models/lstm_forecaster.py
 @dataclasses.dataclass
 class LstmForecasterConfig(TorchConfig):
     time_steps: int = 48        # minimum context before a prediction (the seed's look-back)
@@ -111,7 +111,7 @@ class LstmForecasterConfig(TorchConfig):
         return self.time_steps + self.chunk_length
 
 
-# lstm_autoencoder: models/lstm_autoencoder.py
+# models/lstm_autoencoder.py
 @dataclasses.dataclass
 class LstmAutoencoderConfig(ReconstructorConfig):
     hidden_size: int = 128   # encoder units = size of the code
@@ -122,7 +122,7 @@ class LstmAutoencoderConfig(ReconstructorConfig):
         self._positive("hidden_size")
 
 
-# conv1d_autoencoder: models/conv1d_autoencoder.py
+# models/conv1d_autoencoder.py
 @dataclasses.dataclass
 class Conv1dAutoencoderConfig(ReconstructorConfig):
     filters: int = 256
@@ -134,7 +134,7 @@ class Conv1dAutoencoderConfig(ReconstructorConfig):
         self._positive("filters", "kernel_size")
 
 
-# dense_autoencoder: models/dense_autoencoder.py
+# models/dense_autoencoder.py
 @dataclasses.dataclass
 class DenseAutoencoderConfig(ReconstructorConfig):
     hidden_sizes: tuple[int, ...] = (14, 7, 7)  # code, then the two inner layers
@@ -148,7 +148,7 @@ class DenseAutoencoderConfig(ReconstructorConfig):
             raise ValueError(f"DenseAutoencoderConfig: 'activity_l1' must be >= 0, got {self.activity_l1}")
 
 
-# cnn_classifier: models/cnn_classifier.py
+# models/cnn_classifier.py
 @dataclasses.dataclass
 class CnnClassifierConfig(ClassifierConfig):
     channels: tuple[int, ...] = (16, 32)    # filters of the two convolution blocks
@@ -178,7 +178,7 @@ class CnnClassifierConfig(ClassifierConfig):
         return length
 
 
-# convlstm_classifier: models/convlstm_classifier.py
+# models/convlstm_classifier.py
 @dataclasses.dataclass
 class ConvLstmClassifierConfig(ClassifierConfig):
     channels: tuple[int, ...] = (8, 16, 16)  # filters of the three convolution blocks
@@ -197,7 +197,7 @@ class ConvLstmClassifierConfig(ClassifierConfig):
                              f"{self.pool_size ** 3}, got {self.window}")
 
 
-# vae_lstm: models/vae_lstm.py
+# models/vae_lstm.py
 @dataclasses.dataclass
 class VaeLstmConfig(TorchConfig):
     l_win: int = 48
