@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -242,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         # handler filters it whatever levels the libraries set on their own loggers. -v shows everything.
         for handler in logging.getLogger().handlers:
             handler.addFilter(_ours_or_warning)
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow logs through a handler of its own
     from pipeline.contract import DataError
     from pipeline.params import ParamsError
 
