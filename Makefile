@@ -18,17 +18,13 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml requirements.lock
 
 install: $(VENV)/.installed
 
+# One screen: DVC's own messages are quiet (stage commands still print their one-line summary, and errors
+# still show), then where everything is, the leaderboard and the champion.
 run: install
-	dvc repro
+	dvc repro --quiet
 	@echo
-	@echo "Outputs:"
-	@echo "  raw data            data/raw/           (manifest.json)"
-	@echo "  validated data      data/validated/     quarantine: data/quarantine/"
-	@echo "  validation report   reports/validation/summary.json, reports/validation/data_docs/index.html"
-	@echo "  windows             data/windows/       (prepared splits, windows, norm_stats.json)"
-	@echo "  trained detectors   models/artifacts/<detector>/   training reports: reports/train/"
-	@echo "  evaluation          reports/evaluation/ (metrics.json, leaderboard.md, thresholds/)  plots: reports/plots/"
-	@echo "  MLflow              mlflow.db + mlartifacts/ (make mlflow: UI on http://127.0.0.1:$(MLFLOW_PORT))  register: reports/register/"
+	@echo "Outputs: data/{raw,validated,quarantine,windows}/  models/artifacts/<detector>/  reports/{validation,train,evaluation,plots,register}/"
+	@echo "MLflow:  mlflow.db + mlartifacts/ (make mlflow: UI on http://127.0.0.1:$(MLFLOW_PORT))"
 	@echo
 	@cat reports/evaluation/leaderboard.md
 	@$(BIN)/python -c 'from pipeline import register, tracking; from pipeline.params import load_params; \

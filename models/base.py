@@ -44,17 +44,21 @@ import time
 import types
 import typing
 from pathlib import Path
-from typing import Any, ClassVar, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Union
 
 import numpy as np
 import pandas as pd
-import torch
 
 from models.frame import KPI_ID, LABEL, MISSING, TIMESTAMP, VALUE, has_labels, kpi_slices
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
 REQUIRED_COLUMNS = (KPI_ID, TIMESTAMP, VALUE, MISSING)
+
+if TYPE_CHECKING:
+    import torch
+# torch is imported where tensors are saved or loaded, not here: the configs below (and models.configs)
+# are read by params validation, which must not pay for a torch import (see models/configs.py).
 
 
 class SkipDetector(Exception):
@@ -268,6 +272,8 @@ class Detector:
                 "train_config": self.train_config.to_dict(), "fitted": self._fitted_scalars(),
                 "fit_seconds": self.fit_seconds, "history": self.history}
         (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        import torch
+
         torch.save({k: v.detach().cpu() for k, v in self._state_dict().items()}, directory / WEIGHTS_FILE)
         return directory
 
@@ -275,6 +281,8 @@ class Detector:
     def load(cls, directory: str | Path, device: str | None = None) -> "Detector":
         """Rebuild a saved detector; ``device`` overrides the saved one (a CUDA-trained model on a CPU box
         falls back to CPU when no device is given)."""
+        import torch
+
         directory = Path(directory)
         meta = json.loads((directory / CONFIG_FILE).read_text())
         if meta.get("detector") != cls.name:

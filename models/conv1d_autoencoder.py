@@ -9,23 +9,11 @@ Windows, masked loss and the per-point score come from :class:`models.torch_base
 """
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import nn
 
-from models.torch_base import ReconstructorConfig, WindowReconstructor
-
-
-@dataclasses.dataclass
-class Conv1dAutoencoderConfig(ReconstructorConfig):
-    filters: int = 256
-    kernel_size: int = 5
-    max_train_windows: int | None = 8192
-
-    def validate(self) -> None:
-        super().validate()
-        self._positive("filters", "kernel_size")
+from models.configs import Conv1dAutoencoderConfig
+from models.torch_base import WindowReconstructor
 
 
 class Conv1dAutoencoderNet(nn.Module):

@@ -9,22 +9,11 @@ windows covering a point) come from :class:`models.torch_base.WindowReconstructo
 """
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import nn
 
-from models.torch_base import ReconstructorConfig, WindowReconstructor
-
-
-@dataclasses.dataclass
-class LstmAutoencoderConfig(ReconstructorConfig):
-    hidden_size: int = 128   # encoder units = size of the code
-    max_train_windows: int | None = 8192
-
-    def validate(self) -> None:
-        super().validate()
-        self._positive("hidden_size")
+from models.configs import LstmAutoencoderConfig
+from models.torch_base import WindowReconstructor
 
 
 class LstmAutoencoderNet(nn.Module):

@@ -29,38 +29,19 @@ the train frame when there is none), so scores read roughly as robust z-scores.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
 from models.base import values_of
+from models.configs import LstmForecasterConfig
 from models.frame import VALUE, kpi_slices
-from models.torch_base import Tensors, TorchConfig, TorchDetector, masked_mse, masked_windows
+from models.torch_base import Tensors, TorchDetector, masked_mse, masked_windows
 from models.windowing import covering_starts, window_starts, windows_at
 
 MAD_TO_STD = 1.4826
 MIN_SCALE = 1e-6  # errors that never vary (a constant series) must not divide by zero
-
-
-@dataclasses.dataclass
-class LstmForecasterConfig(TorchConfig):
-    time_steps: int = 48        # minimum context before a prediction (the seed's look-back)
-    chunk_length: int = 256     # predictions read out per LSTM pass, after the warm-up
-    hidden_size: int = 64
-    num_layers: int = 1
-    train_stride: int = 8       # offset between training chunks (they overlap)
-    score_batch_size: int = 512  # chunks per inference batch
-
-    def validate(self) -> None:
-        super().validate()
-        self._positive("time_steps", "chunk_length", "hidden_size", "num_layers", "train_stride")
-
-    @property
-    def span(self) -> int:
-        return self.time_steps + self.chunk_length
 
 
 class LstmForecasterNet(nn.Module):

@@ -40,14 +40,29 @@ def names() -> list[str]:
     return list(DETECTORS)
 
 
-def get(name: str) -> type[Detector]:
+def _check_name(name: str) -> None:
     if name not in DETECTORS:
         raise UnknownDetector(f"unknown detector {name!r}; known detectors: {', '.join(DETECTORS)}")
+
+
+def get(name: str) -> type[Detector]:
+    _check_name(name)
     module, cls_name = DETECTORS[name].split(":")
     cls = getattr(importlib.import_module(module), cls_name)
     if cls.name != name:
         raise RuntimeError(f"registry entry {name!r} points to {cls.__name__}, whose name is {cls.name!r}")
+    if cls.config_class is not config_class(name):
+        raise RuntimeError(f"{name}: config_class is {cls.config_class.__name__}, models.configs.CONFIGS says "
+                           f"{config_class(name).__name__}")
     return cls
+
+
+def config_class(name: str) -> type[DetectorConfig]:
+    """The detector's hyperparameter dataclass, without importing the detector (nor torch)."""
+    _check_name(name)
+    from models.configs import CONFIGS
+
+    return CONFIGS[name]
 
 
 def create(name: str, config: DetectorConfig | dict | None = None,

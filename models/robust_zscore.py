@@ -20,24 +20,14 @@ same path.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pandas as pd
 
-from models.base import Detector, DetectorConfig
+from models.base import Detector
+from models.configs import RobustZScoreConfig
 from models.frame import VALUE, kpi_slices
 
 MAD_TO_STD = 1.4826
-
-
-@dataclasses.dataclass
-class RobustZScoreConfig(DetectorConfig):
-    window: int = 48          # trailing points of the reference (4 h at 5-minute sampling)
-    min_scale: float = 1e-3   # floor of the scale, in normalised units: a flat stretch must not divide by 0
-
-    def validate(self) -> None:
-        self._positive("window", "min_scale")
 
 
 def robust_z(series: pd.Series, window: int, min_scale: float) -> np.ndarray:

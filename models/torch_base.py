@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, TensorDataset, WeightedRandomSampler
 
-from models.base import Detector, DetectorConfig, SkipDetector, labels_of, observed_of, values_of
+from models.base import Detector, SkipDetector, labels_of, observed_of, values_of
+from models.configs import ClassifierConfig, ReconstructorConfig, TorchConfig
 from models.frame import kpi_slices
 from models.windowing import (covering_windows_by_kpi, last_position, scores_at_window_ends, spread_to_points,
                               windows_by_kpi)
@@ -99,18 +100,6 @@ def masked_windows(frame: pd.DataFrame, length: int, stride: int) -> Tensors:
     x, _ = windows_by_kpi(values_of(frame), slices, length, stride)
     observed, _ = windows_by_kpi(observed_of(frame), slices, length, stride)
     return to_tensor(x), to_tensor(observed)
-
-
-@dataclasses.dataclass
-class TorchConfig(DetectorConfig):
-    """Fields every neural detector has, on top of its own."""
-
-    max_epochs: int | None = None          # caps train.max_epochs for this detector; null = no cap
-    max_train_windows: int | None = None   # training samples drawn per epoch; null = all of them
-    score_batch_size: int = 4096           # samples per inference batch (also for validation loss)
-
-    def validate(self) -> None:
-        self._positive("max_epochs", "max_train_windows", "score_batch_size")
 
 
 class TorchDetector(Detector):
@@ -267,20 +256,6 @@ class TorchDetector(Detector):
 
 
 # -- autoencoders over windows ----------------------------------------------------------------
-@dataclasses.dataclass
-class ReconstructorConfig(TorchConfig):
-    window: int = 48
-    train_stride: int = 1    # stride of training windows
-    score_stride: int = 24   # stride of scoring windows (+ one covering each KPI's tail); points average
-                             # the errors of the windows covering them (causal scoring ignores it)
-
-    def validate(self) -> None:
-        super().validate()
-        self._positive("window", "train_stride", "score_stride")
-        if self.window < 2 or self.score_stride > self.window:
-            raise ValueError(f"{type(self).__name__}: need 2 <= 'window' and 'score_stride' <= 'window' (every "
-                             f"point covered), got window={self.window}, score_stride={self.score_stride}")
-
 
 class WindowReconstructor(TorchDetector):
     """Autoencoders whose module maps windows ``(B, window)`` to ``(reconstruction (B, window), code (B, k))``.
@@ -318,17 +293,6 @@ class WindowReconstructor(TorchDetector):
 
 
 # -- supervised classifiers over windows ------------------------------------------------------
-@dataclasses.dataclass
-class ClassifierConfig(TorchConfig):
-    window: int = 48
-    noise_std: float = 0.05  # std of Gaussian noise added to training windows (augmentation)
-
-    def validate(self) -> None:
-        super().validate()
-        self._positive("window")
-        if self.noise_std < 0:
-            raise ValueError(f"{type(self).__name__}: 'noise_std' must be >= 0, got {self.noise_std}")
-
 
 class WindowClassifier(TorchDetector):
     """Supervised: module maps windows ``(B, window)`` to 2 logits; a window's label is its last point's.

@@ -31,46 +31,17 @@ row, batched. The first ``l_win * l_seq - 1`` rows of a KPI have no full sequenc
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
 from models.base import observed_of, values_of
+from models.configs import VaeLstmConfig
 from models.frame import kpi_slices
-from models.torch_base import Tensors, TorchConfig, TorchDetector, masked_mse, to_tensor
+from models.torch_base import Tensors, TorchDetector, masked_mse, to_tensor
 from models.windowing import (covering_starts, last_position, scores_at_window_ends, sequence_window_starts,
                               spread_to_points, window_starts, windows_at, windows_by_kpi)
-
-
-@dataclasses.dataclass
-class VaeLstmConfig(TorchConfig):
-    l_win: int = 48
-    l_seq: int = 12
-    code_size: int = 6
-    vae_hidden: int = 128     # width of the VAE's first (and last) hidden layer; the next one is half
-    lstm_layers: int = 3
-    lstm_units: int = 64
-    kl_weight: float = 0.02   # = 2 sigma^2: a Gaussian likelihood with fixed sigma = 0.1, per point
-    train_stride: int = 1     # offset between training windows (VAE) and training sequences (LSTM)
-    score_stride: int = 24    # offset between scoring sequences (causal scoring ignores it)
-    max_train_windows: int | None = 8192
-
-    def validate(self) -> None:
-        super().validate()
-        self._positive("l_win", "code_size", "vae_hidden", "lstm_layers", "lstm_units", "train_stride", "score_stride")
-        if self.l_seq < 2:
-            raise ValueError(f"VaeLstmConfig: 'l_seq' must be >= 2 (one window of history), got {self.l_seq}")
-        if self.score_stride > self.l_win:
-            raise ValueError(f"VaeLstmConfig: 'score_stride' ({self.score_stride}) must be <= 'l_win' ({self.l_win})")
-        if self.kl_weight < 0:
-            raise ValueError(f"VaeLstmConfig: 'kl_weight' must be >= 0, got {self.kl_weight}")
-
-    @property
-    def span(self) -> int:
-        return self.l_win * self.l_seq
 
 
 class Vae(nn.Module):

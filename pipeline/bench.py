@@ -30,7 +30,6 @@ import multiprocessing as mp
 import os
 import platform
 import resource
-import shlex
 import sys
 import time
 import traceback
@@ -41,7 +40,7 @@ import pandas as pd
 
 from models import registry
 from models.frame import KPI_ID, LABEL, MISSING, has_labels
-from pipeline import evaluate, ingest, validate, windows
+from pipeline import evaluate, ingest, threads, validate, windows
 from pipeline.outputs import write_json_atomic, write_text_atomic
 from pipeline.params import Params, ParamsError, parse_params
 
@@ -224,9 +223,10 @@ def _in_child(name: str, params: Params, causal: bool, score_dir: Path) -> dict:
 
 def _train_and_score(name: str, raw_params: dict, causal: bool, score_dir: str) -> dict:
     """In a child process: fit one detector, then score each KPI's whole series."""
+    params = parse_params(raw_params, source="bench")
+    threads.configure(params.train.threads)  # before fit_detector's imports load torch
     from pipeline.train import fit_detector
 
-    params = parse_params(raw_params, source="bench")
     full = evaluate.load_splits(Path(params.paths.windows))
     train = full[full["split"] == "train"].drop(columns="split")
     val = full[full["split"] == "val"].drop(columns="split")
@@ -335,7 +335,3 @@ def _progress(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="detector", file=sys.stderr)
-
-
-def command_line(argv: list[str]) -> str:
-    return "kpiguard " + " ".join(shlex.quote(a) for a in argv)

@@ -8,130 +8,181 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
-from pipeline.contract import DataError
-from pipeline.params import ParamsError, load_params
+from pipeline import summary, threads
+
+# Nothing heavier than the standard library above: `kpiguard --help` answers without pandas or pydantic,
+# and each command imports what it needs (torch, GX, MLflow) only once its params and arguments are good.
 
 EXIT_BAD_INPUT = 2
 
 
 def _params(args):
+    from pipeline.params import load_params
+
     return load_params(args.params, args.set)
 
 
-def _detector_names(value: str, option: str) -> list[str]:
-    """``a,b,c`` -> registered detector names, checked before any work starts.
+class Output(NamedTuple):
+    """What a subcommand prints: ``summary`` for people (one line per thing done), ``data`` for ``--json``
+    (the stage's full result, as in its report file)."""
+
+    summary: str
+    data: dict
+
+
+def cmd_ingest(args) -> Output:
+    p = _params(args)
+    from pipeline import ingest
+
+    manifest = ingest.run(p, Path(p.paths.raw), start=args.start, end=args.end)
+    return Output(summary.ingest(manifest, p.paths.raw), manifest)
+
+
+def cmd_validate(args) -> Output:
+    p = _params(args)
+    from pipeline import validate
+
+    result = validate.run(p, Path(p.paths.raw), Path(p.paths.validated), Path(p.paths.quarantine),
+                          Path(p.paths.validation_report))
+    return Output(summary.validate(result, p.paths.validated, p.paths.validation_report), result)
+
+
+def cmd_windows(args) -> Output:
+    p = _params(args)
+    from pipeline import windows
+
+    result = windows.run(p, Path(p.paths.validated), Path(p.paths.windows))
+    return Output(summary.windows(result, p.paths.windows), result)
+
+
+def cmd_train(args) -> Output:
+    p = _params(args)
+    names = _detectors(args.detector, p.train.detectors)
+    threads.configure(p.train.threads)  # before the stage imports torch
+    from pipeline import train
+
+    reports = []
+    for name in names:
+        reports.append(train.run(p, name, progress=_progress(args)))
+        if not args.json:  # each detector's line as soon as it is done
+            print(summary.train(reports[-1], p.paths.artifacts), flush=True)
+    return Output("", {r["detector"]: r for r in reports})
+
+
+def cmd_evaluate(args) -> Output:
+    p = _params(args)
+    threads.configure(p.score.threads)
+    from pipeline import evaluate
+
+    report = evaluate.run(p, progress=_progress(args))
+    return Output(summary.evaluate(report, p.paths.evaluation), report)
+
+
+def cmd_register(args) -> Output:
+    p = _params(args)
+    threads.configure(p.score.threads)
+    from pipeline import register
+
+    report = register.run(p)
+    return Output(summary.register(report, p.paths.register_report), report)
+
+
+def cmd_promote(args) -> Output:
+    from pipeline import register, tracking
+
+    r = register.promote(tracking.connect(_params(args).mlflow), args.model, args.version)
+    return Output(f"promote: {r['model']}@champion = v{r['champion']} (was v{r['previous_champion'] or '–'})", r)
+
+
+def cmd_rollback(args) -> Output:
+    from pipeline import register, tracking
+
+    r = register.rollback(tracking.connect(_params(args).mlflow), args.model)
+    return Output(f"rollback: {r['model']}@champion = v{r['champion']} (was v{r['rolled_back_from']})", r)
+
+
+def cmd_score(args) -> Output:
+    p = _params(args)
+    threads.configure(p.score.threads)
+    from pipeline import score
+
+    start, end = score.day_range(args.date, args.start, args.end)
+    result = score.run(p, args.input or p.score.input, start, end, args.output or p.score.output,
+                       args.model_uri or p.score.model_uri)
+    return Output(summary.score(result), result)
+
+
+def cmd_bench(args) -> Output:
+    from models import registry
+
+    p = _params(args)
+    command = bench_command(args)
+    if args.scores_from:
+        threads.configure(p.score.threads)
+        from pipeline import bench
+
+        report = bench.rescore(p, [Path(d) for d in args.scores_from], Path(args.out), command=command)
+        return Output(summary.bench(report, args.out), report)
+    if not args.train:
+        from pipeline.params import ParamsError
+
+        raise ParamsError("kpiguard bench: give --train SPEC (or --scores-from DIR to rescore a finished run)")
+    names = _detectors(args.detectors, registry.names(), "--detectors")
+    threads.configure(p.train.threads)  # the spawned detector processes inherit the pool sizes
+    from pipeline import bench
+
+    report = bench.run(p, args.train, args.test, names, Path(args.out), protocol=args.protocol,
+                       command=command, progress=_progress(args))
+    return Output(summary.bench(report, args.out), report)
+
+
+def bench_command(args) -> str:
+    import shlex
+
+    argv = sys.argv[1:] if args.argv is None else args.argv
+    return "kpiguard " + " ".join(shlex.quote(a) for a in argv)
+
+
+def _detectors(arg: str, default: list[str], option: str = "--detector") -> list[str]:
+    """``all`` or ``a,b,c`` -> registered detector names, checked before any work starts.
 
     A name becomes a directory (``<paths.artifacts>/<name>``) that a stage replaces, so an empty or
-    unknown name ("", "../x") must never get that far.
+    unknown name ("", "../x") must never get that far: a usage error (exit 2), naming the rule.
     """
     from models import registry
 
-    names = [n.strip() for n in value.split(",")]
+    if arg == "all":
+        return list(default)
+    names = [n.strip() for n in arg.split(",")]
     bad = [n for n in names if n not in registry.names()]
     if bad:
+        from pipeline.contract import DataError
+
         raise DataError(f"kpiguard {option}", "known_detector",
-                        f"{', '.join(repr(n) for n in bad)} is not a registered detector; "
+                        f"unknown detector(s) {', '.join(repr(n) for n in bad)}; "
                         f"registered: {', '.join(registry.names())}")
     return list(dict.fromkeys(names))
 
 
-def cmd_ingest(args) -> dict:
-    from pipeline import ingest
-
-    p = _params(args)
-    return ingest.run(p, Path(p.paths.raw), start=args.start, end=args.end)
-
-
-def cmd_validate(args) -> dict:
-    from pipeline import validate
-
-    p = _params(args)
-    return validate.run(p, Path(p.paths.raw), Path(p.paths.validated), Path(p.paths.quarantine),
-                        Path(p.paths.validation_report))
-
-
-def cmd_windows(args) -> dict:
-    from pipeline import windows
-
-    p = _params(args)
-    return windows.run(p, Path(p.paths.validated), Path(p.paths.windows))
-
-
-def cmd_train(args) -> dict:
-    from pipeline import train
-
-    p = _params(args)
-    names = p.train.detectors if args.detector == "all" else _detector_names(args.detector, "--detector")
-    reports = [train.run(p, name, progress=not args.no_progress) for name in names]
-    return {r["detector"]: {k: r.get(k) for k in ("status", "train_seconds", "device", "epochs", "reason")
-                            if r.get(k) is not None} for r in reports}
-
-
-def cmd_evaluate(args) -> dict:
-    from pipeline import evaluate
-
-    p = _params(args)
-    report = evaluate.run(p)
-    print(evaluate.leaderboard(report))
-    return {"best_on_val": report["best_on_val"], "metrics": f"{p.paths.evaluation}/metrics.json"}
-
-
-def cmd_register(args) -> dict:
-    from pipeline import register
-
-    report = register.run(_params(args))
-    return {"serving": report["serving"],
-            "detectors": {k: {f: v.get(f) for f in ("status", "version", "decision") if v.get(f) is not None}
-                          for k, v in report["detectors"].items()}}
-
-
-def cmd_promote(args) -> dict:
-    from pipeline import register, tracking
-
-    return register.promote(tracking.connect(_params(args).mlflow), args.model, args.version)
-
-
-def cmd_rollback(args) -> dict:
-    from pipeline import register, tracking
-
-    return register.rollback(tracking.connect(_params(args).mlflow), args.model)
-
-
-def cmd_score(args) -> dict:
-    from pipeline import score
-
-    p = _params(args)
-    start, end = score.day_range(args.date, args.start, args.end)
-    return score.run(p, args.input or p.score.input, start, end, args.output or p.score.output,
-                     args.model_uri or p.score.model_uri)
-
-
-def cmd_bench(args) -> dict:
-    from pipeline import bench
-    from models import registry
-
-    p = _params(args)
-    command = bench.command_line(sys.argv[1:] if args.argv is None else args.argv)
-    if args.scores_from:
-        report = bench.rescore(p, [Path(d) for d in args.scores_from], Path(args.out), command=command)
-        print((Path(args.out) / "results.md").read_text())
-        return {"results": str(Path(args.out) / "results.json"), "wall_s": report["wall_s"]}
-    if not args.train:
-        raise ParamsError("kpiguard bench: give --train SPEC (or --scores-from DIR to rescore a finished run)")
-    names = registry.names() if args.detectors == "all" else _detector_names(args.detectors, "--detectors")
-    report = bench.run(p, args.train, args.test, names, Path(args.out), protocol=args.protocol,
-                       command=command, progress=not args.no_progress)
-    print((Path(args.out) / "results.md").read_text())
-    return {"results": str(Path(args.out) / "results.json"), "wall_s": report["wall_s"]}
+def _progress(args) -> bool:
+    """Progress bars only for a person watching: stderr is a terminal, and --no-progress was not given.
+    CI logs, Airflow task logs and DVC's captured output stay free of bar redraws."""
+    return not args.no_progress and sys.stderr.isatty()
 
 
 def cmd_speed(args) -> None:
     from pipeline import speed
 
     speed.main(args.rest)
+
+
+def _ours_or_warning(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or record.name.split(".")[0] in ("pipeline", "models", "__main__")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     common.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter, e.g. -S windows.length=96 (repeatable)")
+    common.add_argument("--json", action="store_true",
+                        help="print the full result as JSON instead of the one-line summary")
+    common.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (they show only when stderr is a terminal anyway)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("ingest", parents=[common], help="read the train/test sources into data/raw")
@@ -156,7 +211,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", parents=[common], help="fit detectors on the windows stage's splits")
     p.add_argument("--detector", default="all", help="a registered name, a,b,c, or all (train.detectors)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", parents=[common],
@@ -199,7 +253,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench-results", help="output directory (results.json, results.md)")
     p.add_argument("--protocol", choices=["auto", "split", "nab"], default="auto",
                    help="auto: nab for nab: sources without --test, else split")
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("speed", help="benchmark training and scoring speed of the detectors",
@@ -214,15 +267,26 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("great_expectations", "matplotlib", "numexpr"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not args.verbose:
+        # Libraries' INFO chatter (GX's temp dirs, MLflow's table migrations) is not what a stage did; the
+        # handler filters it whatever levels the libraries set on their own loggers. -v shows everything.
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_ours_or_warning)
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow logs through a handler of its own
+    from pipeline.contract import DataError
+    from pipeline.params import ParamsError
+
     try:
         result = args.func(args)
-    except (DataError, ParamsError) as exc:
+    except (DataError, ParamsError, threads.ThreadsError) as exc:
         print(f"kpiguard {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if result is not None:
-        print(json.dumps(result, indent=2, default=str))
+    if result is None:  # speed prints its own table
+        return 0
+    if args.json:
+        print(json.dumps(result.data, indent=2, default=str))
+    elif result.summary:
+        print(result.summary)
     return 0
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 
 from models.frame import KPI_ID
 from pipeline import report as report_mod
-from pipeline import score, storage
+from pipeline import score, storage, threads
 from pipeline.contract import DataError
 from pipeline.outputs import replace_dir_atomic, write_json_atomic
 from pipeline.params import Params
@@ -98,6 +98,7 @@ def score_shard(params: Params, day: str, shard: int, shards: int, model_uri: st
     folder = staging(params, day)
     valid = pd.read_parquet(folder / VALID)
     mine = valid[shard_of(valid[KPI_ID].astype(str), shards) == shard]
+    threads.configure(params.score.threads)  # this runs inside the Airflow task: its share of the worker
     model, info = score.load_model(params, model_uri or params.score.model_uri)  # never runs stored code
     scored = score.score_rows(model, mine, start, end) if len(mine) else mine.iloc[:0]
     storage.write_parquet(scored, folder / "shards" / f"{shard:04d}-of-{shards:04d}.parquet")

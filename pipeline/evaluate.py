@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +145,7 @@ def score_detector(name: str, artifacts: Path, full: pd.DataFrame) -> np.ndarray
     return scores
 
 
-def run(params: Params, detectors: list[str] | None = None) -> dict:
+def run(params: Params, detectors: list[str] | None = None, progress: bool = False) -> dict:
     full = load_splits(Path(params.paths.windows))
     if not has_labels(full):
         log.warning("the data has no labels: only thresholds and alarm rates are reported")
@@ -152,7 +153,7 @@ def run(params: Params, detectors: list[str] | None = None) -> dict:
     results, curves, all_scores = {}, {}, {}
     for name in detectors or ():
         registry.get(name)  # names become paths under paths.artifacts: registered ones only
-    for name in [*(detectors or params.train.detectors), RANDOM]:
+    for name in _progress([*(detectors or params.train.detectors), RANDOM], progress):
         status = _train_status(artifacts, name)
         if status.get("status") not in (None, "ok"):
             results[name] = status
@@ -208,6 +209,15 @@ def pr_curve(labels: np.ndarray, scores: np.ndarray, missing: np.ndarray, points
     precision, recall, _ = precision_recall_curve(labels[keep], scores[keep])
     idx = np.unique(np.linspace(0, len(recall) - 1, min(points, len(recall))).astype(int))
     return pd.DataFrame({"recall": recall[idx], "precision": precision[idx]})
+
+
+def _progress(names: list[str], enabled: bool):
+    """A bar over the detectors being scored, for a person at a terminal (the CLI decides)."""
+    if not enabled:
+        return names
+    from tqdm.auto import tqdm
+
+    return tqdm(names, unit="detector", desc="evaluate", leave=False, file=sys.stderr)
 
 
 def pick_champion(results: dict, metric: str) -> str | None:

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 __all__ = [
     "METRICS", "MetricSpec", "NAB_STANDARD", "NAB_REWARD_LOW_FP_RATE", "NAB_REWARD_LOW_FN_RATE",
@@ -247,6 +246,8 @@ def auc_roc(labels, scores, missing=None) -> float | None:
     y = lab[obs]
     if y.all() or not y.any():
         return None
+    from sklearn.metrics import roc_auc_score  # here, not at the top: params validation imports METRICS
+
     return float(roc_auc_score(y, sc[obs]))
 
 
@@ -257,6 +258,8 @@ def auc_pr(labels, scores, missing=None) -> float | None:
     y = lab[obs]
     if not y.any():
         return None
+    from sklearn.metrics import average_precision_score
+
     return float(average_precision_score(y, sc[obs]))
 
 

@@ -115,6 +115,7 @@ class TrainParams(_Section):
     batch_size: int = Field(256, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     num_workers: int = Field(0, ge=0)
+    threads: int | None = Field(None, ge=1)  # CPU threads per training task; None: pipeline.threads decides
 
     @field_validator("device")
     @classmethod
@@ -179,6 +180,7 @@ class ScoreParams(_Section):
     reports: str = "reports/daily"
     report_bucket: str | None = None
     allowed_inputs: list[str] = Field(default_factory=list)
+    threads: int | None = Field(None, ge=1)  # CPU threads for scoring (score, evaluate, register); None: auto
 
     @field_validator("context")
     @classmethod
@@ -254,6 +256,9 @@ def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
 
 
 def _check_detectors(params: Params, source: str) -> None:
+    # The config classes live in models.configs, apart from the networks, so this validates every
+    # detectors.<name> section with the detector's own rules without importing torch: a params error
+    # is reported at once, and stages that never train (ingest, validate, windows) never load torch.
     from models import registry
 
     known = registry.names()
@@ -262,7 +267,7 @@ def _check_detectors(params: Params, source: str) -> None:
             raise ParamsError(f"{source}: unknown detector {name!r}; registered: {', '.join(known)}")
     for name, cfg in params.detectors.items():
         try:
-            registry.get(name).config_class.from_dict(cfg or {})
+            registry.config_class(name).from_dict(cfg or {})
         except (TypeError, ValueError) as exc:
             raise ParamsError(f"{source}: detectors.{name}: {exc}") from None
 

@@ -27,6 +27,8 @@ Every change of champion appends to the model's ``kpiguard.champion_history`` ta
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import tempfile
@@ -203,7 +205,10 @@ def register_version(client, model: str, model_uri: str, run_id: str, tags: dict
     existing = client.search_model_versions(f"name = '{model}' and run_id = '{run_id}'")
     if existing:
         return max(existing, key=lambda v: int(v.version)), False
-    return mlflow.register_model(model_uri, model, tags=tags), True
+    # MLflow prints "Registered model ... already exists" and "Created version N" to stderr for each one;
+    # the register stage's summary says what was created, once.
+    with contextlib.redirect_stderr(io.StringIO()):
+        return mlflow.register_model(model_uri, model, tags=tags), True
 
 
 def alias_version(client, model: str, alias: str):

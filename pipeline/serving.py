@@ -189,11 +189,16 @@ def pip_requirements() -> list[str]:
 
 def log_bundle(bundle_dir: Path, name: str = "model"):
     """Log a bundle as a pyfunc model into the active MLflow run; returns MLflow's ModelInfo."""
+    import warnings
+
     import mlflow
 
-    return mlflow.pyfunc.log_model(name=name, python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-                                   artifacts={"bundle": str(bundle_dir)}, signature=signature(),
-                                   pip_requirements=pip_requirements())
+    with warnings.catch_warnings():
+        # The signature is explicit; MLflow's advice to add an input example would be one warning per model.
+        warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
+        return mlflow.pyfunc.log_model(name=name, python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+                                       artifacts={"bundle": str(bundle_dir)}, signature=signature(),
+                                       pip_requirements=pip_requirements())
 
 
 def to_model_input(frame: pd.DataFrame) -> pd.DataFrame:

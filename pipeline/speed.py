@@ -16,11 +16,11 @@ import time
 
 import numpy as np
 import pandas as pd
-import torch
 
 from models import registry
 from models.base import SkipDetector, TrainConfig
 from models.frame import KPI_ID, LABEL, MISSING, RAW_VALUE, TIMESTAMP, VALUE
+from pipeline import threads
 
 PERIOD = 288  # one day at 5-minute sampling
 
@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-points", type=int, default=20_000, help="points in the train frame (default 20,000)")
     parser.add_argument("--epochs", type=int, default=1, help="train.max_epochs for the benchmark (default 1)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: this task's share of the machine, as train.threads: null)")
     args = parser.parse_args(argv)
     names = registry.names() if args.detectors == "all" else [n.strip() for n in args.detectors.split(",") if n.strip()]
     unknown = [n for n in names if n not in registry.names()]
@@ -72,8 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown detector(s) {unknown}; known: {', '.join(registry.names())}")
     if args.points < 1 or args.kpis < 1 or args.train_points < args.kpis or args.epochs < 1:
         parser.error("--points, --kpis, --train-points and --epochs must be positive (and train points >= kpis)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be positive")
+    threads.configure(args.threads)  # before torch loads: OpenMP reads its pool size once
+    import torch
 
     train = synthetic_frame(args.train_points, args.kpis, seed=1)
     val = synthetic_frame(args.train_points // 3, args.kpis, seed=2)  # the 60/20 ratio of the default split

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy import stats
 
 from pipeline import metrics
 
@@ -288,6 +287,8 @@ def pot_threshold(scores, level: float = 0.98, q: float = 1e-3, min_peaks: int =
         return fallback(f"{peaks.size} peaks < min_peaks={min_peaks}")
     if peaks.max() == peaks.min():
         return fallback("all peaks equal")
+    from scipy import stats  # here, not at the top: params validation builds thresholds (make_threshold)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         gamma, _, sigma = stats.genpareto.fit(peaks, floc=0)

@@ -17,6 +17,7 @@ import pandas as pd
 
 from models import registry
 from models.base import SkipDetector, TrainConfig
+from pipeline import threads
 from pipeline.outputs import replace_dir_atomic, write_json_atomic
 from pipeline.params import Params
 
@@ -44,6 +45,7 @@ def fit_detector(name: str, params: Params, train: pd.DataFrame, val: pd.DataFra
         "status": "ok",
         "train_seconds": round(time.perf_counter() - started, 3),
         "device": str(getattr(detector, "device", "cpu")),
+        **threads.current(),
         "epochs": len(detector.history),
         "history": detector.history,
         "best_val_loss": min((h["val_loss"] for h in detector.history if h.get("val_loss") is not None),
@@ -54,6 +56,7 @@ def fit_detector(name: str, params: Params, train: pd.DataFrame, val: pd.DataFra
 
 def run(params: Params, name: str, progress: bool = True) -> dict:
     registry.get(name)  # raises UnknownDetector: the name becomes a directory below, so it must be a registered one
+    threads.configure(params.train.threads)  # the CLI did already, before torch loaded; callers in-process get it here
     windows = Path(params.paths.windows)
     train = pd.read_parquet(windows / "train.parquet")
     val = pd.read_parquet(windows / "val.parquet")

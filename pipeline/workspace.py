@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from pipeline import threads
 from pipeline.params import Params, load_params
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,11 @@ def params(overrides: list[str] | None = None) -> Params:
 
 @contextlib.contextmanager
 def inside() -> Iterator[Path]:
-    """Run a block with the workspace as working directory (params paths are relative to it)."""
+    """Run a block with the workspace as working directory (params paths are relative to it).
+
+    Also tells this task process how many tasks share its worker, for the steps that run in-process
+    (the daily scoring shards size their threads from it: :func:`pipeline.threads.configure`)."""
+    os.environ.update(worker_threads_env())
     before = Path.cwd()
     os.chdir(root())
     try:
@@ -42,7 +47,7 @@ def inside() -> Iterator[Path]:
 
 def run(*cmd: str, timeout: float | None = None) -> str:
     """Run a command in the workspace; its output goes to the task log; a failure raises with its tail."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **worker_threads_env()}
     log.info("$ %s  (in %s)", " ".join(cmd), root())
     proc = subprocess.run(cmd, cwd=root(), env=env, capture_output=True, text=True, timeout=timeout)
     output = (proc.stdout + proc.stderr).strip()
@@ -51,6 +56,20 @@ def run(*cmd: str, timeout: float | None = None) -> str:
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}:\n{output[-4000:]}")
     return proc.stdout
+
+
+def worker_threads_env() -> dict[str, str]:
+    """On a Celery worker, tell the commands how many tasks share the machine (pipeline/threads.py sizes
+    their torch / OpenMP threads from it): Airflow's ``[celery] worker_concurrency``, when the worker's
+    environment does not say already. A worker started with ``--concurrency N`` alone leaves that config
+    at its default: set ``AIRFLOW__CELERY__WORKER_CONCURRENCY=N`` too (docker/compose.yaml does)."""
+    if threads.TASKS_ENV in os.environ or threads.CELERY_CONCURRENCY_ENV in os.environ or "airflow" not in sys.modules:
+        return {}
+    from airflow.configuration import conf
+
+    if "celery" not in conf.get("core", "executor", fallback="").lower():
+        return {}
+    return {threads.CELERY_CONCURRENCY_ENV: str(conf.getint("celery", "worker_concurrency", fallback=1))}
 
 
 def dvc(*args: str) -> str:

@@ -69,3 +69,43 @@ def test_ingest_validate_windows_with_quarantine(tmp_path):
     summary = json.loads((tmp_path / "data/windows/summary.json").read_text())
     assert summary["splits"]["train"]["kpis"] == 1
     assert sum(s["rows"] for s in summary["splits"].values()) == 400  # the NaN row is interpolated, marked missing
+
+
+HEAVY = ("torch", "great_expectations", "mlflow", "airflow", "sklearn", "scipy", "matplotlib")
+
+
+@pytest.mark.parametrize("argv", [
+    ["--help"],
+    ["train", "--help"],
+    ["score", "--help"],
+    ["speed", "--help"],
+    ["ingest", "-S", "windows.length=1"],                      # a params error
+    ["train", "-S", "detectors.lstm_forecaster.hidden_size=0"],  # a detector's own rule
+    ["train", "--detector", "nope"],                           # a bad argument
+    ["score"],                                                 # argparse: --date or --start is required
+])
+def test_help_and_usage_errors_import_nothing_heavy(argv):
+    """They answer before any work starts, so they must not pay for torch, GX, MLflow or Airflow."""
+    code = ("import json, sys\n"
+            "from pipeline.cli import main\n"
+            "try:\n"
+            f"    main({argv!r})\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}))))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+def test_a_stage_prints_one_summary_line_or_its_full_result_as_json(tmp_path):
+    ts = pd.date_range("2026-01-01", periods=300, freq="5min", tz="UTC")
+    pd.DataFrame({"kpi_id": "cpu", "timestamp": ts, "value": range(300), "label": 0}).to_csv(tmp_path / "k.csv", index=False)
+    params = write_params(tmp_path, train=f"csv:{tmp_path / 'k.csv'}")
+    human = kpiguard("ingest", "--params", params)
+    assert human.returncode == 0, human.stderr
+    assert human.stdout == (f"ingest: 300 rows, 1 KPIs, 2026-01-01 00:00 – 2026-01-02 00:55 from csv:{tmp_path / 'k.csv'} "
+                            f"→ {tmp_path / 'data/raw'}\n")
+    machine = kpiguard("ingest", "--params", params, "--json")
+    assert machine.returncode == 0, machine.stderr
+    assert json.loads(machine.stdout) == json.loads((tmp_path / "data/raw/manifest.json").read_text())

@@ -146,7 +146,7 @@ def test_promote_and_rollback(trained, server):
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": server}
     cli = [sys.executable, "-m", "pipeline.cli"]
-    out = subprocess.run([*cli, "promote", "--model", "ops-model", "--version", versions[2]], cwd=REPO, env=env,
+    out = subprocess.run([*cli, "promote", "--json", "--model", "ops-model", "--version", versions[2]], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["previous_champion"] == versions[0]
@@ -154,7 +154,7 @@ def test_promote_and_rollback(trained, server):
     assert str(champion.version) == versions[2] and champion.tags["kpiguard.previous_champion"] == versions[0]
     register.promote(client, "ops-model", versions[1])
 
-    back = subprocess.run([*cli, "rollback", "--model", "ops-model"], cwd=REPO, env=env, capture_output=True,
+    back = subprocess.run([*cli, "rollback", "--json", "--model", "ops-model"], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)
     assert back.returncode == 0, back.stderr
     assert json.loads(back.stdout) == {"model": "ops-model", "champion": versions[2], "rolled_back_from": versions[1]}

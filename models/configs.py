@@ -1,0 +1,239 @@
+"""Every detector's hyperparameters: one config dataclass per detector, importable without torch.
+
+The detectors' modules import torch (their networks are ``nn.Module`` subclasses) and import their
+config class from here. Keeping the configs apart lets ``pipeline.params`` validate every
+``detectors.<name>`` section of params.yaml on load, with the detectors' own rules, without paying for
+a torch import: a typo in params.yaml is reported in a fraction of a second, before any work starts.
+:data:`CONFIGS` maps a registered detector name to its config class (``models.registry`` checks that
+each detector class uses the one named here).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from models.base import DetectorConfig
+
+FEATURES = ("value", "diff")  # isolation_forest's per-point window features
+
+
+# models/torch_base.py
+@dataclasses.dataclass
+class TorchConfig(DetectorConfig):
+    """Fields every neural detector has, on top of its own."""
+
+    max_epochs: int | None = None          # caps train.max_epochs for this detector; null = no cap
+    max_train_windows: int | None = None   # training samples drawn per epoch; null = all of them
+    score_batch_size: int = 4096           # samples per inference batch (also for validation loss)
+
+    def validate(self) -> None:
+        self._positive("max_epochs", "max_train_windows", "score_batch_size")
+
+
+# models/torch_base.py
+@dataclasses.dataclass
+class ReconstructorConfig(TorchConfig):
+    window: int = 48
+    train_stride: int = 1    # stride of training windows
+    score_stride: int = 24   # stride of scoring windows (+ one covering each KPI's tail); points average
+                             # the errors of the windows covering them (causal scoring ignores it)
+
+    def validate(self) -> None:
+        super().validate()
+        self._positive("window", "train_stride", "score_stride")
+        if self.window < 2 or self.score_stride > self.window:
+            raise ValueError(f"{type(self).__name__}: need 2 <= 'window' and 'score_stride' <= 'window' (every "
+                             f"point covered), got window={self.window}, score_stride={self.score_stride}")
+
+
+# models/torch_base.py
+@dataclasses.dataclass
+class ClassifierConfig(TorchConfig):
+    window: int = 48
+    noise_std: float = 0.05  # std of Gaussian noise added to training windows (augmentation)
+
+    def validate(self) -> None:
+        super().validate()
+        self._positive("window")
+        if self.noise_std < 0:
+            raise ValueError(f"{type(self).__name__}: 'noise_std' must be >= 0, got {self.noise_std}")
+
+
+# models/robust_zscore.py
+@dataclasses.dataclass
+class RobustZScoreConfig(DetectorConfig):
+    window: int = 48          # trailing points of the reference (4 h at 5-minute sampling)
+    min_scale: float = 1e-3   # floor of the scale, in normalised units: a flat stretch must not divide by 0
+
+    def validate(self) -> None:
+        self._positive("window", "min_scale")
+
+
+# models/isolation_forest.py
+@dataclasses.dataclass
+class IsolationForestConfig(DetectorConfig):
+    window: int = 8
+    features: tuple[str, ...] = ("value", "diff")  # per point of a window: the value, its first difference
+    n_estimators: int = 100
+    max_samples: int = 256
+    max_train_windows: int = 50_000   # windows handed to sklearn (a random subset beyond that)
+    score_stride: int = 2             # stride of scoring windows (+ one covering each KPI's tail); not causal
+    score_batch_size: int = 8192      # windows per vectorised traversal
+
+    def validate(self) -> None:
+        self._positive("window", "n_estimators", "max_samples", "max_train_windows", "score_stride", "score_batch_size")
+        if self.score_stride > self.window:
+            raise ValueError(f"IsolationForestConfig: 'score_stride' ({self.score_stride}) must be <= 'window' "
+                             f"({self.window}) so that every point is covered")
+        if not self.features or any(f not in FEATURES for f in self.features) or len(set(self.features)) < len(self.features):
+            raise ValueError(f"IsolationForestConfig: 'features' must be distinct names among {list(FEATURES)}, "
+                             f"got {list(self.features)}")
+
+
+# models/lstm_forecaster.py
+@dataclasses.dataclass
+class LstmForecasterConfig(TorchConfig):
+    time_steps: int = 48        # minimum context before a prediction (the seed's look-back)
+    chunk_length: int = 256     # predictions read out per LSTM pass, after the warm-up
+    hidden_size: int = 64
+    num_layers: int = 1
+    train_stride: int = 8       # offset between training chunks (they overlap)
+    # Chunks drawn per epoch: a chunk is ~6x a 48-point window, so 1,024 is about the 8,192 windows the
+    # other networks draw. The default data has ~2,300 chunks; a bigger source no longer grows an epoch.
+    max_train_windows: int | None = 1024
+    score_batch_size: int = 512  # chunks per inference batch
+
+    def validate(self) -> None:
+        super().validate()
+        self._positive("time_steps", "chunk_length", "hidden_size", "num_layers", "train_stride")
+
+    @property
+    def span(self) -> int:
+        return self.time_steps + self.chunk_length
+
+
+# models/lstm_autoencoder.py
+@dataclasses.dataclass
+class LstmAutoencoderConfig(ReconstructorConfig):
+    hidden_size: int = 128   # encoder units = size of the code
+    max_train_windows: int | None = 8192
+
+    def validate(self) -> None:
+        super().validate()
+        self._positive("hidden_size")
+
+
+# models/conv1d_autoencoder.py
+@dataclasses.dataclass
+class Conv1dAutoencoderConfig(ReconstructorConfig):
+    filters: int = 256
+    kernel_size: int = 5
+    max_train_windows: int | None = 8192
+
+    def validate(self) -> None:
+        super().validate()
+        self._positive("filters", "kernel_size")
+
+
+# models/dense_autoencoder.py
+@dataclasses.dataclass
+class DenseAutoencoderConfig(ReconstructorConfig):
+    hidden_sizes: tuple[int, ...] = (14, 7, 7)  # code, then the two inner layers
+    activity_l1: float = 1e-4                   # the seed's l1(10e-5)
+
+    def validate(self) -> None:
+        super().validate()
+        if len(self.hidden_sizes) != 3 or min(self.hidden_sizes) <= 0:
+            raise ValueError(f"DenseAutoencoderConfig: 'hidden_sizes' must be 3 positive sizes, got {list(self.hidden_sizes)}")
+        if self.activity_l1 < 0:
+            raise ValueError(f"DenseAutoencoderConfig: 'activity_l1' must be >= 0, got {self.activity_l1}")
+
+
+# models/cnn_classifier.py
+@dataclasses.dataclass
+class CnnClassifierConfig(ClassifierConfig):
+    channels: tuple[int, ...] = (16, 32)    # filters of the two convolution blocks
+    kernel_size: int = 6
+    pool_size: int = 6
+    pool_stride: int = 2
+    dense_sizes: tuple[int, ...] = (64, 32)  # the two hidden dense layers; a third maps to 2 classes
+    dropout: float = 0.3
+    max_train_windows: int | None = 8192
+
+    def validate(self) -> None:
+        super().validate()
+        self._positive("kernel_size", "pool_size", "pool_stride")
+        if len(self.channels) != 2 or len(self.dense_sizes) != 2 or min(*self.channels, *self.dense_sizes) <= 0:
+            raise ValueError("CnnClassifierConfig: 'channels' and 'dense_sizes' must each be 2 positive sizes")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"CnnClassifierConfig: 'dropout' must be in [0, 1), got {self.dropout}")
+        if self.feature_length() < 1:
+            raise ValueError(f"CnnClassifierConfig: 'window' {self.window} is too short for two blocks of "
+                             f"kernel {self.kernel_size} and pool {self.pool_size}")
+
+    def feature_length(self) -> int:
+        """Time steps left after the convolution blocks (no padding; pooling in ceil mode)."""
+        length = self.window
+        for _ in self.channels:
+            length = -(-(length - self.kernel_size + 1 - self.pool_size) // self.pool_stride) + 1
+        return length
+
+
+# models/convlstm_classifier.py
+@dataclasses.dataclass
+class ConvLstmClassifierConfig(ClassifierConfig):
+    channels: tuple[int, ...] = (8, 16, 16)  # filters of the three convolution blocks
+    kernel_size: int = 3
+    pool_size: int = 2
+    lstm_units: int = 32
+    max_train_windows: int | None = 8192
+
+    def validate(self) -> None:
+        super().validate()
+        self._positive("kernel_size", "pool_size", "lstm_units")
+        if len(self.channels) != 3 or min(self.channels) <= 0:
+            raise ValueError(f"ConvLstmClassifierConfig: 'channels' must be 3 positive sizes, got {list(self.channels)}")
+        if self.window < self.pool_size ** 3:
+            raise ValueError(f"ConvLstmClassifierConfig: 'window' must be at least pool_size**3 = "
+                             f"{self.pool_size ** 3}, got {self.window}")
+
+
+# models/vae_lstm.py
+@dataclasses.dataclass
+class VaeLstmConfig(TorchConfig):
+    l_win: int = 48
+    l_seq: int = 12
+    code_size: int = 6
+    vae_hidden: int = 128     # width of the VAE's first (and last) hidden layer; the next one is half
+    lstm_layers: int = 3
+    lstm_units: int = 64
+    kl_weight: float = 0.02   # = 2 sigma^2: a Gaussian likelihood with fixed sigma = 0.1, per point
+    train_stride: int = 1     # offset between training windows (VAE) and training sequences (LSTM)
+    score_stride: int = 24    # offset between scoring sequences (causal scoring ignores it)
+    max_train_windows: int | None = 8192
+
+    def validate(self) -> None:
+        super().validate()
+        self._positive("l_win", "code_size", "vae_hidden", "lstm_layers", "lstm_units", "train_stride", "score_stride")
+        if self.l_seq < 2:
+            raise ValueError(f"VaeLstmConfig: 'l_seq' must be >= 2 (one window of history), got {self.l_seq}")
+        if self.score_stride > self.l_win:
+            raise ValueError(f"VaeLstmConfig: 'score_stride' ({self.score_stride}) must be <= 'l_win' ({self.l_win})")
+        if self.kl_weight < 0:
+            raise ValueError(f"VaeLstmConfig: 'kl_weight' must be >= 0, got {self.kl_weight}")
+
+    @property
+    def span(self) -> int:
+        return self.l_win * self.l_seq
+
+
+CONFIGS: dict[str, type[DetectorConfig]] = {
+    "robust_zscore": RobustZScoreConfig,
+    "isolation_forest": IsolationForestConfig,
+    "lstm_forecaster": LstmForecasterConfig,
+    "lstm_autoencoder": LstmAutoencoderConfig,
+    "conv1d_autoencoder": Conv1dAutoencoderConfig,
+    "dense_autoencoder": DenseAutoencoderConfig,
+    "cnn_classifier": CnnClassifierConfig,
+    "convlstm_classifier": ConvLstmClassifierConfig,
+    "vae_lstm": VaeLstmConfig,
+}

@@ -1,0 +1,126 @@
+"""One line per stage for people: what the stage did and where its output and full report are.
+
+The CLI prints these; ``--json`` prints the stage's result as JSON instead (the same data the stage
+writes to its report file). Pure functions of a stage's result, so they are tested exactly.
+"""
+from __future__ import annotations
+
+ARROW = "→"
+
+
+def _n(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _splits(parts: dict[str, str]) -> str:
+    if list(parts) == ["train"]:
+        return parts["train"]
+    return "; ".join(f"{split}: {text}" for split, text in parts.items())
+
+
+def ingest(manifest: dict, out: str) -> str:
+    """``manifest``: data/raw/manifest.json (one entry per split)."""
+    parts = {split: f"{_n(m['rows'])} rows, {_n(m['kpis'])} KPIs, {_day(m['start'])} – {_day(m['end'])} "
+                    f"from {m['spec']}" for split, m in manifest.items()}
+    return f"ingest: {_splits(parts)} {ARROW} {out}"
+
+
+def _day(stamp: str | None) -> str:
+    return stamp[:16] if stamp else "–"
+
+
+def validate(summary: dict, out: str, report_dir: str) -> str:
+    """``summary``: reports/validation/summary.json (one entry per split)."""
+    parts = {}
+    for split, s in summary.items():
+        bad_kpis = len(s.get("kpis_quarantined") or [])
+        total = s["kpis_valid"] + bad_kpis
+        parts[split] = (f"{_n(s['rows_in'])} rows, {_n(s['rows_quarantined'])} quarantined, "
+                        f"{s['kpis_valid']}/{total} KPIs ok")
+    return f"validate: {_splits(parts)} {ARROW} {out} (report: {report_dir}/data_docs/index.html)"
+
+
+def windows(summary: dict, out: str) -> str:
+    """``summary``: data/windows/summary.json."""
+    splits = summary["splits"]
+    kpis = max((s["kpis"] for s in splits.values()), default=0)
+    rows = " / ".join(f"{split} {_n(s['rows'])}" for split, s in splits.items())
+    train_windows = splits.get("train", {}).get("windows", 0)
+    return (f"windows: {kpis} KPIs, {rows} points, {_n(train_windows)} train windows of {summary['length']} "
+            f"{ARROW} {out}")
+
+
+def train(report: dict, artifacts: str) -> str:
+    """``report``: reports/train/<detector>.json."""
+    name, status = report["detector"], report["status"]
+    if status != "ok":
+        return f"train {name}: {status} ({report.get('reason', 'no reason given')})"
+    threads = f", {report['threads']} threads" if report.get("threads") is not None else ""
+    return (f"train {name}: ok in {report['train_seconds']:.1f} s, {report['epochs']} epochs, "
+            f"{report['device']}{threads} {ARROW} {artifacts}/{name}")
+
+
+def evaluate(report: dict, evaluation: str) -> str:
+    """``report``: reports/evaluation/metrics.json."""
+    metric, best = report["champion_metric"], report.get("best_on_val")
+    detectors = report["detectors"]
+    ok = sum(1 for name, r in detectors.items() if r.get("status") == "ok" and name != "random")
+    total = sum(1 for name in detectors if name != "random")
+    if best is None:
+        head = f"no detector has a {metric} on validation"
+    else:
+        res = detectors[best]
+        val = res["champion_metric"]["value"]
+        test = (res.get("test") or {}).get(metric)
+        head = (f"best on validation {best} ({metric} {_f(val)} val"
+                + (f", {_f(test)} test" if test is not None else "") + ")")
+    return f"evaluate: {ok}/{total} detectors scored; {head} {ARROW} {evaluation}/leaderboard.md"
+
+
+def _f(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def register(report: dict, report_dir: str) -> str:
+    """``report``: reports/register/summary.json."""
+    serving = report["serving"]
+    decisions: dict[str, int] = {}
+    for r in report["detectors"].values():
+        key = r.get("decision") or r.get("status", "?")
+        decisions[key] = decisions.get(key, 0) + 1
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(decisions.items()))
+    if serving.get("version"):
+        head = (f"{serving['model']} v{serving['version']} ({serving.get('detector')}): {serving['decision']}"
+                + (f", {serving['reason']}" if serving.get("reason") else ""))
+    else:
+        head = f"{serving['model']}: {serving['decision']} ({serving.get('reason', '')})"
+    return f"register: {head}; detectors: {counts} {ARROW} {report_dir}/summary.json"
+
+
+def score(result: dict) -> str:
+    """``result``: what ``pipeline.score.run`` returns (each partition's _meta.json, plus its path)."""
+    parts = result["partitions"]
+    model = result["model"]
+    which = f"{model.get('model')} v{model['version']}" if model.get("version") else model.get("uri")
+    rows = sum(p["rows"] for p in parts)
+    anomalies = sum(p["anomalies"] for p in parts)
+    quarantined = sum(p["quarantined"] for p in parts)
+    where = parts[0]["path"] if len(parts) == 1 else f"{len(parts)} partitions under {_parent(parts[0]['path'])}"
+    return (f"score: {_n(rows)} rows, {_n(anomalies)} anomalies, {_n(quarantined)} quarantined with {which} "
+            f"{ARROW} {where}")
+
+
+def _parent(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[0]
+
+
+def bench(report: dict, out: str, metric: str | None = None) -> str:
+    """``report``: <out>/results.json; ``metric``: the headline (NAB's score on NAB, else aiops_f1)."""
+    metric = metric or ("nab_standard" if report["protocol"] == "nab" else "aiops_f1")
+    rows = {n: r for n, r in report["summary"].items() if n != "random"}
+    ok = {n: r for n, r in rows.items() if r.get("status") == "ok"}
+    ranked = sorted(((r.get(metric), n) for n, r in ok.items() if r.get(metric) is not None), reverse=True)
+    best = f"best test {metric}: {ranked[0][1]} {_f(ranked[0][0])}" if ranked else f"no {metric}"
+    data = report["data"]
+    return (f"bench: {len(ok)}/{len(rows)} detectors ok on {data['kpis']} KPIs ({report['protocol']}) in "
+            f"{report['wall_s']} s; {best} {ARROW} {out}/results.md")
