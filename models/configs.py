@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pandas as pd
+
 from models.base import DetectorConfig
 
 FEATURES = ("value", "diff")  # isolation_forest's per-point window features
@@ -226,7 +228,112 @@ class VaeLstmConfig(TorchConfig):
         return self.l_win * self.l_seq
 
 
+# models/windowed_gaussian.py
+@dataclasses.dataclass
+class WindowedGaussianConfig(DetectorConfig):
+    window: int = 6400        # trailing values of the reference (NAB's windowSize)
+    min_std: float = 1e-6     # floor of the standard deviation (NAB's), normalised units
+
+    def validate(self) -> None:
+        self._positive("window", "min_std")
+
+
+# models/diff_z.py
+@dataclasses.dataclass
+class DiffZConfig(DetectorConfig):
+    min_scale: float = 1e-3   # floor of the MAD-based scale, normalised units: a flat KPI must not divide by 0
+
+    def validate(self) -> None:
+        self._positive("min_scale")
+
+
+# models/seasonal_residual.py
+@dataclasses.dataclass
+class SeasonalResidualConfig(DetectorConfig):
+    scale_window: int = 288      # past residuals in the rolling scale (one day at 5 minutes)
+    day: str = "1D"              # the periods, in time (pandas Timedelta strings)
+    week: str = "7D"
+    neighbours: int = 2          # k: candidates at t - period - k .. t - period + k
+    fallback_window: int = 12    # past values whose median is the baseline before a day of history
+    min_history: int = 12        # residuals needed before the first score
+    min_scale: float = 0.01      # floor of the scale, normalised units: a flat KPI must not divide by 0
+
+    def validate(self) -> None:
+        self._positive("scale_window", "fallback_window", "min_history", "min_scale")
+        if self.neighbours < 0:
+            raise ValueError(f"SeasonalResidualConfig: 'neighbours' must be >= 0, got {self.neighbours}")
+        for key in ("day", "week"):
+            try:
+                ok = pd.Timedelta(getattr(self, key)) > pd.Timedelta(0)
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"SeasonalResidualConfig: '{key}' must be a positive duration such as '1D', "
+                                 f"got {getattr(self, key)!r}")
+
+
+# models/spectral_residual.py
+@dataclasses.dataclass
+class SpectralResidualConfig(DetectorConfig):
+    window: int = 128            # points per window (the last is the point scored)
+    extend: int = 5              # m: estimated points appended to each window
+    amplitude_window: int = 3    # q: trailing average of the log amplitude over frequencies
+    score_window: int = 21       # z: saliency values before the point in its local average
+    batch_windows: int = 8192    # windows per vectorised block (bounds the memory)
+
+    def validate(self) -> None:
+        self._positive("window", "extend", "amplitude_window", "score_window", "batch_windows")
+        if self.window <= max(self.score_window, self.extend):
+            raise ValueError(f"SpectralResidualConfig: 'window' ({self.window}) must exceed 'score_window' "
+                             f"({self.score_window}) and 'extend' ({self.extend})")
+
+
+# models/stacked_gbdt.py
+@dataclasses.dataclass
+class StackedGbdtConfig(DetectorConfig):
+    max_iter: int = 50                # boosting rounds (fewer with early stopping); scoring cost grows with it
+    learning_rate: float = 0.1
+    max_depth: int = 6                # levels of the scoring traversal: the main cost of a score
+    max_leaf_nodes: int = 31
+    min_samples_leaf: int = 20
+    l2_regularization: float = 0.0
+    n_iter_no_change: int = 10        # early stopping patience (rounds), on the validation loss
+    max_train_rows: int = 200_000     # rows handed to sklearn: all positives + random negatives
+    lags: tuple[int, ...] = (1, 2, 5, 10)
+    widths: tuple[int, ...] = (12, 48, 288)
+    day: str = "1D"
+    week: str = "7D"
+    min_scale: float = 1e-3           # floor of diff_scale and of the rolling MAD, normalised units
+
+    def validate(self) -> None:
+        self._positive("max_iter", "learning_rate", "max_depth", "max_leaf_nodes", "min_samples_leaf",
+                       "n_iter_no_change", "max_train_rows", "min_scale")
+        if self.l2_regularization < 0:
+            raise ValueError(f"StackedGbdtConfig: 'l2_regularization' must be >= 0, got {self.l2_regularization}")
+        for key in ("lags", "widths"):
+            v = getattr(self, key)
+            if not v or min(v) < 1 or len(set(v)) < len(v):
+                raise ValueError(f"StackedGbdtConfig: '{key}' must be distinct positive integers, got {list(v)}")
+        for key in ("day", "week"):
+            try:
+                ok = pd.Timedelta(getattr(self, key)) > pd.Timedelta(0)
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"StackedGbdtConfig: '{key}' must be a positive duration such as '1D', "
+                                 f"got {getattr(self, key)!r}")
+
+    def feature_names(self) -> list[str]:
+        return (["value"] + [f"diff_{l}" for l in self.lags] + [f"{k}_{w}" for w in self.widths for k in ("med", "mad")]
+                + [f"std_{w}" for w in self.widths] + ["day", "week"])
+
+
 CONFIGS: dict[str, type[DetectorConfig]] = {
+    "windowed_gaussian": WindowedGaussianConfig,
+    "diff_z": DiffZConfig,
+    "seasonal_residual": SeasonalResidualConfig,
+    "spectral_residual": SpectralResidualConfig,
+    "stacked_gbdt": StackedGbdtConfig,
     "robust_zscore": RobustZScoreConfig,
     "isolation_forest": IsolationForestConfig,
     "lstm_forecaster": LstmForecasterConfig,

@@ -13,24 +13,16 @@ and ``causal=True`` takes the same path.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from models.base import Detector, DetectorConfig
+from models.base import Detector
+from models.configs import DiffZConfig
 from models.frame import MISSING, VALUE, kpi_slices
 
 MAD_TO_STD = 1.4826
-
-
-@dataclasses.dataclass
-class DiffZConfig(DetectorConfig):
-    min_scale: float = 1e-3   # floor of the MAD-based scale, normalised units: a flat KPI must not divide by 0
-
-    def validate(self) -> None:
-        self._positive("min_scale")
 
 
 def diff_mad_scale(values: np.ndarray, missing: np.ndarray) -> float | None:

@@ -23,39 +23,15 @@ and ``causal=True`` takes the same path. Nothing is learnt; ``fit`` only checks 
 """
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pandas as pd
 
-from models.base import Detector, DetectorConfig
+from models.base import Detector
+from models.configs import SeasonalResidualConfig
 from models.frame import MISSING, TIMESTAMP, VALUE, kpi_slices
 
 MAD_TO_STD = 1.4826
-
-
-@dataclasses.dataclass
-class SeasonalResidualConfig(DetectorConfig):
-    scale_window: int = 288      # past residuals in the rolling scale (one day at 5 minutes)
-    day: str = "1D"              # the periods, in time (pandas Timedelta strings)
-    week: str = "7D"
-    neighbours: int = 2          # k: candidates at t - period - k .. t - period + k
-    fallback_window: int = 12    # past values whose median is the baseline before a day of history
-    min_history: int = 12        # residuals needed before the first score
-    min_scale: float = 0.01      # floor of the scale, normalised units: a flat KPI must not divide by 0
-
-    def validate(self) -> None:
-        self._positive("scale_window", "fallback_window", "min_history", "min_scale")
-        if self.neighbours < 0:
-            raise ValueError(f"SeasonalResidualConfig: 'neighbours' must be >= 0, got {self.neighbours}")
-        for key in ("day", "week"):
-            try:
-                ok = pd.Timedelta(getattr(self, key)) > pd.Timedelta(0)
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ValueError(f"SeasonalResidualConfig: '{key}' must be a positive duration such as '1D', "
-                                 f"got {getattr(self, key)!r}")
 
 
 def grid_step(timestamps: pd.Series) -> pd.Timedelta | None:

@@ -38,32 +38,17 @@ them with a direct per-window rfft/irfft):
 """
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
-from models.base import Detector, DetectorConfig
+from models.base import Detector
+from models.configs import SpectralResidualConfig
 from models.frame import VALUE, kpi_slices
 
 AMPLITUDE_EPS = 1e-8  # |F| below this is a zero: its log is clipped and its phase taken as 0
 SALIENCY_EPS = 1e-8   # floor of the local average of the saliency
-
-
-@dataclasses.dataclass
-class SpectralResidualConfig(DetectorConfig):
-    window: int = 128            # points per window (the last is the point scored)
-    extend: int = 5              # m: estimated points appended to each window
-    amplitude_window: int = 3    # q: trailing average of the log amplitude over frequencies
-    score_window: int = 21       # z: saliency values before the point in its local average
-    batch_windows: int = 8192    # windows per vectorised block (bounds the memory)
-
-    def validate(self) -> None:
-        self._positive("window", "extend", "amplitude_window", "score_window", "batch_windows")
-        if self.window <= max(self.score_window, self.extend):
-            raise ValueError(f"SpectralResidualConfig: 'window' ({self.window}) must exceed 'score_window' "
-                             f"({self.score_window}) and 'extend' ({self.extend})")
 
 
 def trailing_mean(a: np.ndarray, q: int) -> np.ndarray:

@@ -32,59 +32,20 @@ path. Every row is scored (NaN features are routed, not dropped).
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from models.base import Detector, DetectorConfig, labels_of
+from models.base import Detector, labels_of
+from models.configs import StackedGbdtConfig
 from models.diff_z import MAD_TO_STD, diff_mad_scale
 from models.frame import MISSING, TIMESTAMP, VALUE, kpi_slices
 from models.seasonal_residual import grid_step, period_steps
 
 SINGLE_THREAD_ROWS = 50_000  # training rows below which sklearn gets one thread (see _fit_core)
 TREE_ARRAYS = ("value", "feature", "threshold", "missing_left", "left", "right", "is_leaf", "baseline")
-
-
-@dataclasses.dataclass
-class StackedGbdtConfig(DetectorConfig):
-    max_iter: int = 50                # boosting rounds (fewer with early stopping); scoring cost grows with it
-    learning_rate: float = 0.1
-    max_depth: int = 6                # levels of the scoring traversal: the main cost of a score
-    max_leaf_nodes: int = 31
-    min_samples_leaf: int = 20
-    l2_regularization: float = 0.0
-    n_iter_no_change: int = 10        # early stopping patience (rounds), on the validation loss
-    max_train_rows: int = 200_000     # rows handed to sklearn: all positives + random negatives
-    lags: tuple[int, ...] = (1, 2, 5, 10)
-    widths: tuple[int, ...] = (12, 48, 288)
-    day: str = "1D"
-    week: str = "7D"
-    min_scale: float = 1e-3           # floor of diff_scale and of the rolling MAD, normalised units
-
-    def validate(self) -> None:
-        self._positive("max_iter", "learning_rate", "max_depth", "max_leaf_nodes", "min_samples_leaf",
-                       "n_iter_no_change", "max_train_rows", "min_scale")
-        if self.l2_regularization < 0:
-            raise ValueError(f"StackedGbdtConfig: 'l2_regularization' must be >= 0, got {self.l2_regularization}")
-        for key in ("lags", "widths"):
-            v = getattr(self, key)
-            if not v or min(v) < 1 or len(set(v)) < len(v):
-                raise ValueError(f"StackedGbdtConfig: '{key}' must be distinct positive integers, got {list(v)}")
-        for key in ("day", "week"):
-            try:
-                ok = pd.Timedelta(getattr(self, key)) > pd.Timedelta(0)
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ValueError(f"StackedGbdtConfig: '{key}' must be a positive duration such as '1D', "
-                                 f"got {getattr(self, key)!r}")
-
-    def feature_names(self) -> list[str]:
-        return (["value"] + [f"diff_{l}" for l in self.lags] + [f"{k}_{w}" for w in self.widths for k in ("med", "mad")]
-                + [f"std_{w}" for w in self.widths] + ["day", "week"])
 
 
 def lagged_difference(x: np.ndarray, lag: int | None) -> np.ndarray:

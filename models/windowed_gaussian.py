@@ -21,24 +21,15 @@ same path.
 """
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pandas as pd
 
-from models.base import Detector, DetectorConfig
+from models.base import Detector
+from models.configs import WindowedGaussianConfig
 from models.frame import VALUE, kpi_slices
 
 MIN_PERIODS = 2  # values of history before a point is scored
-
-
-@dataclasses.dataclass
-class WindowedGaussianConfig(DetectorConfig):
-    window: int = 6400        # trailing values of the reference (NAB's windowSize)
-    min_std: float = 1e-6     # floor of the standard deviation (NAB's), normalised units
-
-    def validate(self) -> None:
-        self._positive("window", "min_std")
 
 
 def windowed_z(values: np.ndarray, window: int, min_std: float) -> np.ndarray:
