@@ -33,6 +33,7 @@ import resource
 import sys
 import time
 import traceback
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -213,11 +214,12 @@ def _metrics_row(res: dict, is_nab: bool) -> dict:
 
 
 def _in_child(name: str, params: Params, causal: bool, score_dir: Path) -> dict:
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(1) as pool:
+    # An executor, not a multiprocessing.Pool: a Pool waits forever for a worker that was killed (the
+    # kernel's OOM killer, a kill -9), an executor raises BrokenProcessPool and the run goes on.
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
         try:
-            return pool.apply(_train_and_score, (name, params.as_dict(), causal, str(score_dir)))
-        except Exception as exc:  # the child died (e.g. out of memory)
+            return pool.submit(_train_and_score, name, params.as_dict(), causal, str(score_dir)).result()
+        except Exception as exc:  # the child raised outside its own handler, or died
             return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
 
 
