@@ -263,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    rest = sys.argv[1:] if argv is None else list(argv)
+    if rest[:1] == ["speed"]:
+        # speed has its own parser; argparse's REMAINDER would not hand it options like --points.
+        from pipeline import speed
+
+        return speed.main(rest[1:])
     args = build_parser().parse_args(argv)
     args.argv = argv
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

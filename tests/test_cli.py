@@ -109,3 +109,12 @@ def test_a_stage_prints_one_summary_line_or_its_full_result_as_json(tmp_path):
     machine = kpiguard("ingest", "--params", params, "--json")
     assert machine.returncode == 0, machine.stderr
     assert json.loads(machine.stdout) == json.loads((tmp_path / "data/raw/manifest.json").read_text())
+
+
+def test_speed_takes_its_own_options(capsys):
+    """`kpiguard speed --points ...` reaches speed's parser (argparse's REMAINDER dropped the options)."""
+    from pipeline.cli import main
+
+    assert main(["speed", "--points", "2000", "--detectors", "diff_z", "--kpis", "2", "--train-points", "400"]) == 0
+    table = capsys.readouterr().out
+    assert "| diff_z |" in table and "points/s" in table
