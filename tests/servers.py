@@ -192,7 +192,9 @@ def weed_s3(tmp_dir: str | Path, timeout: float = WEED_START_TIMEOUT_S) -> Itera
         f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
         f"-admin.port={admin}", f"-admin.port.grpc={admin_grpc}", "-admin.ui=false",
         "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-        "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=8",
+        # Every bucket is a collection that grows volumes of its own: a session's tests create a dozen
+        # buckets, and with too few volume slots a later PutObject fails with InternalError.
+        "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=64",
         f"-s3.localSocket={tmp_dir / 's3.sock'}", f"-filer.localSocket={tmp_dir / 'filer.sock'}",
     ]
     endpoint = f"http://{LOOPBACK}:{s3}"

@@ -97,7 +97,11 @@ def test_first_register_is_champion_and_rerun_changes_nothing(trained, server):
 
 
 def test_gate_promotes_only_a_better_version(trained, server):
-    p = params_for(trained, "gate", mlflow={"min_improvement": 0.0})
+    # Point F1 with its own best threshold: on this small synthetic validation split the event metric
+    # (aiops_f1) is 1.0 for both detectors, and the gate needs two versions that differ.
+    p = params_for(trained, "gate", mlflow={"min_improvement": 0.0},
+                   evaluate={"champion_metric": "point_f1",
+                             "threshold": {"method": "best_f1", "scope": "global", "metric": "point_f1"}})
     client = client_for(p)
     experiment = tracking.experiment_id(client, p.mlflow.experiment)
     evaluation = json.loads((Path(p.paths.evaluation) / "metrics.json").read_text())["detectors"]
