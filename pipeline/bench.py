@@ -112,7 +112,8 @@ def run(base: Params, train: str, test: str | None, detectors: list[str], out: P
         bar.update(1) if bar else None
     bar.close() if bar else None
     rng_scores = np.random.default_rng(params.train.seed).random(len(full))
-    results[evaluate.RANDOM] = {**scored_row(full, rng_scores, params), "status": "ok", "train_s": 0.0,
+    results[evaluate.RANDOM] = {**scored_row(evaluate.RANDOM, full, rng_scores, params), "status": "ok",
+                                "train_s": 0.0,
                                 "score_points_per_s": None, "peak_rss_mb": None}
     for r in runs:
         if r.get("status") == "ok":
@@ -131,6 +132,7 @@ def run(base: Params, train: str, test: str | None, detectors: list[str], out: P
                  if has_labels(full) else None},
         "threshold": dict(params.evaluate.threshold),
         "calibration": dict(params.evaluate.calibration),
+        "calibration_by_detector": dict(params.evaluate.calibration_by_detector),
         "wall_s": round(time.perf_counter() - started, 1),
     }
     write_json_atomic(out / "results.json", report)
@@ -164,7 +166,8 @@ def rescore(base: Params, sources: list[Path], out: Path, command: str = "") -> 
                        "kpis": kpis, "scores": str(source / "work" / "scores" / f"{name}.npy")}
             results[name] = summarise(name, outcome, full, params)
     rng_scores = np.random.default_rng(params.train.seed).random(len(full))
-    results[evaluate.RANDOM] = {**scored_row(full, rng_scores, params), "status": "ok", "train_s": 0.0,
+    results[evaluate.RANDOM] = {**scored_row(evaluate.RANDOM, full, rng_scores, params), "status": "ok",
+                                "train_s": 0.0,
                                 "score_points_per_s": None, "peak_rss_mb": None}
     for res in results.values():
         res.pop("_per_kpi", None)
@@ -172,6 +175,7 @@ def rescore(base: Params, sources: list[Path], out: Path, command: str = "") -> 
               "rescored_from": [{"dir": str(s), "command": b["command"], "hardware": b["hardware"],
                                  "wall_s": b["wall_s"]} for s, b in zip(sources, befores)],
               "threshold": dict(params.evaluate.threshold), "calibration": dict(params.evaluate.calibration),
+        "calibration_by_detector": dict(params.evaluate.calibration_by_detector),
               "wall_s": round(time.perf_counter() - started, 1)}
     write_json_atomic(out / "results.json", report)
     write_text_atomic(out / "results.md", markdown(report))
@@ -187,19 +191,19 @@ def summarise(name: str, outcome: dict, full: pd.DataFrame, params: Params) -> d
     scores = np.load(outcome["scores"])
     ok_kpis = [k for k, r in outcome["kpis"].items() if r["status"] == "ok"]
     keep = full[KPI_ID].astype(str).isin(ok_kpis).to_numpy()
-    row = scored_row(full[keep].reset_index(drop=True), scores[keep], params)
+    row = scored_row(name, full[keep].reset_index(drop=True), scores[keep], params)
     row.update({"status": "ok", "train_s": outcome["train_s"],
                 "score_points_per_s": outcome["score_points_per_s"], "peak_rss_mb": outcome["peak_rss_mb"],
                 "kpis_failed": len(outcome["kpis"]) - len(ok_kpis)})
     return row
 
 
-def scored_row(full: pd.DataFrame, scores: np.ndarray, params: Params) -> dict:
+def scored_row(name: str, full: pd.DataFrame, scores: np.ndarray, params: Params) -> dict:
     """The summary metrics with the configured calibration, plus the headline ones uncalibrated."""
     is_nab = params.data.train.startswith("nab:")
-    res = evaluate.evaluate_scores("", full, scores, params)
+    res = evaluate.evaluate_scores(name, full, scores, params)
     raw_threshold = NAB_RAW_THRESHOLD if params.evaluate.threshold == NAB_THRESHOLD else None
-    raw = _metrics_row(evaluate.evaluate_scores("", full, scores, params, calibration=NO_CALIBRATION,
+    raw = _metrics_row(evaluate.evaluate_scores(name, full, scores, params, calibration=NO_CALIBRATION,
                                                 threshold_rule=raw_threshold), is_nab)
     return {**_metrics_row(res, is_nab), **{f"{m}_raw": raw[m] for m in RAW_METRICS},
             "_per_kpi": res.get("per_kpi", {})}
@@ -294,7 +298,8 @@ def markdown(report: dict) -> str:
     lines = [f"`{report['command']}`", "",
              *(f"Scores from `{r['command']}` ({r['hardware']}; {r['wall_s']} s)." for r in report.get("rescored_from", [])),
              *([""] if report.get("rescored_from") else []),
-             f"Protocol: {report['protocol']}; data: {report['data']}; calibration: {report.get('calibration')}; "
+             f"Protocol: {report['protocol']}; data: {report['data']}; calibration: {report.get('calibration')} "
+             f"(by detector: {report.get('calibration_by_detector') or 'none'}); "
              f"threshold: {report['threshold']}; "
              f"hardware: {report['hardware']}; wall time {report['wall_s']} s.", "",
              "| detector | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]

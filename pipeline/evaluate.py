@@ -95,12 +95,14 @@ def evaluate_scores(name: str, full: pd.DataFrame, scores: np.ndarray, params: P
                     calibration: dict | None = None, threshold_rule: dict | None = None) -> dict:
     """Calibrate, threshold on validation, then metrics on validation and test (overall and per KPI).
 
-    ``calibration`` and ``threshold_rule`` override ``evaluate.calibration`` / ``evaluate.threshold`` (the
+    ``name``'s calibration is ``evaluate.calibration_by_detector[name]``, else ``evaluate.calibration``.
+    ``calibration`` and ``threshold_rule`` override those and ``evaluate.threshold`` (the
     benchmark compares against raw scores). The result holds the fitted calibration under
     ``"calibration"``.
     """
     ev = params.evaluate
-    scores, fitted_calibration = calibrate(full, scores, ev.calibration if calibration is None else calibration)
+    scores, fitted_calibration = calibrate(full, scores, ev.calibration_for(name) if calibration is None
+                                           else calibration)
     val_mask = (full["split"] == "val").to_numpy()
     test_mask = (full["split"] == "test").to_numpy()
     val, test = full[val_mask], full[test_mask]

@@ -128,6 +128,7 @@ class TrainParams(_Section):
 class EvaluateParams(_Section):
     champion_metric: str = "aiops_f1"
     calibration: dict[str, Any] = Field(default_factory=lambda: {"method": "ecdf"})
+    calibration_by_detector: dict[str, dict[str, Any]] = Field(default_factory=dict)
     threshold: dict[str, Any] = Field(default_factory=lambda: {"method": "best_f1", "scope": "global"})
     delay: int = Field(7, ge=0)
     nab_probation: int | None = Field(None, ge=0)
@@ -149,6 +150,22 @@ class EvaluateParams(_Section):
 
         make_calibration(dict(v))  # raises ValueError naming the bad key or method
         return v
+
+    @field_validator("calibration_by_detector")
+    @classmethod
+    def _calibration_by_detector(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from models import registry
+        from pipeline.calibration import make_calibration
+
+        for name, cfg in v.items():
+            if name not in registry.names():
+                raise ValueError(f"unknown detector {name!r}; registered: {', '.join(registry.names())}")
+            make_calibration(dict(cfg))
+        return v
+
+    def calibration_for(self, detector: str) -> dict[str, Any]:
+        """The calibration config of one detector: its own entry, else the default."""
+        return dict(self.calibration_by_detector.get(detector) or self.calibration)
 
     @field_validator("threshold")
     @classmethod
