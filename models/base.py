@@ -325,6 +325,25 @@ class Detector:
         pass
 
 
+class FixedRule(Detector):
+    """A rule over each KPI's own recent past: nothing is learnt, and the score at row ``t`` reads rows
+    up to ``t`` of its KPI only, so it is causal as it stands and ``causal=True`` takes the same path.
+    Subclasses implement :meth:`_score_kpi` for one KPI's rows (NaN where the rule has too little history).
+    """
+
+    def _fit_core(self, train: pd.DataFrame, val: pd.DataFrame | None) -> None:
+        pass  # a fixed rule; nothing to estimate
+
+    def _score_core(self, frame: pd.DataFrame, causal: bool = False) -> np.ndarray:
+        out = np.full(len(frame), np.nan)
+        for _, sl in kpi_slices(frame):
+            out[sl] = self._score_kpi(frame.iloc[sl])
+        return out
+
+    def _score_kpi(self, kpi: pd.DataFrame) -> np.ndarray:
+        raise NotImplementedError
+
+
 def values_of(frame: pd.DataFrame) -> np.ndarray:
     """The normalised values as float32, the dtype every network consumes."""
     return frame[VALUE].to_numpy(dtype=np.float32)

@@ -18,6 +18,18 @@ from models.base import DetectorConfig
 FEATURES = ("value", "diff")  # isolation_forest's per-point window features
 
 
+def _positive_durations(config: DetectorConfig, *keys: str) -> None:
+    """Each of ``keys`` must be a positive duration pandas reads, such as '1D' or '7D'."""
+    for key in keys:
+        try:
+            ok = pd.Timedelta(getattr(config, key)) > pd.Timedelta(0)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{type(config).__name__}: '{key}' must be a positive duration such as '1D', "
+                             f"got {getattr(config, key)!r}")
+
+
 # models/torch_base.py
 @dataclasses.dataclass
 class TorchConfig(DetectorConfig):
@@ -262,14 +274,7 @@ class SeasonalResidualConfig(DetectorConfig):
         self._positive("scale_window", "fallback_window", "min_history", "min_scale")
         if self.neighbours < 0:
             raise ValueError(f"SeasonalResidualConfig: 'neighbours' must be >= 0, got {self.neighbours}")
-        for key in ("day", "week"):
-            try:
-                ok = pd.Timedelta(getattr(self, key)) > pd.Timedelta(0)
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ValueError(f"SeasonalResidualConfig: '{key}' must be a positive duration such as '1D', "
-                                 f"got {getattr(self, key)!r}")
+        _positive_durations(self, "day", "week")
 
 
 # models/spectral_residual.py
@@ -314,14 +319,7 @@ class StackedGbdtConfig(DetectorConfig):
             v = getattr(self, key)
             if not v or min(v) < 1 or len(set(v)) < len(v):
                 raise ValueError(f"StackedGbdtConfig: '{key}' must be distinct positive integers, got {list(v)}")
-        for key in ("day", "week"):
-            try:
-                ok = pd.Timedelta(getattr(self, key)) > pd.Timedelta(0)
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ValueError(f"StackedGbdtConfig: '{key}' must be a positive duration such as '1D', "
-                                 f"got {getattr(self, key)!r}")
+        _positive_durations(self, "day", "week")
 
     def feature_names(self) -> list[str]:
         return (["value"] + [f"diff_{l}" for l in self.lags] + [f"{k}_{w}" for w in self.widths for k in ("med", "mad")]

@@ -23,9 +23,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from models.base import Detector
+from models.base import FixedRule
 from models.configs import RobustZScoreConfig
-from models.frame import VALUE, kpi_slices
+from models.frame import VALUE
 
 MAD_TO_STD = 1.4826
 
@@ -37,21 +37,13 @@ def robust_z(series: pd.Series, window: int, min_scale: float) -> np.ndarray:
     return ((series - median) / np.maximum(MAD_TO_STD * mad, min_scale)).to_numpy()
 
 
-class RobustZScore(Detector):
+class RobustZScore(FixedRule):
     name = "robust_zscore"
     config_class = RobustZScoreConfig
     config: RobustZScoreConfig
 
-    def _fit_core(self, train: pd.DataFrame, val: pd.DataFrame | None) -> None:
-        pass  # a fixed rule; nothing to estimate
-
-    def _score_core(self, frame: pd.DataFrame, causal: bool = False) -> np.ndarray:
-        # Trailing windows only: already causal, the same in both modes.
-        values = frame[VALUE].to_numpy(dtype=np.float64)
-        out = np.full(len(frame), np.nan)
-        for _, sl in kpi_slices(frame):
-            series = pd.Series(values[sl])
-            level = robust_z(series, self.config.window, self.config.min_scale)
-            change = robust_z(series.diff(), self.config.window, self.config.min_scale)
-            out[sl] = np.fmax(np.abs(level), np.abs(change))  # fmax: NaN only where both are NaN
-        return out
+    def _score_kpi(self, kpi: pd.DataFrame) -> np.ndarray:
+        series = pd.Series(kpi[VALUE].to_numpy(dtype=np.float64))
+        level = robust_z(series, self.config.window, self.config.min_scale)
+        change = robust_z(series.diff(), self.config.window, self.config.min_scale)
+        return np.fmax(np.abs(level), np.abs(change))  # fmax: NaN only where both are NaN

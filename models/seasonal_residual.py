@@ -27,9 +27,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from models.base import Detector
+from models.base import FixedRule
 from models.configs import SeasonalResidualConfig
-from models.frame import MISSING, TIMESTAMP, VALUE, kpi_slices
+from models.frame import MISSING, TIMESTAMP, VALUE
 
 MAD_TO_STD = 1.4826
 
@@ -91,19 +91,11 @@ def seasonal_scores(values: np.ndarray, missing: np.ndarray, step: pd.Timedelta 
     return np.abs(residual) / np.maximum(scale, cfg.min_scale)  # a NaN scale stays NaN (np.maximum)
 
 
-class SeasonalResidual(Detector):
+class SeasonalResidual(FixedRule):
     name = "seasonal_residual"
     config_class = SeasonalResidualConfig
     config: SeasonalResidualConfig
 
-    def _fit_core(self, train: pd.DataFrame, val: pd.DataFrame | None) -> None:
-        pass  # a fixed rule; nothing to estimate
-
-    def _score_core(self, frame: pd.DataFrame, causal: bool = False) -> np.ndarray:
-        # Past rows only: already causal, the same in both modes.
-        values = frame[VALUE].to_numpy(dtype=np.float64)
-        missing = frame[MISSING].to_numpy(dtype=bool)
-        out = np.full(len(frame), np.nan)
-        for _, sl in kpi_slices(frame):
-            out[sl] = seasonal_scores(values[sl], missing[sl], grid_step(frame[TIMESTAMP].iloc[sl]), self.config)
-        return out
+    def _score_kpi(self, kpi: pd.DataFrame) -> np.ndarray:
+        return seasonal_scores(kpi[VALUE].to_numpy(dtype=np.float64), kpi[MISSING].to_numpy(dtype=bool),
+                               grid_step(kpi[TIMESTAMP]), self.config)

@@ -43,9 +43,9 @@ import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
-from models.base import Detector
+from models.base import FixedRule
 from models.configs import SpectralResidualConfig
-from models.frame import VALUE, kpi_slices
+from models.frame import VALUE
 
 AMPLITUDE_EPS = 1e-8  # |F| below this is a zero: its log is clipped and its phase taken as 0
 SALIENCY_EPS = 1e-8   # floor of the local average of the saliency
@@ -116,20 +116,18 @@ class SpectralTables:
         return out
 
 
-class SpectralResidual(Detector):
+class SpectralResidual(FixedRule):
     name = "spectral_residual"
     config_class = SpectralResidualConfig
     config: SpectralResidualConfig
 
-    def _fit_core(self, train: pd.DataFrame, val: pd.DataFrame | None) -> None:
-        pass  # a fixed transform; nothing to estimate
+    def __init__(self, config=None, train_config=None):
+        super().__init__(config, train_config)
+        self.tables = SpectralTables(self.config)  # the transform's matrices, built once
 
-    def _score_core(self, frame: pd.DataFrame, causal: bool = False) -> np.ndarray:
-        # The window ending at t only: already causal, the same in both modes.
-        values = frame[VALUE].to_numpy(dtype=np.float64)
-        out = np.full(len(frame), np.nan)
-        tables = SpectralTables(self.config)
-        for _, sl in kpi_slices(frame):
-            if sl.stop - sl.start >= self.config.window:
-                out[sl.start + self.config.window - 1: sl.stop] = tables.scores(values[sl])
+    def _score_kpi(self, kpi: pd.DataFrame) -> np.ndarray:
+        # The window ending at t only; a KPI shorter than one window has no score of its own.
+        window, out = self.config.window, np.full(len(kpi), np.nan)
+        if len(kpi) >= window:
+            out[window - 1:] = self.tables.scores(kpi[VALUE].to_numpy(dtype=np.float64))
         return out

@@ -25,9 +25,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from models.base import Detector
+from models.base import FixedRule
 from models.configs import WindowedGaussianConfig
-from models.frame import VALUE, kpi_slices
+from models.frame import VALUE
 
 MIN_PERIODS = 2  # values of history before a point is scored
 
@@ -42,18 +42,10 @@ def windowed_z(values: np.ndarray, window: int, min_std: float) -> np.ndarray:
     return np.abs(values - mean) / np.maximum(std, min_std)  # NaN std stays NaN
 
 
-class WindowedGaussian(Detector):
+class WindowedGaussian(FixedRule):
     name = "windowed_gaussian"
     config_class = WindowedGaussianConfig
     config: WindowedGaussianConfig
 
-    def _fit_core(self, train: pd.DataFrame, val: pd.DataFrame | None) -> None:
-        pass  # a fixed rule; nothing to estimate
-
-    def _score_core(self, frame: pd.DataFrame, causal: bool = False) -> np.ndarray:
-        # Trailing windows only: already causal, the same in both modes.
-        values = frame[VALUE].to_numpy(dtype=np.float64)
-        out = np.full(len(frame), np.nan)
-        for _, sl in kpi_slices(frame):
-            out[sl] = windowed_z(values[sl], self.config.window, self.config.min_std)
-        return out
+    def _score_kpi(self, kpi: pd.DataFrame) -> np.ndarray:
+        return windowed_z(kpi[VALUE].to_numpy(dtype=np.float64), self.config.window, self.config.min_std)
