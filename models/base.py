@@ -344,6 +344,21 @@ class FixedRule(Detector):
         raise NotImplementedError
 
 
+def arrays_to_state(arrays: dict[str, np.ndarray]) -> dict:
+    """Numpy arrays (a tree ensemble's tables) as the state_dict of tensors that ``save`` writes."""
+    import torch
+
+    return {k: torch.from_numpy(v) for k, v in arrays.items()}
+
+
+def arrays_from_state(owner: str, state: dict, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of a loaded state_dict; a missing one is an error naming it."""
+    absent = [k for k in keys if k not in state]
+    if absent:
+        raise ValueError(f"{owner}: weights lack {absent}")
+    return {k: state[k].cpu().numpy() for k in keys}
+
+
 def values_of(frame: pd.DataFrame) -> np.ndarray:
     """The normalised values as float32, the dtype every network consumes."""
     return frame[VALUE].to_numpy(dtype=np.float32)

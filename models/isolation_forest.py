@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.base import Detector
+from models.base import Detector, arrays_from_state, arrays_to_state
 from models.configs import IsolationForestConfig
 from models.frame import VALUE, kpi_slices
 from models.windowing import covering_windows_by_kpi, scores_at_window_ends, spread_to_points, windows_by_kpi
@@ -155,13 +155,10 @@ class IsolationForest(Detector):
         return spread_to_points(self.score_windows(windows), starts, len(frame), self.config.window)
 
     def _state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(v) for k, v in self.arrays.items()}
+        return arrays_to_state(self.arrays)
 
     def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        absent = [k for k in TREE_ARRAYS if k not in state]
-        if absent:
-            raise ValueError(f"{self.name}: weights lack {absent}")
-        self.arrays = {k: state[k].cpu().numpy() for k in TREE_ARRAYS}
+        self.arrays = arrays_from_state(self.name, state, TREE_ARRAYS)
         self._compiled = CompiledForest(self.arrays, self.max_samples)
 
     def _fitted_scalars(self) -> dict[str, float]:

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.base import Detector, labels_of
+from models.base import Detector, arrays_from_state, arrays_to_state, labels_of
 from models.configs import StackedGbdtConfig
 from models.diff_z import MAD_TO_STD, diff_mad_scale
 from models.frame import MISSING, TIMESTAMP, VALUE, kpi_slices
@@ -215,13 +215,10 @@ class StackedGbdt(Detector):
         return self.raw_predict(self.features(frame))
 
     def _state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(v) for k, v in self.arrays.items()}
+        return arrays_to_state(self.arrays)
 
     def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        absent = [k for k in TREE_ARRAYS if k not in state]
-        if absent:
-            raise ValueError(f"{self.name}: weights lack {absent}")
-        self.arrays = {k: state[k].cpu().numpy() for k in TREE_ARRAYS}
+        self.arrays = arrays_from_state(self.name, state, TREE_ARRAYS)
         self._compiled = CompiledTrees(self.arrays)
 
     def _fitted_scalars(self) -> dict[str, Any]:
