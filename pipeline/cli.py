@@ -113,7 +113,7 @@ def cmd_score(args) -> Output:
 
     start, end = score.day_range(args.date, args.start, args.end)
     result = score.run(p, args.input or p.score.input, start, end, args.output or p.score.output,
-                       args.model_uri or p.score.model_uri)
+                       args.model_uri or p.score.model_uri, progress=_progress(args))
     return Output(summary.score(result), result)
 
 

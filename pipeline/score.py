@@ -20,9 +20,11 @@ import io
 import json
 import logging
 import re
+import sys
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from models.frame import KPI_ID, TIMESTAMP
@@ -104,12 +106,13 @@ def describe_model(client, model_uri: str) -> dict:
 
 
 def run(params: Params, input_spec: str, start: pd.Timestamp, end: pd.Timestamp, output: str,
-        model_uri: str, model=None) -> dict:
-    """Score ``[start, end)`` and write one partition per day. ``model``: (loaded model, info), preloaded."""
+        model_uri: str, model=None, progress: bool = False) -> dict:
+    """Score ``[start, end)`` and write one partition per day. ``model``: (loaded model, info), preloaded;
+    ``progress``: a bar over groups of KPIs (for a terminal)."""
     loaded, info = model or load_model(params, model_uri)
     raw = read_input(params, input_spec, start, end)
     outcome = check(params, raw, input_spec, start, end)
-    scored = score_rows(loaded, outcome.valid, start, end)
+    scored = score_rows(loaded, outcome.valid, start, end, progress=progress)
     return {"model": info, "partitions": write_days(output, start, end, scored, outcome.quarantine,
                                                     {"model": info, "input": input_spec})}
 
@@ -138,8 +141,22 @@ def check(params: Params, raw: pd.DataFrame, input_spec: str, start: pd.Timestam
     return outcome
 
 
-def score_rows(model, valid: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-    scored = predict_with(model, valid)
+PROGRESS_GROUPS = 20  # KPI groups a progress bar advances over
+
+
+def score_rows(model, valid: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp,
+               progress: bool = False) -> pd.DataFrame:
+    if not progress or valid.empty:
+        scored = predict_with(model, valid)
+    else:
+        # Groups of whole KPIs, as the scoring DAG's shards are: each KPI is scored with all its rows.
+        from tqdm.auto import tqdm
+
+        kpis = pd.unique(valid[KPI_ID])
+        groups = [g for g in np.array_split(kpis, min(PROGRESS_GROUPS, len(kpis))) if len(g)]
+        parts = [predict_with(model, valid[valid[KPI_ID].isin(g)])
+                 for g in tqdm(groups, desc="score", unit="KPI group", leave=False, file=sys.stderr)]
+        scored = pd.concat(parts, ignore_index=True)
     return scored[_in(scored, start, end)].reset_index(drop=True)
 
 

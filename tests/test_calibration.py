@@ -148,3 +148,12 @@ def test_served_bundle_gives_the_evaluate_stages_calibrated_scores(small_params,
                                                      for k in full.loc[observed, "kpi_id"].astype(str)])
         np.testing.assert_array_equal(served["is_anomaly"].to_numpy(), expected)
         assert pd.Series(served["kpi_id"]).nunique() == 2
+
+    # kpiguard score's progress bar scores groups of whole KPIs: the same rows, the same scores.
+    from pipeline.score import score_rows
+    from pipeline.serving import BundleModel
+
+    model, rows = BundleModel(Bundle.load(tmp_path / "ecdf")), observed_rows(full)
+    start, end = rows["timestamp"].min(), rows["timestamp"].max() + pd.Timedelta("1s")
+    pd.testing.assert_frame_equal(score_rows(model, rows, start, end, progress=True),
+                                  score_rows(model, rows, start, end))
