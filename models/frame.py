@@ -22,6 +22,8 @@ label       int8      1 = anomalous; absent for unlabelled data
 """
 from __future__ import annotations
 
+import numpy as np
+
 KPI_ID = "kpi_id"
 TIMESTAMP = "timestamp"
 VALUE = "value"
@@ -38,11 +40,15 @@ def has_labels(frame) -> bool:
     return LABEL in frame.columns and frame[LABEL].notna().any()
 
 
+def id_runs(ids) -> list[tuple[str, slice]]:
+    """Contiguous runs of equal ids, as ``(id, row slice)``: each KPI's rows when sorted by KPI."""
+    ids = np.asarray(ids)
+    if ids.size == 0:
+        return []
+    bounds = np.r_[0, np.flatnonzero(ids[1:] != ids[:-1]) + 1, ids.size]
+    return [(str(ids[a]), slice(int(a), int(b))) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def kpi_slices(frame) -> list[tuple[str, slice]]:
     """Contiguous row ranges of each KPI in a frame sorted by kpi_id (no copy, no per-row loop)."""
-    ids = frame[KPI_ID].to_numpy()
-    if len(ids) == 0:
-        return []
-    starts = [0, *(i for i in (ids[1:] != ids[:-1]).nonzero()[0] + 1)]
-    ends = [*starts[1:], len(ids)]
-    return [(str(ids[s]), slice(s, e)) for s, e in zip(starts, ends)]
+    return id_runs(frame[KPI_ID].to_numpy())

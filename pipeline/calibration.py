@@ -47,6 +47,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from models.frame import id_runs
+
 __all__ = ["Calibration", "NoCalibration", "LikelihoodCalibration", "EcdfCalibration",
            "CalibrationError", "make_calibration", "surprise", "METHODS"]
 
@@ -68,15 +70,6 @@ def gaussian_log_tail(z: np.ndarray) -> np.ndarray:
     from scipy.special import log_ndtr
 
     return log_ndtr(-np.asarray(z, dtype=np.float64))
-
-
-def kpi_runs(kpi_ids: np.ndarray) -> list[tuple[str, slice]]:
-    """Contiguous runs of equal ids (each KPI's rows, in a frame sorted by KPI)."""
-    ids = np.asarray(kpi_ids)
-    if ids.size == 0:
-        return []
-    bounds = np.r_[0, np.flatnonzero(ids[1:] != ids[:-1]) + 1, ids.size]
-    return [(str(ids[a]), slice(int(a), int(b))) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 @dataclass
@@ -122,7 +115,7 @@ class Calibration:
         if missing is not None:
             keep &= ~np.asarray(missing, dtype=bool)
         self.per_kpi, pooled = {}, []
-        for kpi, sl in kpi_runs(ids):
+        for kpi, sl in id_runs(ids):
             inputs = self._fit_inputs(sc[sl])[keep[sl]]
             inputs = inputs[np.isfinite(inputs)]
             pooled.append(inputs)
@@ -150,7 +143,7 @@ class Calibration:
         if ids.shape != sc.shape:
             raise CalibrationError(f"kpi_ids shape {ids.shape} != scores shape {sc.shape}")
         out = np.empty_like(sc)
-        for kpi, sl in kpi_runs(ids):  # one vectorised pass per KPI
+        for kpi, sl in id_runs(ids):  # one vectorised pass per KPI
             out[sl] = self._apply_one(sc[sl], self.state_for(kpi))
         return out
 

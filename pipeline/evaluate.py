@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from models import registry
-from models.frame import KPI_ID, LABEL, MISSING, TIMESTAMP, VALUE, has_labels
+from models.frame import KPI_ID, LABEL, MISSING, TIMESTAMP, VALUE, has_labels, id_runs
 from pipeline import metrics as M
 from pipeline.calibration import make_calibration
 from pipeline.outputs import replace_dirs_atomic, safe_stem
@@ -67,7 +67,7 @@ def oracle_metrics(frame: pd.DataFrame, scores: np.ndarray, delay: int, nab_prob
     """
     out = {}
     labels, missing, ids = frame[LABEL].to_numpy(), frame[MISSING].to_numpy(), frame[KPI_ID].to_numpy()
-    series = [(labels[s], scores[s], nab_probation, missing[s]) for s in _kpi_runs(ids)]
+    series = [(labels[s], scores[s], nab_probation, missing[s]) for _, s in id_runs(ids)]
     try:
         out["nab_standard_oracle"] = M.nab_best_threshold(series)[1]
     except (ValueError, TypeError):
@@ -291,13 +291,6 @@ def plot_scores(full: pd.DataFrame, all_scores: dict, results: dict, out: Path, 
         fig.tight_layout()
         fig.savefig(out / f"{safe_stem(str(kpi))}.png", dpi=80)  # any id: bounded, no two KPIs share a file
         plt.close(fig)
-
-
-def _kpi_runs(ids: np.ndarray) -> list[slice]:
-    """Row ranges of each KPI in a frame sorted by KPI."""
-    change = np.flatnonzero(ids[1:] != ids[:-1]) + 1
-    bounds = [0, *change.tolist(), len(ids)]
-    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _train_status(artifacts: Path, name: str) -> dict:
