@@ -205,10 +205,11 @@ def settings(params: Params) -> dict:
 def scored_row(name: str, full: pd.DataFrame, scores: np.ndarray, params: Params) -> dict:
     """The summary metrics with the configured calibration, plus the headline ones uncalibrated."""
     is_nab = params.data.train.startswith("nab:")
-    res = evaluate.evaluate_scores(name, full, scores, params)
+    res, _ = evaluate.evaluate_scores(name, full, scores, params)
     raw_threshold = NAB_RAW_THRESHOLD if params.evaluate.threshold == NAB_THRESHOLD else None
-    raw = _metrics_row(evaluate.evaluate_scores(name, full, scores, params, calibration=NO_CALIBRATION,
-                                                threshold_rule=raw_threshold), is_nab)
+    uncalibrated, _ = evaluate.evaluate_scores(name, full, scores, params, calibration=NO_CALIBRATION,
+                                               threshold_rule=raw_threshold)
+    raw = _metrics_row(uncalibrated, is_nab)
     return {**_metrics_row(res, is_nab), **{f"{m}_raw": raw[m] for m in RAW_METRICS},
             "_per_kpi": res.get("per_kpi", {})}
 

@@ -92,8 +92,10 @@ def calibrate(full: pd.DataFrame, scores: np.ndarray, config: dict | None) -> tu
 
 
 def evaluate_scores(name: str, full: pd.DataFrame, scores: np.ndarray, params: Params,
-                    calibration: dict | None = None, threshold_rule: dict | None = None) -> dict:
+                    calibration: dict | None = None, threshold_rule: dict | None = None
+                    ) -> tuple[dict, np.ndarray]:
     """Calibrate, threshold on validation, then metrics on validation and test (overall and per KPI).
+    Returns (the result, the calibrated scores of every row).
 
     ``name``'s calibration is ``evaluate.calibration_by_detector[name]``, else ``evaluate.calibration``.
     ``calibration`` and ``threshold_rule`` override those and ``evaluate.threshold`` (the
@@ -123,8 +125,7 @@ def evaluate_scores(name: str, full: pd.DataFrame, scores: np.ndarray, params: P
             result["per_kpi"] = per_kpi_metrics(part, scores[mask], alarms, ev.delay)
     champion = (result.get("val") or {}).get(ev.champion_metric)
     result["champion_metric"] = {"name": ev.champion_metric, "split": "val", "value": champion}
-    result["_calibrated"] = scores  # for plots and curves; never written
-    return result
+    return result, scores
 
 
 def per_kpi_metrics(part: pd.DataFrame, scores: np.ndarray, alarms: np.ndarray, delay: int) -> dict:
@@ -163,12 +164,12 @@ def run(params: Params, detectors: list[str] | None = None, progress: bool = Fal
         try:
             scores = (np.random.default_rng(params.train.seed).random(len(full)) if name == RANDOM
                       else score_detector(name, artifacts, full))
-            results[name] = evaluate_scores(name, full, scores, params)
+            results[name], calibrated = evaluate_scores(name, full, scores, params)
         except Exception as exc:  # one failure doesn't stop the others
             log.exception("evaluating %s failed", name)
             results[name] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
             continue
-        all_scores[name] = calibrated = results[name].pop("_calibrated")
+        all_scores[name] = calibrated
         test = (full["split"] == "test").to_numpy()
         if has_labels(full[test]):
             curves[name] = pr_curve(full[LABEL].to_numpy()[test], calibrated[test], full[MISSING].to_numpy()[test])
