@@ -54,7 +54,7 @@ NO_CALIBRATION = {"method": "none"}
 # The cheap reference rows every detector must beat to earn its cost (margins in results.md).
 REFERENCES = ("diff_z", "windowed_gaussian")
 # NAB's probation holds almost no label, so the honest NAB threshold uses none: NAB's own red zone on the
-# calibrated scale (a 1-in-100,000 score given the KPI's history; pipeline.calibration), the same on every KPI.
+# calibrated scale (a 1-in-100,000 score given the KPI's history; models.calibration), the same on every KPI.
 NAB_THRESHOLD = {"method": "fixed", "value": 5.0}
 NAB_CALIBRATION = {"method": "likelihood"}  # NAB's own post-processing: streaming, adapts along each series
 NAB_RAW_THRESHOLD = {"method": "pot", "scope": "per_kpi"}  # raw scores have no common scale: fit per KPI

@@ -3,7 +3,7 @@
 For each detector, the whole prepared series (train + val + test, per KPI) is scored once and cut
 back into splits, so the first test points are scored with their real preceding context.
 
-- Raw scores are calibrated per KPI (params ``evaluate.calibration``, :mod:`pipeline.calibration`):
+- Raw scores are calibrated per KPI (params ``evaluate.calibration``, :mod:`models.calibration`):
   the calibration is fitted on the train and validation raw scores and maps every score to one common
   scale (surprise, ``-log10`` of a tail probability), so one threshold means the same on every KPI.
 - The threshold is fitted on the **validation** split's calibrated scores (params
@@ -32,7 +32,7 @@ import pandas as pd
 from models import registry
 from models.frame import KPI_ID, LABEL, MISSING, TIMESTAMP, VALUE, has_labels, id_runs
 from pipeline import metrics as M
-from pipeline.calibration import make_calibration
+from models.calibration import make_calibration
 from pipeline.outputs import replace_dirs_atomic, safe_stem
 from pipeline.params import Params
 from pipeline.thresholds import make_threshold

@@ -146,7 +146,7 @@ class EvaluateParams(_Section):
     @field_validator("calibration")
     @classmethod
     def _calibration(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from pipeline.calibration import make_calibration
+        from models.calibration import make_calibration
 
         make_calibration(dict(v))  # raises ValueError naming the bad key or method
         return v
@@ -155,7 +155,7 @@ class EvaluateParams(_Section):
     @classmethod
     def _calibration_by_detector(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         from models import registry
-        from pipeline.calibration import make_calibration
+        from models.calibration import make_calibration
 
         for name, cfg in v.items():
             if name not in registry.names():

@@ -6,7 +6,7 @@ A bundle holds everything needed to turn raw KPI rows into alarms, and nothing p
 ``detector/``          the detector's ``config.json`` + ``weights.pt`` (a state_dict, loaded with
                        ``torch.load(weights_only=True)``)
 ``norm_stats.json``    per-KPI median/MAD and sampling interval, from the train split
-``calibration.json``   the score calibration fitted on train + validation (:mod:`pipeline.calibration`)
+``calibration.json``   the score calibration fitted on train + validation (:mod:`models.calibration`)
 ``threshold.json``     the threshold on calibrated scores, fitted on validation (:mod:`pipeline.thresholds`):
                        per-KPI values plus the global one for KPIs it has never seen
 ``bundle.json``        detector name, digest of the above, ``clip_sigma``, and where it came from
@@ -36,7 +36,7 @@ import pandas as pd
 from models import registry
 from models.base import Detector
 from models.frame import CLIPPED, KPI_ID, MISSING, RAW_VALUE, TIMESTAMP, VALUE
-from pipeline.calibration import Calibration, NoCalibration
+from models.calibration import Calibration, NoCalibration
 from pipeline.contract import to_canonical
 from pipeline.thresholds import Threshold
 from pipeline.windows import DEFAULT_CLIP_SIGMA, NormStats, load_norm_stats, prepare

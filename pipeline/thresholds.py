@@ -13,7 +13,7 @@ Methods
   theory", KDD 2017, SPOT initialisation): GPD fitted to the excesses over a high empirical
   quantile, threshold at the risk level ``q``.
 * ``fixed``: a constant ``value``, fitted on nothing. It makes sense on calibrated scores
-  (:mod:`pipeline.calibration`), where one value means the same tail probability on every KPI: 5.0
+  (:mod:`models.calibration`), where one value means the same tail probability on every KPI: 5.0
   is NAB's red zone, a 1-in-100,000 score. It uses no label and no data at all.
 
 Scopes

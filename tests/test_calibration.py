@@ -1,4 +1,4 @@
-"""Score calibration (pipeline/calibration.py): exact small cases, causality, serialisation, and the
+"""Score calibration (models/calibration.py): exact small cases, causality, serialisation, and the
 served bundle giving the evaluate stage's calibrated scores for the same input."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.calibration import (MAX_SURPRISE, CalibrationError, EcdfCalibration, LikelihoodCalibration,
+from models.calibration import (MAX_SURPRISE, CalibrationError, EcdfCalibration, LikelihoodCalibration,
                                   make_calibration)
 
 SD1 = np.tile([-1.0, 1.0], 500)  # mean 0, population std exactly 1

@@ -13,6 +13,11 @@ it on train (and validation) raw scores only, serialises it beside the threshold
 runs the same fitted transform everywhere scores become alarms (evaluate, ``kpiguard bench``, the
 served MLflow bundle behind ``kpiguard score`` and the scoring DAG, hence the daily report).
 
+It lives in ``models/`` (numpy, pandas and :mod:`models.frame` only; SciPy is imported where the
+likelihood needs it) because one detector consumes calibrated scores itself: the ``ensemble``
+(:mod:`models.ensemble`) averages its members' calibrated scores, and a detector must not import the
+pipeline that runs it.
+
 Methods (``evaluate.calibration.method`` in params.yaml)
 --------------------------------------------------------
 * ``none``: the raw score, unchanged (for comparison).
