@@ -326,12 +326,43 @@ class StackedGbdtConfig(DetectorConfig):
                 + [f"std_{w}" for w in self.widths] + ["day", "week"])
 
 
+# models/sequence_novelty.py
+@dataclasses.dataclass
+class SequenceNoveltyConfig(DetectorConfig):
+    buckets: int = 10             # quantisation of the KPI's train + validation range (transition novelty)
+    offsets: int = 4              # quantisations shifted by 1/offsets of a bucket, averaged
+    pseudo_count: float = 0.1     # added to every transition count (a never-seen one is not infinitely novel)
+    match_length: int = 8         # points per window of the nearest-earlier-window channel
+    exclusion: int | None = None  # a match must end at least this many points earlier (null: match_length)
+    match_history: int = 20160    # ... and at most this many (bounds the cost: n * match_history * length)
+    extreme_tolerance: float = 0.05   # a new extreme must leave the range so far by this share of it
+    unseen_head: int = 750        # a KPI absent from training is quantised on its first this-many points
+    short_window: int = 10        # the channels' likelihood calibration (NAB's anomaly likelihood)
+    long_window: int = 8640
+    min_std_ratio: float = 0.1
+
+    def validate(self) -> None:
+        self._positive("buckets", "offsets", "pseudo_count", "match_length", "exclusion", "match_history",
+                       "unseen_head", "short_window", "long_window", "min_std_ratio")
+        if self.extreme_tolerance < 0:
+            raise ValueError(f"SequenceNoveltyConfig: 'extreme_tolerance' must be >= 0, got {self.extreme_tolerance}")
+        if self.match_history < (self.exclusion or self.match_length):
+            raise ValueError(f"SequenceNoveltyConfig: 'match_history' ({self.match_history}) must be at least "
+                             f"'exclusion' ({self.exclusion or self.match_length})")
+
+    def calibration_config(self) -> dict:
+        """The channels' calibration as ``make_calibration`` takes it."""
+        return {"method": "likelihood", "short_window": self.short_window, "long_window": self.long_window,
+                "min_std_ratio": self.min_std_ratio}
+
+
 CONFIGS: dict[str, type[DetectorConfig]] = {
     "windowed_gaussian": WindowedGaussianConfig,
     "diff_z": DiffZConfig,
     "seasonal_residual": SeasonalResidualConfig,
     "spectral_residual": SpectralResidualConfig,
     "stacked_gbdt": StackedGbdtConfig,
+    "sequence_novelty": SequenceNoveltyConfig,
     "robust_zscore": RobustZScoreConfig,
     "isolation_forest": IsolationForestConfig,
     "lstm_forecaster": LstmForecasterConfig,

@@ -19,6 +19,7 @@ DETECTORS: dict[str, str] = {
     "seasonal_residual": "models.seasonal_residual:SeasonalResidual",
     "spectral_residual": "models.spectral_residual:SpectralResidual",
     "stacked_gbdt": "models.stacked_gbdt:StackedGbdt",
+    "sequence_novelty": "models.sequence_novelty:SequenceNovelty",
     "lstm_forecaster": "models.lstm_forecaster:LstmForecaster",
     "lstm_autoencoder": "models.lstm_autoencoder:LstmAutoencoder",
     "conv1d_autoencoder": "models.conv1d_autoencoder:Conv1dAutoencoder",

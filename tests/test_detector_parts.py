@@ -353,9 +353,10 @@ TINY = {
     "stacked_gbdt": {"max_iter": 20},
 }
 SAME_PATH = {"windowed_gaussian", "diff_z", "robust_zscore", "seasonal_residual",  # causal as they are
-             "spectral_residual", "stacked_gbdt",
+             "spectral_residual", "stacked_gbdt", "sequence_novelty",
              "cnn_classifier", "convlstm_classifier"}
-NO_KNOBS = {"windowed_gaussian", "diff_z", "robust_zscore", "seasonal_residual", "spectral_residual"}  # no max_train_windows
+NO_KNOBS = {"windowed_gaussian", "diff_z", "robust_zscore", "seasonal_residual", "spectral_residual",
+            "sequence_novelty"}  # no max_train_windows
 RECONSTRUCTORS = ["lstm_autoencoder", "conv1d_autoencoder", "dense_autoencoder"]
 
 
@@ -668,3 +669,53 @@ def test_stacked_gbdt_keeps_all_positives_when_subsampling(splits):
     positives = int(train[LABEL].sum())
     assert detector.fit_info == {"rows": 500, "positives": positives, "iterations": 5, "early_stopping": False}
     assert np.isfinite(detector.score(splits[2], causal=True)).all()
+
+
+# -- sequence_novelty ----------------------------------------------------------------------------
+def test_sequence_novelty_transition_counts_are_from_the_past_only():
+    from models.sequence_novelty import PRIOR_OUTCOMES, earlier_counts, transition_novelty
+    np.testing.assert_array_equal(earlier_counts(np.array([3, 1, 3, 3, 1])), [0, 0, 1, 2, 1])
+    # range [0, 1] in 2 buckets, one quantisation: values 0.2 / 0.7 are buckets 0 / 1
+    x = np.array([0.2, 0.7, 0.2, 0.7, 0.2, 0.7])
+    a = 0.5
+    got = transition_novelty(x, 0.0, 1.0, buckets=2, offsets=1, pseudo_count=a)
+    # t=1: transition 0->1 never seen, bucket 0 left once before? no: counts are strictly earlier
+    n_pair = np.array([0, 0, 0, 1, 1, 2])  # earlier (prev -> cur) pairs (t=0's "prev" is the padding)
+    n_prev = np.array([0, 0, 0, 1, 1, 2])  # earlier departures from prev
+    expected = -np.log(np.minimum((n_pair + a) / (n_prev + PRIOR_OUTCOMES * a), 1.0))
+    np.testing.assert_allclose(got, expected)
+    assert got[-1] < got[1]  # a transition seen before is less novel
+
+
+def test_sequence_novelty_nearest_earlier_window_matches_brute_force():
+    from models.sequence_novelty import nearest_earlier_window
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=300)
+    m, excl, hist = 5, 3, 40
+    got = nearest_earlier_window(x, m, excl, hist, block=17)
+    want = np.zeros(x.size)
+    for t in range(m - 1, x.size):
+        cands = [np.linalg.norm(x[t - m + 1:t + 1] - x[s - m + 1:s + 1])
+                 for s in range(max(m - 1, t - hist), t - excl + 1)]
+        want[t] = min(cands) if cands else 0.0
+    np.testing.assert_allclose(got, want, atol=1e-9)
+
+
+def test_sequence_novelty_new_extremes_widen_the_range_with_observed_points_only():
+    from models.sequence_novelty import new_extremes
+    x = np.array([0.5, 1.04, 1.2, 1.25, 5.0, -1.0, 9.0])
+    observed = np.array([True, True, True, True, True, True, False])
+    # fitted range [0, 1]; tolerance 5% of the range so far
+    got = new_extremes(x, observed, 0.0, 1.0, 0.05)
+    # 1.04 < 1 + 0.05; 1.2 > 1.05; 1.25 < 1.2 + 0.06; 5.0 > 1.25 + 0.0625; -1.0 < 0 - 0.25; 9.0 unobserved
+    np.testing.assert_array_equal(got, [False, False, True, False, True, True, False])
+
+
+def test_sequence_novelty_round_trips_and_serves_a_new_kpi(splits, tmp_path):
+    train, val, test = splits
+    detector = registry.create("sequence_novelty", None, CPU).fit(train, val)
+    loaded = registry.load(detector.save(tmp_path / "sn"))
+    np.testing.assert_array_equal(loaded.score(test), detector.score(test))
+    renamed = test.assign(**{KPI_ID: test[KPI_ID].astype(str) + "_new"})
+    scores = detector.score(renamed)
+    assert np.isfinite(scores).all() and scores.max() > 5.0  # the test split's anomalies still stand out
