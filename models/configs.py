@@ -332,6 +332,8 @@ class SequenceNoveltyConfig(DetectorConfig):
     buckets: int = 10             # quantisation of the KPI's train + validation range (transition novelty)
     offsets: int = 4              # quantisations shifted by 1/offsets of a bucket, averaged
     pseudo_count: float = 0.1     # added to every transition count (a never-seen one is not infinitely novel)
+    daily_buckets: int = 8        # quantisation of the time-of-day novelty channel
+    day_bins: int = 24            # its context: equal bins of the day (24: the hour)
     match_length: int = 8         # points per window of the nearest-earlier-window channel
     exclusion: int | None = None  # a match must end at least this many points earlier (null: match_length)
     match_history: int = 20160    # ... and at most this many (bounds the cost: n * match_history * length)
@@ -342,7 +344,7 @@ class SequenceNoveltyConfig(DetectorConfig):
     min_std_ratio: float = 0.1
 
     def validate(self) -> None:
-        self._positive("buckets", "offsets", "pseudo_count", "match_length", "exclusion", "match_history",
+        self._positive("buckets", "offsets", "pseudo_count", "daily_buckets", "day_bins", "match_length", "exclusion", "match_history",
                        "unseen_head", "short_window", "long_window", "min_std_ratio")
         if self.extreme_tolerance < 0:
             raise ValueError(f"SequenceNoveltyConfig: 'extreme_tolerance' must be >= 0, got {self.extreme_tolerance}")

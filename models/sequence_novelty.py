@@ -2,7 +2,7 @@
 
 A cheap, streaming detector built for NAB's kind of data (one KPI at a time, anomalies that are new
 *patterns* as often as big values), in the spirit of Numenta's HTM detector without its network. Per
-KPI, three causal channels:
+KPI, four causal channels:
 
 - **transition novelty** (what HTM's raw anomaly score measures: was this input predicted from the one
   before?). The value is quantised into ``buckets`` buckets spanning the KPI's train + validation
@@ -12,6 +12,10 @@ KPI, three causal channels:
   pseudo_count``. It is averaged over ``offsets`` quantisations shifted by a fraction of a bucket, so
   a value on a bucket edge is not novel by accident (as HTM's overlapping encodings). A KPI keeps
   learning as it streams: a pattern seen often stops being novel.
+- **time-of-day novelty** (HTM's NAB model also encodes the time of day): the same count with the
+  point's bin of the day (``day_bins`` equal bins from midnight, UTC) as the context instead of the
+  previous bucket, on a coarser quantisation (``daily_buckets``): a level the KPI never had at this
+  hour is new even when it is ordinary at other hours.
 - **nearest earlier window**: the Euclidean distance from the last ``match_length`` values to the
   closest window of the same length that ended at least ``exclusion`` points earlier and at most
   ``match_history`` points back (the left matrix profile, in normalised units), so a shape the KPI
@@ -20,9 +24,9 @@ KPI, three causal channels:
   running minimum and maximum) by more than ``extreme_tolerance`` of that range: HTM's "spatial
   anomaly" rule. Such a point scores the maximum surprise (``MAX_SURPRISE``), whatever the others say.
 
-The first two channels are calibrated per KPI, each with NAB's anomaly likelihood
+The first three channels are calibrated per KPI, each with NAB's anomaly likelihood
 (:class:`models.calibration.LikelihoodCalibration`, fitted on the train + validation channel values),
-and the score is the larger of the two surprises. The output is therefore already on the pipeline's
+and the score is the largest of the three surprises. The output is therefore already on the pipeline's
 calibrated scale (``-log10`` of a tail probability, 5 = NAB's red zone): params.yaml sets this
 detector's ``evaluate.calibration_by_detector`` to ``none`` so it is not calibrated twice.
 
@@ -43,6 +47,7 @@ from models.configs import SequenceNoveltyConfig
 from models.frame import KPI_ID, MISSING, TIMESTAMP, VALUE, kpi_slices
 
 PRIOR_OUTCOMES = 5  # the pseudo-count is spread as if a bucket had this many possible successors
+CHANNELS = ("novelty", "daily", "match")  # the calibrated channels; "extreme" overrides them
 
 
 def earlier_counts(keys: np.ndarray) -> np.ndarray:
@@ -50,18 +55,26 @@ def earlier_counts(keys: np.ndarray) -> np.ndarray:
     return pd.Series(keys).groupby(keys, sort=False).cumcount().to_numpy()
 
 
-def transition_novelty(x: np.ndarray, lo: float, hi: float, buckets: int, offsets: int,
-                       pseudo_count: float) -> np.ndarray:
-    """``-log p(b_t | b_{t-1})`` from the transitions before ``t``, averaged over shifted quantisations."""
+def novelty(x: np.ndarray, lo: float, hi: float, buckets: int, offsets: int, pseudo_count: float,
+            context: np.ndarray | None = None) -> np.ndarray:
+    """``-log p(b_t | c_t)`` from the (context, bucket) pairs before ``t``, averaged over ``offsets``
+    quantisations shifted by a fraction of a bucket. ``c_t`` is the previous point's bucket (a
+    transition) when ``context`` is None, else ``context[t]`` (non-negative integers)."""
     width = max(hi - lo, 1e-6) / buckets
     levels = 3 * buckets + 1  # buckets from one range below ``lo`` to one range above ``hi``
     out = np.zeros(x.size)
     for shift in np.arange(offsets) / offsets:
         b = np.clip(np.floor((x - lo) / width + shift), -buckets, 2 * buckets).astype(np.int64) + buckets
-        prev = np.r_[0, b[:-1]]
-        p = (earlier_counts(prev * levels + b) + pseudo_count) / (earlier_counts(prev) + PRIOR_OUTCOMES * pseudo_count)
+        ctx = np.r_[0, b[:-1]] if context is None else context.astype(np.int64)
+        p = (earlier_counts(ctx * levels + b) + pseudo_count) / (earlier_counts(ctx) + PRIOR_OUTCOMES * pseudo_count)
         out -= np.log(np.minimum(p, 1.0))
     return out / offsets
+
+
+def day_bins(timestamps: pd.Series, bins: int) -> np.ndarray:
+    """Each point's bin of the (UTC) day, ``bins`` equal bins from midnight."""
+    ts = timestamps.dt
+    return ((ts.hour * 60 + ts.minute).to_numpy() * bins) // 1440
 
 
 def nearest_earlier_window(x: np.ndarray, length: int, exclusion: int, history: int, block: int = 1024) -> np.ndarray:
@@ -118,7 +131,7 @@ class SequenceNovelty(Detector):
         channels = self._channels(history)
         ids = history[KPI_ID].to_numpy()
         self.calibrations = {name: make_calibration(self.config.calibration_config()).fit(raw, ids, missing)
-                             for name, raw in channels.items() if name != "extreme"}
+                             for name, raw in channels.items() if name in CHANNELS}
 
     def _score_core(self, frame: pd.DataFrame, causal: bool = False) -> np.ndarray:
         # Every channel and the likelihood stream forward: causal in both modes.
@@ -130,12 +143,14 @@ class SequenceNovelty(Detector):
     def _channels(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         cfg = self.config
         values, missing = frame[VALUE].to_numpy(np.float64), frame[MISSING].to_numpy(bool)
-        out = {"novelty": np.zeros(len(frame)), "match": np.zeros(len(frame)),
+        out = {"novelty": np.zeros(len(frame)), "daily": np.zeros(len(frame)), "match": np.zeros(len(frame)),
                "extreme": np.zeros(len(frame), dtype=bool)}
         for kpi, sl in kpi_slices(frame):
             x = values[sl]
             lo, hi = self.ranges.get(kpi) or self._head_range(x, missing[sl])
-            out["novelty"][sl] = transition_novelty(x, lo, hi, cfg.buckets, cfg.offsets, cfg.pseudo_count)
+            out["novelty"][sl] = novelty(x, lo, hi, cfg.buckets, cfg.offsets, cfg.pseudo_count)
+            out["daily"][sl] = novelty(x, lo, hi, cfg.daily_buckets, cfg.offsets, cfg.pseudo_count,
+                                       context=day_bins(frame[TIMESTAMP].iloc[sl], cfg.day_bins))
             out["match"][sl] = nearest_earlier_window(x, cfg.match_length, cfg.exclusion or cfg.match_length,
                                                       cfg.match_history)
             out["extreme"][sl] = new_extremes(x, ~missing[sl], lo, hi, cfg.extreme_tolerance)
@@ -154,6 +169,6 @@ class SequenceNovelty(Detector):
     def _load_fitted_scalars(self, scalars: dict[str, Any]) -> None:
         self.ranges = {str(k): (float(v[0]), float(v[1])) for k, v in (scalars.get("ranges") or {}).items()}
         self.calibrations = {name: Calibration.from_dict(d) for name, d in (scalars.get("calibrations") or {}).items()}
-        if set(self.calibrations) != {"novelty", "match"}:
+        if set(self.calibrations) != set(CHANNELS):
             raise ValueError(f"sequence_novelty: saved calibrations {sorted(self.calibrations)}, expected "
-                             f"['match', 'novelty']")
+                             f"{sorted(CHANNELS)}")

@@ -673,18 +673,27 @@ def test_stacked_gbdt_keeps_all_positives_when_subsampling(splits):
 
 # -- sequence_novelty ----------------------------------------------------------------------------
 def test_sequence_novelty_transition_counts_are_from_the_past_only():
-    from models.sequence_novelty import PRIOR_OUTCOMES, earlier_counts, transition_novelty
+    from models.sequence_novelty import PRIOR_OUTCOMES, day_bins, earlier_counts, novelty
     np.testing.assert_array_equal(earlier_counts(np.array([3, 1, 3, 3, 1])), [0, 0, 1, 2, 1])
     # range [0, 1] in 2 buckets, one quantisation: values 0.2 / 0.7 are buckets 0 / 1
     x = np.array([0.2, 0.7, 0.2, 0.7, 0.2, 0.7])
     a = 0.5
-    got = transition_novelty(x, 0.0, 1.0, buckets=2, offsets=1, pseudo_count=a)
+    got = novelty(x, 0.0, 1.0, buckets=2, offsets=1, pseudo_count=a)
     # t=1: transition 0->1 never seen, bucket 0 left once before? no: counts are strictly earlier
     n_pair = np.array([0, 0, 0, 1, 1, 2])  # earlier (prev -> cur) pairs (t=0's "prev" is the padding)
     n_prev = np.array([0, 0, 0, 1, 1, 2])  # earlier departures from prev
     expected = -np.log(np.minimum((n_pair + a) / (n_prev + PRIOR_OUTCOMES * a), 1.0))
     np.testing.assert_allclose(got, expected)
     assert got[-1] < got[1]  # a transition seen before is less novel
+    # with a context: the same bucket in another context is new again
+    ctx = np.array([0, 0, 1, 1, 0, 0])
+    x = np.array([0.2, 0.2, 0.2, 0.2, 0.2, 0.7])
+    got = novelty(x, 0.0, 1.0, buckets=2, offsets=1, pseudo_count=a, context=ctx)
+    n_pair, n_ctx = np.array([0, 1, 0, 1, 2, 0]), np.array([0, 1, 0, 1, 2, 3])
+    np.testing.assert_allclose(got, -np.log(np.minimum((n_pair + a) / (n_ctx + PRIOR_OUTCOMES * a), 1.0)))
+    stamps = pd.Series(pd.to_datetime(["2026-01-01 00:00", "2026-01-01 05:59", "2026-01-01 06:00",
+                                       "2026-01-02 23:59"], utc=True))
+    np.testing.assert_array_equal(day_bins(stamps, 4), [0, 0, 1, 3])
 
 
 def test_sequence_novelty_nearest_earlier_window_matches_brute_force():
