@@ -89,10 +89,20 @@ def nearest_earlier_window(x: np.ndarray, length: int, exclusion: int, history: 
     for a in range(exclusion, len(windows), block):
         b = min(len(windows), a + block)
         lo, hi = max(0, a - history), b - exclusion  # candidate rows of this block
-        d = sq[a:b, None] + sq[None, lo:hi] - 2.0 * (windows[a:b] @ windows[lo:hi].T)
-        lag = np.arange(a, b)[:, None] - np.arange(lo, hi)[None, :]
-        d[(lag < exclusion) | (lag > history)] = np.inf
-        best[a:b] = d.min(axis=1)
+        # ||u - v||^2 = |u|^2 + (|v|^2 - 2 u.v): the row's own |u|^2 is added after the minimum
+        part = sq[None, lo:hi] - 2.0 * (windows[a:b] @ windows[lo:hi].T)
+        # Every row of the block may use the columns [b - 1 - history, a - exclusion]; only the two
+        # edges outside that band need the per-row lag mask (most of the work, when history >> block).
+        mid_lo, mid_hi = min(max(lo, b - 1 - history), hi), max(min(hi, a - exclusion + 1), lo)
+        nearest = np.full(b - a, np.inf)
+        if mid_hi > mid_lo:
+            nearest = part[:, mid_lo - lo:mid_hi - lo].min(axis=1)
+        for e_lo, e_hi in ((lo, mid_lo), (max(mid_hi, mid_lo), hi)):
+            if e_hi > e_lo:
+                lag = np.arange(a, b)[:, None] - np.arange(e_lo, e_hi)[None, :]
+                edge = np.where((lag >= exclusion) & (lag <= history), part[:, e_lo - lo:e_hi - lo], np.inf)
+                nearest = np.minimum(nearest, edge.min(axis=1))
+        best[a:b] = sq[a:b] + nearest
     dist = np.sqrt(np.maximum(best, 0.0))
     out[length - 1:] = np.where(np.isfinite(dist), dist, 0.0)
     return out
