@@ -24,7 +24,8 @@ KPI, four causal channels:
   running minimum and maximum) by more than ``extreme_tolerance`` of that range: HTM's "spatial
   anomaly" rule. Such a point scores the maximum surprise (``MAX_SURPRISE``), whatever the others say.
 
-The first three channels are calibrated per KPI, each with NAB's anomaly likelihood
+The first three channels (``channels`` chooses among them; ``extreme_tolerance: null`` turns the rule
+off) are calibrated per KPI, each with NAB's anomaly likelihood
 (:class:`models.calibration.LikelihoodCalibration`, fitted on the train + validation channel values),
 and the score is the largest of the three surprises. The output is therefore already on the pipeline's
 calibrated scale (``-log10`` of a tail probability, 5 = NAB's red zone): params.yaml sets this
@@ -47,7 +48,6 @@ from models.configs import SequenceNoveltyConfig
 from models.frame import KPI_ID, MISSING, TIMESTAMP, VALUE, kpi_slices
 
 PRIOR_OUTCOMES = 5  # the pseudo-count is spread as if a bucket had this many possible successors
-CHANNELS = ("novelty", "daily", "match")  # the calibrated channels; "extreme" overrides them
 
 
 def earlier_counts(keys: np.ndarray) -> np.ndarray:
@@ -141,7 +141,7 @@ class SequenceNovelty(Detector):
         channels = self._channels(history)
         ids = history[KPI_ID].to_numpy()
         self.calibrations = {name: make_calibration(self.config.calibration_config()).fit(raw, ids, missing)
-                             for name, raw in channels.items() if name in CHANNELS}
+                             for name, raw in channels.items() if name in self.config.channels}
 
     def _score_core(self, frame: pd.DataFrame, causal: bool = False) -> np.ndarray:
         # Every channel and the likelihood stream forward: causal in both modes.
@@ -158,12 +158,16 @@ class SequenceNovelty(Detector):
         for kpi, sl in kpi_slices(frame):
             x = values[sl]
             lo, hi = self.ranges.get(kpi) or self._head_range(x, missing[sl])
-            out["novelty"][sl] = novelty(x, lo, hi, cfg.buckets, cfg.offsets, cfg.pseudo_count)
-            out["daily"][sl] = novelty(x, lo, hi, cfg.daily_buckets, cfg.offsets, cfg.pseudo_count,
-                                       context=day_bins(frame[TIMESTAMP].iloc[sl], cfg.day_bins))
-            out["match"][sl] = nearest_earlier_window(x, cfg.match_length, cfg.exclusion or cfg.match_length,
-                                                      cfg.match_history)
-            out["extreme"][sl] = new_extremes(x, ~missing[sl], lo, hi, cfg.extreme_tolerance)
+            if "novelty" in cfg.channels:
+                out["novelty"][sl] = novelty(x, lo, hi, cfg.buckets, cfg.offsets, cfg.pseudo_count)
+            if "daily" in cfg.channels:
+                out["daily"][sl] = novelty(x, lo, hi, cfg.daily_buckets, cfg.offsets, cfg.pseudo_count,
+                                           context=day_bins(frame[TIMESTAMP].iloc[sl], cfg.day_bins))
+            if "match" in cfg.channels:
+                out["match"][sl] = nearest_earlier_window(x, cfg.match_length, cfg.exclusion or cfg.match_length,
+                                                          cfg.match_history)
+            if cfg.extreme_tolerance is not None:
+                out["extreme"][sl] = new_extremes(x, ~missing[sl], lo, hi, cfg.extreme_tolerance)
         return out
 
     def _head_range(self, x: np.ndarray, missing: np.ndarray) -> tuple[float, float]:
@@ -179,6 +183,6 @@ class SequenceNovelty(Detector):
     def _load_fitted_scalars(self, scalars: dict[str, Any]) -> None:
         self.ranges = {str(k): (float(v[0]), float(v[1])) for k, v in (scalars.get("ranges") or {}).items()}
         self.calibrations = {name: Calibration.from_dict(d) for name, d in (scalars.get("calibrations") or {}).items()}
-        if set(self.calibrations) != set(CHANNELS):
-            raise ValueError(f"sequence_novelty: saved calibrations {sorted(self.calibrations)}, expected "
-                             f"{sorted(CHANNELS)}")
+        if set(self.calibrations) != set(self.config.channels):
+            raise ValueError(f"sequence_novelty: saved calibrations {sorted(self.calibrations)}, the config's "
+                             f"channels are {sorted(self.config.channels)}")

@@ -728,3 +728,17 @@ def test_sequence_novelty_round_trips_and_serves_a_new_kpi(splits, tmp_path):
     renamed = test.assign(**{KPI_ID: test[KPI_ID].astype(str) + "_new"})
     scores = detector.score(renamed)
     assert np.isfinite(scores).all() and scores.max() > 5.0  # the test split's anomalies still stand out
+
+
+def test_sequence_novelty_channels_are_chosen_by_config(splits):
+    from models.configs import SequenceNoveltyConfig
+    train, val, test = splits
+    only = registry.create("sequence_novelty", {"channels": ["match"], "extreme_tolerance": None}, CPU).fit(train, val)
+    full = registry.create("sequence_novelty", None, CPU).fit(train, val)
+    assert set(only.calibrations) == {"match"} and set(full.calibrations) == {"novelty", "daily", "match"}
+    # one channel, no rule: exactly that channel's calibrated surprise; the full detector is never below it
+    channel = only._channels(test)["match"]
+    np.testing.assert_array_equal(only.score(test), only.calibrations["match"].transform(channel, test[KPI_ID].to_numpy()))
+    assert (full.score(test) >= only.score(test) - 1e-12).all()
+    with pytest.raises(ValueError, match="'channels' must be distinct names"):
+        SequenceNoveltyConfig(channels=("match", "seasonal"))
