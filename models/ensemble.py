@@ -11,9 +11,9 @@ nothing to learn weights from, so every member counts alike (a stacked model suc
 - ``fit``: every member is fitted on the same train (and validation) frames with the ensemble's
   ``TrainConfig``, and with its **default** hyperparameters (:mod:`models.configs`), not params.yaml's
   ``detectors.<member>``: the ensemble's artifact then depends on ``detectors.ensemble`` alone, which
-  is what its DVC stage lists. Each member then scores train + validation as one series per KPI (so
-  the first validation points have their real context) and one calibration per member is fitted on
-  those raw scores (``EnsembleConfig.calibration_config``).
+  is what its DVC stage lists. Each member then scores the train and the validation frames, each on its
+  own (nothing says validation follows train in time: ``kpiguard speed`` hands two unrelated frames),
+  and one calibration per member is fitted on those raw scores (``EnsembleConfig.calibration_config``).
 - ``score``: the mean over the members that scored the point. A member's first points of a KPI that
   no window covers (``Detector.score_unfilled`` gives NaN there) do not count, rather than pulling the
   mean down with a fill value; a point that no member scored is NaN, which ``Detector.score`` fills
@@ -37,7 +37,7 @@ from models import registry
 from models.base import Detector
 from models.calibration import Calibration, make_calibration
 from models.configs import EnsembleConfig
-from models.frame import KPI_ID, MISSING, TIMESTAMP
+from models.frame import KPI_ID, MISSING
 
 
 class Ensemble(Detector):
@@ -51,13 +51,15 @@ class Ensemble(Detector):
         self.calibrations: dict[str, Calibration] = {}
 
     def _fit_core(self, train: pd.DataFrame, val: pd.DataFrame | None) -> None:
-        history = train if val is None else (pd.concat([train, val], ignore_index=True)
-                                             .sort_values([KPI_ID, TIMESTAMP], kind="stable", ignore_index=True))
-        ids, missing = history[KPI_ID].to_numpy(), history[MISSING].to_numpy(dtype=bool)
+        parts = [train] if val is None else [train, val]
+        ids = np.concatenate([p[KPI_ID].to_numpy().astype(str) for p in parts])
+        by_kpi = np.argsort(ids, kind="stable")  # each KPI's train rows, then its val rows: contiguous, in time order
+        ids = ids[by_kpi]
+        missing = np.concatenate([p[MISSING].to_numpy(dtype=bool) for p in parts])[by_kpi]
         members, calibrations = {}, {}
         for name in self.config.members:
             member = registry.create(name, None, self.train_config).fit(train, val)
-            raw = member.score_unfilled(history)
+            raw = np.concatenate([member.score_unfilled(p) for p in parts])[by_kpi]
             if np.isfinite(raw[~missing]).sum() < 2:
                 raise ValueError(f"ensemble: member {name} scored fewer than 2 observed points of train + val "
                                  f"(are the KPIs shorter than its window?); its scores cannot be calibrated")

@@ -745,18 +745,16 @@ def test_sequence_novelty_channels_are_chosen_by_config(splits):
 
 
 # -- ensemble -------------------------------------------------------------------------------------------
-def _train_and_val(train, val):
-    return pd.concat([train, val]).sort_values([KPI_ID, TIMESTAMP], kind="stable", ignore_index=True)
-
-
 def test_ensemble_of_one_member_is_that_members_calibrated_score(splits):
     from models.calibration import EcdfCalibration
 
     train, val, test = splits
     ensemble = registry.create("ensemble", {"members": ["robust_zscore"]}, CPU).fit(train, val)
     member = registry.create("robust_zscore", None, CPU).fit(train, val)
-    history = _train_and_val(train, val)
-    calibration = EcdfCalibration().fit(member.score_unfilled(history), history[KPI_ID], history[MISSING])
+    # train and val scored each on its own, then each KPI's train rows followed by its val rows
+    history = pd.concat([train.assign(raw=member.score_unfilled(train)), val.assign(raw=member.score_unfilled(val))])
+    history = history.sort_values(KPI_ID, kind="stable")
+    calibration = EcdfCalibration().fit(history["raw"], history[KPI_ID], history[MISSING])
     raw = member.score_unfilled(test)
     assert np.isnan(raw).any()  # the first 2 x 48 points of each KPI: no reference yet, filled as any detector's
     np.testing.assert_array_equal(ensemble.score(test),
