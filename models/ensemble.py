@@ -35,7 +35,7 @@ import pandas as pd
 
 from models import registry
 from models.base import Detector
-from models.calibration import Calibration, make_calibration
+from models.calibration import Calibration, CalibrationError, make_calibration
 from models.configs import EnsembleConfig
 from models.frame import KPI_ID, MISSING
 
@@ -60,10 +60,10 @@ class Ensemble(Detector):
         for name in self.config.members:
             member = registry.create(name, None, self.train_config).fit(train, val)
             raw = np.concatenate([member.score_unfilled(p) for p in parts])[by_kpi]
-            if np.isfinite(raw[~missing]).sum() < 2:
-                raise ValueError(f"ensemble: member {name} scored fewer than 2 observed points of train + val "
-                                 f"(are the KPIs shorter than its window?); its scores cannot be calibrated")
-            calibrations[name] = make_calibration(self.config.calibration_config()).fit(raw, ids, missing)
+            try:
+                calibrations[name] = make_calibration(self.config.calibration_config()).fit(raw, ids, missing)
+            except CalibrationError as exc:  # e.g. every KPI shorter than the member's window
+                raise ValueError(f"ensemble: member {name}'s train + val scores: {exc}") from None
             members[name] = member
         self.members, self.calibrations = members, calibrations
         self._set_device()
@@ -82,8 +82,8 @@ class Ensemble(Detector):
         return np.divide(total, count, out=np.full(len(frame), np.nan), where=count > 0)
 
     def _set_device(self) -> None:
-        devices = {m.device for m in self.members.values()}
-        self.device = devices.pop() if len(devices) == 1 else ",".join(sorted(devices))
+        # The rules run on the CPU whatever TrainConfig says; the networks' device is the one to report.
+        self.device = next((m.device for m in self.members.values() if m.device != "cpu"), "cpu")
 
     # -- persistence: the members nested in the ensemble's own config.json and weights.pt -------------
     def _fitted_scalars(self) -> dict[str, Any]:
