@@ -251,6 +251,11 @@ class Detector:
     def score(self, frame: pd.DataFrame, causal: bool = False) -> np.ndarray:
         """One raw anomaly score per row; ``causal=True``: the score at row ``t`` uses only rows up to
         and including ``t`` of its KPI (see "Causal scoring" above)."""
+        return fill_uncovered(self.score_unfilled(frame, causal), frame)
+
+    def score_unfilled(self, frame: pd.DataFrame, causal: bool = False) -> np.ndarray:
+        """:meth:`score` without the fill: NaN at the points no window covers. For a caller that must
+        tell "scored low" from "not scored" (the ensemble averages only the members that scored a point)."""
         if not self._fitted:
             raise RuntimeError(f"{self.name}: call fit() or load() before score()")
         if not isinstance(causal, (bool, np.bool_)):
@@ -261,7 +266,7 @@ class Detector:
         raw = np.asarray(self._score_core(frame, causal=bool(causal)), dtype=np.float64)
         if raw.shape != (len(frame),):
             raise RuntimeError(f"{self.name}: _score_core returned shape {raw.shape} for {len(frame)} rows")
-        return fill_uncovered(raw, frame)
+        return raw
 
     def save(self, directory: str | Path) -> Path:
         if not self._fitted:

@@ -14,8 +14,12 @@ import dataclasses
 import pandas as pd
 
 from models.base import DetectorConfig
+from models.calibration import make_calibration
 
 FEATURES = ("value", "diff")  # isolation_forest's per-point window features
+# The detectors that learn from labels, known here without importing them (models.registry checks it
+# against each class's `supervised`), so the ensemble's members are validated with params, torch-free.
+SUPERVISED = ("stacked_gbdt", "cnn_classifier", "convlstm_classifier")
 
 
 def _positive_durations(config: DetectorConfig, *keys: str) -> None:
@@ -363,6 +367,43 @@ class SequenceNoveltyConfig(DetectorConfig):
                 "min_std_ratio": self.min_std_ratio}
 
 
+# models/ensemble.py
+@dataclasses.dataclass
+class EnsembleConfig(DetectorConfig):
+    # Cheap unsupervised rules, each strong on a different anomaly shape (steps, excursions from the
+    # recent median, from the same time a day/week back, spectral breaks); they run with their defaults.
+    members: tuple[str, ...] = ("diff_z", "robust_zscore", "seasonal_residual", "spectral_residual")
+    # One per-KPI calibration per member (models/calibration.py): ecdf | likelihood; `none` would average
+    # raw scores on unrelated scales. The keys below are that calibration's, as in evaluate.calibration.
+    calibration: str = "ecdf"
+    min_points: int = 50        # a KPI with fewer observed train + val scores uses the all-KPI fit
+    knots: int = 512            # ecdf: quantile knots per KPI
+    tail_level: float = 0.99    # ecdf: beyond this quantile, an exponential tail
+    short_window: int = 10      # likelihood: raw scores averaged into each point's value
+    long_window: int = 8640     # likelihood: earlier points the rolling Gaussian is estimated on
+
+    def validate(self) -> None:
+        self._positive("min_points", "knots", "short_window", "long_window")
+        if not self.members or len(set(self.members)) < len(self.members):
+            raise ValueError(f"EnsembleConfig: 'members' must be distinct detector names, at least one, "
+                             f"got {list(self.members)}")
+        for name in self.members:
+            if name == "ensemble" or name not in CONFIGS:
+                raise ValueError(f"EnsembleConfig: 'members' holds {name!r}; choose among "
+                                 f"{', '.join(n for n in CONFIGS if n != 'ensemble')}")
+            if name in SUPERVISED:
+                raise ValueError(f"EnsembleConfig: 'members' holds {name!r}, which is supervised; the "
+                                 f"ensemble is for unlabelled data")
+        if self.calibration not in ("ecdf", "likelihood"):
+            raise ValueError(f"EnsembleConfig: 'calibration' must be ecdf or likelihood, got {self.calibration!r}")
+        make_calibration(self.calibration_config())  # its own range checks (tail_level, ...) name the key
+
+    def calibration_config(self) -> dict:
+        """The members' calibration as ``make_calibration`` takes it."""
+        keys = ("min_points", "knots", "tail_level", "short_window", "long_window")
+        return {"method": self.calibration, **{k: getattr(self, k) for k in keys}}
+
+
 CONFIGS: dict[str, type[DetectorConfig]] = {
     "windowed_gaussian": WindowedGaussianConfig,
     "diff_z": DiffZConfig,
@@ -379,4 +420,5 @@ CONFIGS: dict[str, type[DetectorConfig]] = {
     "cnn_classifier": CnnClassifierConfig,
     "convlstm_classifier": ConvLstmClassifierConfig,
     "vae_lstm": VaeLstmConfig,
+    "ensemble": EnsembleConfig,
 }

@@ -27,6 +27,7 @@ DETECTORS: dict[str, str] = {
     "cnn_classifier": "models.cnn_classifier:CnnClassifier",
     "convlstm_classifier": "models.convlstm_classifier:ConvLstmClassifier",
     "vae_lstm": "models.vae_lstm:VaeLstm",
+    "ensemble": "models.ensemble:Ensemble",
 }
 
 
@@ -55,6 +56,10 @@ def get(name: str) -> type[Detector]:
     if cls.config_class is not config_class(name):
         raise RuntimeError(f"{name}: config_class is {cls.config_class.__name__}, models.configs.CONFIGS says "
                            f"{config_class(name).__name__}")
+    from models.configs import SUPERVISED
+
+    if cls.supervised != (name in SUPERVISED):
+        raise RuntimeError(f"{name}: supervised is {cls.supervised}, models.configs.SUPERVISED says otherwise")
     return cls
 
 

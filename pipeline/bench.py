@@ -51,6 +51,10 @@ SUMMARY_METRICS = ("aiops_f1", "aiops_f1_oracle", "rpa_f1", "point_f1", "vus_pr"
                    "nab_standard", "nab_standard_oracle", "point_adjusted_f1")
 RAW_METRICS = ("aiops_f1", "aiops_f1_oracle", "nab_standard", "nab_standard_oracle")  # also shown uncalibrated
 NO_CALIBRATION = {"method": "none"}
+# The champion metric on validation (the mean over evaluate.champion_folds folds: evaluate.fold_metrics),
+# its spread, its test value and test - validation: does a validation choice transfer?
+CHAMPION_COLUMNS = {"val_champion": "value", "val_champion_fold_std": "fold_std", "test_champion": "test",
+                    "val_test_gap": "val_test_gap"}  # summary row key: evaluate's champion_metric key
 # The cheap reference rows every detector must beat to earn its cost (margins in results.md).
 REFERENCES = ("diff_z", "windowed_gaussian")
 # NAB's probation holds almost no label, so the honest NAB threshold uses none: NAB's own red zone on the
@@ -119,6 +123,7 @@ def run(base: Params, train: str, test: str | None, detectors: list[str], out: P
         res.pop("_per_kpi", None)
     report = {
         "summary": results,
+        **champion(results, params),
         "runs": runs,
         "command": command,
         "hardware": hardware(),
@@ -163,7 +168,7 @@ def rescore(base: Params, sources: list[Path], out: Path, command: str = "") -> 
     results[evaluate.RANDOM] = random_row(full, params)
     for res in results.values():
         res.pop("_per_kpi", None)
-    report = {**first, "summary": results, "runs": runs, "command": command,
+    report = {**first, "summary": results, **champion(results, params), "runs": runs, "command": command,
               "rescored_from": [{"dir": str(s), "command": b["command"], "hardware": b["hardware"],
                                  "wall_s": b["wall_s"]} for s, b in zip(sources, befores)],
               **settings(params), "wall_s": round(time.perf_counter() - started, 1)}
@@ -176,6 +181,7 @@ def summarise(name: str, outcome: dict, full: pd.DataFrame, params: Params) -> d
     if outcome.get("status") != "ok":
         return {"status": outcome.get("status"), "reason": outcome.get("reason"),
                 **{m: None for m in SUMMARY_METRICS}, **{f"{m}_raw": None for m in RAW_METRICS},
+                **{key: None for key in CHAMPION_COLUMNS},
                 "train_s": outcome.get("train_s"), "score_points_per_s": None,
                 "peak_rss_mb": outcome.get("peak_rss_mb")}
     scores = np.load(outcome["scores"])
@@ -195,11 +201,20 @@ def random_row(full: pd.DataFrame, params: Params) -> dict:
             "score_points_per_s": None, "peak_rss_mb": None}
 
 
+def champion(results: dict, params: Params) -> dict:
+    """The validation-chosen champion, as the evaluate stage picks it, and how it fared against the best on test."""
+    best = evaluate.pick_champion(results, params.evaluate.champion_metric)
+    return {"best_on_val": best,
+            "transfer": evaluate.champion_transfer(best, {n: r.get("test_champion") for n, r in results.items()})}
+
+
 def settings(params: Params) -> dict:
-    """How scores became alarms in a report: the threshold rule and the calibrations."""
+    """How scores became alarms in a report, and how the champion is picked: the threshold rule, the
+    calibrations, the champion metric and its validation folds."""
     ev = params.evaluate
     return {"threshold": dict(ev.threshold), "calibration": dict(ev.calibration),
-            "calibration_by_detector": dict(ev.calibration_by_detector)}
+            "calibration_by_detector": dict(ev.calibration_by_detector),
+            "champion_metric": ev.champion_metric, "champion_folds": ev.champion_folds}
 
 
 def scored_row(name: str, full: pd.DataFrame, scores: np.ndarray, params: Params) -> dict:
@@ -208,9 +223,11 @@ def scored_row(name: str, full: pd.DataFrame, scores: np.ndarray, params: Params
     res, _ = evaluate.evaluate_scores(name, full, scores, params)
     raw_threshold = NAB_RAW_THRESHOLD if params.evaluate.threshold == NAB_THRESHOLD else None
     uncalibrated, _ = evaluate.evaluate_scores(name, full, scores, params, calibration=NO_CALIBRATION,
-                                               threshold_rule=raw_threshold)
+                                               threshold_rule=raw_threshold, folds=1)
     raw = _metrics_row(uncalibrated, is_nab)
+    champion = res["champion_metric"]
     return {**_metrics_row(res, is_nab), **{f"{m}_raw": raw[m] for m in RAW_METRICS},
+            **{key: champion.get(source) for key, source in CHAMPION_COLUMNS.items()}, "champion_metric": champion,
             "_per_kpi": res.get("per_kpi", {})}
 
 
@@ -303,6 +320,14 @@ def markdown(report: dict) -> str:
     irrelevant = ("aiops_f1_raw", "aiops_f1_oracle_raw") if nab else ("nab_standard", "nab_standard_oracle",
                                                                       "nab_standard_raw", "nab_standard_oracle_raw")
     cols = [c for c in cols if c not in irrelevant]
+    metric = report.get("champion_metric", "aiops_f1")
+    # The validation figures beside the champion metric's test column (or first, with their own test column).
+    at = cols.index(metric) + 1 if metric in cols else 0
+    cols[at:at] = [c for c in CHAMPION_COLUMNS if c != "test_champion" or metric not in cols]
+    folds = report.get("champion_folds", 1)
+    labels = {"val_champion": f"val {metric}" + (f" (mean of {folds} folds)" if folds > 1 else ""),
+              "val_champion_fold_std": "val fold std", "test_champion": f"test {metric}",
+              "val_test_gap": "val → test gap"}
     lines = [f"`{report['command']}`", "",
              *(f"Scores from `{r['command']}` ({r['hardware']}; {r['wall_s']} s)." for r in report.get("rescored_from", [])),
              *([""] if report.get("rescored_from") else []),
@@ -310,19 +335,21 @@ def markdown(report: dict) -> str:
              f"(by detector: {report.get('calibration_by_detector') or 'none'}); "
              f"threshold: {report['threshold']}; "
              f"hardware: {report['hardware']}; wall time {report['wall_s']} s.", "",
-             "| detector | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+             "| detector | " + " | ".join(labels.get(c, c) for c in cols) + " |", "|---|" + "---:|" * len(cols)]
     headline = "nab_standard_oracle" if nab else "aiops_f1"
     summary = report["summary"]
     refs = [r for r in REFERENCES if (summary.get(r) or {}).get(headline) is not None]
     lines[-2] += " " + " | ".join([f"{headline} − {r}" for r in refs] + ["beats every reference"]) + " |"
     lines[-1] += "---:|" * (len(refs) + 1)
     for name, row in summary.items():
-        cells = [_cell(row.get(c)) for c in cols]
+        cells = [_margin(row.get(c), 0.0) if c == "val_test_gap" else _cell(row.get(c)) for c in cols]
         value = row.get(headline)
         margins = [_margin(value, summary[r][headline]) for r in refs]
         beats = ("–" if value is None or name in (*refs, evaluate.RANDOM) or not refs
                  else "yes" if all(value > summary[r][headline] for r in refs) else "no")
         lines.append(f"| {name} | " + " | ".join([*cells, *margins, beats]) + " |")
+    if "transfer" in report:  # the issue's check: is the validation choice within reach of the test-best?
+        lines += ["", evaluate.transfer_line(report["transfer"], metric)]
     failed = [r for r in report["runs"] if r.get("status") not in ("ok", None)]
     if failed:
         lines += ["", f"{len(failed)} (detector, KPI) runs did not finish:", ""]

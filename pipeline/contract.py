@@ -113,9 +113,10 @@ def _to_utc(col: pd.Series, source: str) -> pd.Series:
                 parsed = pd.to_datetime(values, unit=unit, utc=True)
         else:
             parsed = pd.to_datetime(col, utc=True, format="mixed")
+        # Inside the try: text such as "1,5" parses as the year 1, which only the nanosecond cast rejects.
+        return pd.Series(parsed, index=col.index).astype("datetime64[ns, UTC]")
     except (ValueError, TypeError, OverflowError, pd.errors.OutOfBoundsDatetime) as exc:
         if isinstance(exc, DataError):
             raise
         raise DataError(source, "parseable_timestamps", str(exc).splitlines()[0],
                         column=TIMESTAMP) from exc
-    return pd.Series(parsed, index=col.index).astype("datetime64[ns, UTC]")

@@ -10,6 +10,16 @@ back into splits, so the first test points are scored with their real preceding 
   ``evaluate.threshold``); it never sees test labels.
 - The champion metric (``evaluate.champion_metric``) is computed on validation: it picks the
   champion. Test metrics are the honest estimate and pick nothing.
+- The champion is picked on ``evaluate.champion_folds`` chronological folds of the validation split,
+  not on one split that may be lucky (:func:`fold_metrics`): each KPI's validation rows are cut into
+  K + 1 consecutive blocks, and fold k (k = 1..K) is block k, thresholded by the same rule fitted on
+  the blocks before it (rolling origin). The first block only fits: a threshold fitted on the fold it
+  is scored on, or on train (which supervised detectors have learnt), would flatter the figure. Folds
+  are scored only where they hold an observed anomaly and the rule could be fitted before them, which
+  depends on the labels alone, so every detector is scored on the same folds. The champion is the best
+  fold mean; the fold min and std say how stable it is, and the leaderboard puts each detector's
+  validation -> test gap beside it. ``champion_folds: 1`` is the single split (threshold fitted on all
+  of validation and scored there), which is also the fallback when no fold can be scored.
 - Figures that use test labels to choose a threshold are reported only under names ending in
   ``_oracle``, for comparison with published numbers.
 - A ``random`` row (uniform random scores, same threshold rule) shows how much a metric inflates.
@@ -30,12 +40,12 @@ import numpy as np
 import pandas as pd
 
 from models import registry
+from models.calibration import make_calibration
 from models.frame import KPI_ID, LABEL, MISSING, TIMESTAMP, VALUE, has_labels, id_runs
 from pipeline import metrics as M
-from models.calibration import make_calibration
 from pipeline.outputs import replace_dirs_atomic, safe_stem
 from pipeline.params import Params
-from pipeline.thresholds import make_threshold
+from pipeline.thresholds import ThresholdError, make_threshold
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +101,63 @@ def calibrate(full: pd.DataFrame, scores: np.ndarray, config: dict | None) -> tu
     return calibration.transform(scores, ids), calibration.to_dict()
 
 
+def fold_blocks(kpi_ids: np.ndarray, blocks: int) -> np.ndarray:
+    """The block (0 .. ``blocks`` - 1) of each row: every KPI's rows (contiguous, in time order) cut into
+    ``blocks`` consecutive parts whose lengths differ by at most one."""
+    out = np.empty(len(kpi_ids), dtype=np.int64)
+    for _, sl in id_runs(kpi_ids):
+        n = sl.stop - sl.start
+        out[sl] = np.arange(n) * blocks // n
+    return out
+
+
+def fold_metrics(frame: pd.DataFrame, scores: np.ndarray, metric: str, threshold_rule: dict, folds: int,
+                 delay: int, nab_probation: int | None = None) -> list[float | None]:
+    """``metric`` on each of ``folds`` rolling-origin folds of the validation rows ``frame`` (their
+    calibrated ``scores``): fold k is block k of :func:`fold_blocks` (``folds + 1`` blocks), with
+    ``threshold_rule`` fitted on blocks 0 .. k-1. None for a fold without an observed anomaly, or whose
+    threshold cannot be fitted on the blocks before it (``best_f1`` with no anomaly there)."""
+    spec = M.METRICS[metric]
+    labels, ids = frame[LABEL].to_numpy(), frame[KPI_ID].to_numpy()
+    missing = frame[MISSING].to_numpy(dtype=bool)
+    block = fold_blocks(ids, folds + 1)
+    anomalous = (labels == 1) & ~missing
+    out: list[float | None] = []
+    for k in range(1, folds + 1):
+        rows, before = block == k, block < k
+        if not anomalous[rows].any():
+            out.append(None)
+            continue
+        values = scores[rows]
+        if spec.needs == "alarms":
+            try:
+                threshold = make_threshold(dict(threshold_rule)).fit(
+                    scores[before], labels=labels[before], missing=missing[before], kpi_ids=ids[before])
+            except ThresholdError:
+                out.append(None)
+                continue
+            values = threshold.apply(values, ids[rows])
+        out.append(spec.compute(labels[rows], values, missing[rows], ids[rows], delay=delay, vus_window=None,
+                                probation=nab_probation))
+    return out
+
+
+def champion_summary(metric: str, single_split: float | None, fold_values: list[float | None]) -> dict:
+    """What the champion is picked by: the fold mean when a fold could be scored, else the single split."""
+    scored = [v for v in fold_values if v is not None]
+    mean = float(np.mean(scored)) if scored else None
+    return {"name": metric, "split": "val", "value": mean if scored else single_split,
+            "basis": "folds" if scored else "single_split", "single_split": single_split,
+            "folds": len(fold_values), "fold_values": {str(i + 1): v for i, v in enumerate(fold_values)},
+            "fold_mean": mean, "fold_min": min(scored) if scored else None,
+            "fold_std": float(np.std(scored)) if scored else None}
+
+
 def evaluate_scores(name: str, full: pd.DataFrame, scores: np.ndarray, params: Params,
-                    calibration: dict | None = None, threshold_rule: dict | None = None
-                    ) -> tuple[dict, np.ndarray]:
-    """Calibrate, threshold on validation, then metrics on validation and test (overall and per KPI).
+                    calibration: dict | None = None, threshold_rule: dict | None = None,
+                    folds: int | None = None) -> tuple[dict, np.ndarray]:
+    """Calibrate, threshold on validation, then metrics on validation and test (overall and per KPI),
+    and the champion metric on ``folds`` validation folds (default ``evaluate.champion_folds``; 1: none).
     Returns (the result, the calibrated scores of every row).
 
     ``name``'s calibration is ``evaluate.calibration_by_detector[name]``, else ``evaluate.calibration``.
@@ -103,6 +166,7 @@ def evaluate_scores(name: str, full: pd.DataFrame, scores: np.ndarray, params: P
     ``"calibration"``.
     """
     ev = params.evaluate
+    folds = ev.champion_folds if folds is None else folds
     scores, fitted_calibration = calibrate(full, scores, ev.calibration_for(name) if calibration is None
                                            else calibration)
     val_mask = (full["split"] == "val").to_numpy()
@@ -123,8 +187,15 @@ def evaluate_scores(name: str, full: pd.DataFrame, scores: np.ndarray, params: P
         if split == "test":
             result[split].update(oracle_metrics(part, scores[mask], ev.delay, ev.nab_probation))
             result["per_kpi"] = per_kpi_metrics(part, scores[mask], alarms, ev.delay)
-    champion = (result.get("val") or {}).get(ev.champion_metric)
-    result["champion_metric"] = {"name": ev.champion_metric, "split": "val", "value": champion}
+    rule = dict(ev.threshold if threshold_rule is None else threshold_rule)
+    fold_values = (fold_metrics(val, scores[val_mask], ev.champion_metric, rule, folds, ev.delay, ev.nab_probation)
+                   if labelled and folds > 1 else [])
+    result["champion_metric"] = champion_summary(ev.champion_metric, (result.get("val") or {}).get(ev.champion_metric),
+                                                 fold_values)
+    test_value = (result.get("test") or {}).get(ev.champion_metric)
+    value = result["champion_metric"]["value"]
+    result["champion_metric"]["test"] = test_value
+    result["champion_metric"]["val_test_gap"] = None if value is None or test_value is None else test_value - value
     return result, scores
 
 
@@ -173,10 +244,12 @@ def run(params: Params, detectors: list[str] | None = None, progress: bool = Fal
         test = (full["split"] == "test").to_numpy()
         if has_labels(full[test]):
             curves[name] = pr_curve(full[LABEL].to_numpy()[test], calibrated[test], full[MISSING].to_numpy()[test])
-    champion = pick_champion(results, params.evaluate.champion_metric)
+    metric = params.evaluate.champion_metric
+    champion = pick_champion(results, metric)
     # Fitted calibrations hold per-KPI state (quantile knots): files of their own, not DVC metrics.
     calibrations = {name: res.pop("calibration") for name, res in results.items() if "calibration" in res}
-    report = {"champion_metric": params.evaluate.champion_metric, "best_on_val": champion,
+    report = {"champion_metric": metric, "champion_folds": params.evaluate.champion_folds, "best_on_val": champion,
+              "transfer": champion_transfer(champion, {n: (r.get("test") or {}).get(metric) for n, r in results.items()}),
               "calibration": dict(params.evaluate.calibration), "detectors": results}
 
     def write(tmp: Path) -> None:
@@ -224,41 +297,85 @@ def _progress(names: list[str], enabled: bool):
 
 
 def pick_champion(results: dict, metric: str) -> str | None:
-    """The best detector on the validation champion metric (the random row never wins)."""
-    ranked = [(r["champion_metric"]["value"], n) for n, r in results.items()
-              if n != RANDOM and r.get("status") == "ok" and r["champion_metric"]["value"] is not None]
-    return max(ranked)[1] if ranked else None
+    """The best detector on the validation champion metric (``result["champion_metric"]``, see
+    :func:`champion_summary`): by the fold mean, among the detectors scored on folds when any was, else
+    by the single split; a tie goes to the better single split. The random row never wins."""
+    ok = {n: r["champion_metric"] for n, r in results.items()
+          if n != RANDOM and r.get("status") == "ok" and r["champion_metric"]["value"] is not None}
+    if any(c.get("basis") == "folds" for c in ok.values()):
+        ok = {n: c for n, c in ok.items() if c.get("basis") == "folds"}
+    return max(ok, key=lambda n: _rank(ok[n]) + (n,)) if ok else None
 
 
-LEADERBOARD_COLUMNS = (("val", "champion"), ("test", "aiops_f1"), ("test", "rpa_f1"), ("test", "point_f1"),
-                       ("test", "vus_pr"), ("test", "auc_pr"), ("test", "auc_roc"), ("test", "nab_standard"),
-                       ("test", "point_adjusted_f1"), ("test", "aiops_f1_oracle"))
+def _rank(champion: dict) -> tuple[float, float]:
+    single = champion.get("single_split")
+    return (champion["value"], float("-inf") if single is None else single)
+
+
+def champion_transfer(champion: str | None, test_values: dict[str, float | None]) -> dict:
+    """The validation-chosen ``champion`` against the best detector on test (the random row left out):
+    ``shortfall`` is how much of the champion metric the validation choice lost on test."""
+    values = {n: v for n, v in test_values.items() if n != RANDOM and v is not None}
+    best = max(values, key=values.get) if values else None
+    chosen = values.get(champion)
+    return {"champion": champion, "champion_test": chosen, "test_best": best, "test_best_value": values.get(best),
+            "shortfall": None if chosen is None else values[best] - chosen}
+
+
+def transfer_line(transfer: dict, metric: str) -> str:
+    """One sentence under a results table: does the validation choice transfer to test?"""
+    champion, best = transfer["champion"], transfer["test_best"]
+    if champion is None:
+        return f"No validation-chosen champion: no detector has a validation {metric}."
+    if transfer["champion_test"] is None:
+        return f"Validation-chosen champion: **{champion}**, with no test {metric} to compare with the best on test ({best})."
+    if champion == best:
+        return f"The validation-chosen champion, **{champion}**, is also the best on test ({metric} {_fmt(transfer['champion_test'])})."
+    return (f"Validation-chosen champion: **{champion}** (test {metric} {_fmt(transfer['champion_test'])}); best on test: "
+            f"**{best}** ({_fmt(transfer['test_best_value'])}); the validation choice is {transfer['shortfall']:.3f} "
+            f"{metric} short of it.")
+
+
+LEADERBOARD_COLUMNS = ("aiops_f1", "rpa_f1", "point_f1", "vus_pr", "auc_pr", "auc_roc", "nab_standard",
+                       "point_adjusted_f1", "aiops_f1_oracle")  # test metrics
 
 
 def leaderboard(report: dict) -> str:
-    metric = report["champion_metric"]
-    header = ["detector", f"val {metric}", *(f"test {m}" for _, m in LEADERBOARD_COLUMNS[1:]), "status"]
+    metric, folds = report["champion_metric"], report.get("champion_folds", 1)
+    tests = [m for m in LEADERBOARD_COLUMNS if m != metric]
+    header = ["detector", f"val {metric} (mean of {folds} folds)", "fold min", "fold std", f"val {metric} (one split)",
+              f"test {metric}", "val → test gap", *(f"test {m}" for m in tests), "status"]
     rows = []
     for name, res in report["detectors"].items():
         if res.get("status") != "ok":
-            rows.append((float("-inf"), [name, *["–"] * (len(header) - 2), f"{res.get('status')}: {res.get('reason', '')}"]))
+            rows.append(((float("-inf"),) * 2, [name, *["–"] * (len(header) - 2), f"{res.get('status')}: {res.get('reason', '')}"]))
             continue
-        val = res["champion_metric"]["value"]
-        test = res.get("test") or {}
-        cells = [_fmt(val), *(_fmt(test.get(m)) for _, m in LEADERBOARD_COLUMNS[1:])]
-        rows.append((val if val is not None else float("-inf"), [name, *cells, "ok"]))
-    rows.sort(key=lambda r: -r[0])
+        champion, test = res["champion_metric"], res.get("test") or {}
+        cells = [_fmt(champion.get(k)) for k in ("fold_mean", "fold_min", "fold_std", "single_split")]
+        cells += [_fmt(test.get(metric)), _fmt(champion.get("val_test_gap"), "+.3f"), *(_fmt(test.get(m)) for m in tests)]
+        key = _rank(champion) if champion["value"] is not None else (float("-inf"),) * 2
+        rows.append((key, [name, *cells, "ok"]))
+    rows.sort(key=lambda r: r[0], reverse=True)
+    best = report["best_on_val"]
+    basis = (report["detectors"].get(best) or {}).get("champion_metric", {}).get("basis")
+    ranked_by = (f"Ranked by **{metric} on the validation split, the mean over {folds} chronological folds** (each "
+                 "fold's threshold fitted on the validation rows before it; the single split, threshold fitted on all of "
+                 "validation, where no fold could be scored)." if folds > 1 else
+                 f"Ranked by **{metric} on the validation split** (threshold: fitted on validation).")
     lines = [
-        f"# Leaderboard\n",
-        f"Ranked by **{metric} on the validation split** (threshold: fitted on validation). Test columns are the",
-        "honest estimate. `point_adjusted_f1` is the legacy, inflated metric; `*_oracle` picks its threshold",
-        "on test labels. Both are shown only to compare with published work; compare them with the `random` row.\n",
+        "# Leaderboard\n",
+        ranked_by + " The gap is test − validation: a large negative gap is a validation figure that did not",
+        "transfer. Test columns are the honest estimate. `point_adjusted_f1` is the legacy, inflated metric;",
+        "`*_oracle` picks its threshold on test labels. Both are shown only to compare with published work; compare them",
+        "with the `random` row.\n",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
         *("| " + " | ".join(r[1]) + " |" for r in rows),
-        f"\nBest on validation: **{report['best_on_val']}**\n",
+        f"\nBest on validation: **{best}**" + (" (single split: no fold could be scored)" if basis == "single_split" else ""),
     ]
-    return "\n".join(lines)
+    if report.get("transfer"):
+        lines.append("\n" + transfer_line(report["transfer"], metric))
+    return "\n".join(lines) + "\n"
 
 
 def plot_scores(full: pd.DataFrame, all_scores: dict, results: dict, out: Path, n_kpis: int) -> None:
@@ -303,8 +420,8 @@ def _train_status(artifacts: Path, name: str) -> dict:
     return json.loads(path.read_text())
 
 
-def _fmt(v) -> str:
-    return "–" if v is None else f"{v:.3f}"
+def _fmt(v, spec: str = ".3f") -> str:
+    return "–" if v is None else format(v, spec)
 
 
 def _json(v):

@@ -127,6 +127,7 @@ class TrainParams(_Section):
 
 class EvaluateParams(_Section):
     champion_metric: str = "aiops_f1"
+    champion_folds: int = Field(3, ge=1, le=20)  # rolling-origin validation folds the champion is picked on; 1: one split
     calibration: dict[str, Any] = Field(default_factory=lambda: {"method": "ecdf"})
     calibration_by_detector: dict[str, dict[str, Any]] = Field(default_factory=dict)
     threshold: dict[str, Any] = Field(default_factory=lambda: {"method": "best_f1", "scope": "global"})

@@ -18,7 +18,9 @@ The gate
 --------
 A new version and the current champion are both loaded from the registry, scored on the current
 validation split, thresholded by the same rule (``evaluate.threshold``) and compared on
-``evaluate.champion_metric``. The new version becomes champion only if it is better by more than
+``evaluate.champion_metric``, measured as the evaluate stage picks its champion: the mean over
+``evaluate.champion_folds`` rolling-origin validation folds (:func:`pipeline.evaluate.fold_metrics`).
+The serving candidate is the evaluate report's ``best_on_val``, picked the same way. The new version becomes champion only if it is better by more than
 ``mlflow.min_improvement``; otherwise it becomes challenger. The first version becomes champion.
 Both figures and the decision go into the version's tags and description.
 
@@ -42,7 +44,7 @@ from models.frame import KPI_ID, LABEL, MISSING, TIMESTAMP
 from pipeline import metrics as M
 from pipeline import tracking
 from pipeline.contract import DataError
-from pipeline.evaluate import load_splits
+from pipeline.evaluate import champion_summary, fold_metrics, load_splits
 from pipeline.outputs import write_json_atomic
 from pipeline.params import Params
 from pipeline.serving import SCORE, bundle_digest, log_bundle, observed_rows, predict_with, write_bundle
@@ -143,6 +145,7 @@ def log_detector_run(client, experiment: str, params: Params, name: str, evaluat
                 **tracking.flat("train", params.train.model_dump(exclude={"detectors"})),
                 **tracking.flat("threshold", dict(params.evaluate.threshold)),
                 **tracking.flat("calibration", dict(params.evaluate.calibration)),
+                "champion_metric": params.evaluate.champion_metric, "champion_folds": params.evaluate.champion_folds,
                 "detector_name": name, "params_digest": params.digest(),
                 "git_commit": commit,
                 "data_dvc_md5": tracking.data_version(params) or "unknown (no dvc.lock)"})
@@ -171,6 +174,11 @@ def _log_history(client, run_id: str, history: list[dict]) -> None:
 def _final_metrics(evaluation: dict, train_report: dict) -> dict[str, float]:
     out = {f"{split}_{k}": float(v) for split in ("val", "test") for k, v in (evaluation.get(split) or {}).items()
            if isinstance(v, (int, float)) and np.isfinite(v)}
+    champion = evaluation.get("champion_metric") or {}  # the champion metric across validation folds
+    for key, name in (("fold_mean", "val_champion_fold_mean"), ("fold_min", "val_champion_fold_min"),
+                      ("fold_std", "val_champion_fold_std"), ("val_test_gap", "val_test_gap")):
+        if isinstance(champion.get(key), (int, float)) and np.isfinite(champion[key]):
+            out[name] = float(champion[key])
     for key in ("train_seconds", "best_val_loss"):
         if isinstance(train_report.get(key), (int, float)):
             out[key] = float(train_report[key])
@@ -309,12 +317,12 @@ class Gate:
         self._cache: dict[str, float | None] = {}
 
     def data(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """(model input: observed train + val rows, the validation rows with labels)."""
+        """(model input: observed train + val rows, the validation rows with labels). The interpolated
+        rows stay in the second, masked as the evaluate stage masks them, so the folds are the same."""
         if self._data is None:
             full = load_splits(Path(self.params.paths.windows))
             history = full[full["split"].isin(["train", "val"])].drop(columns="split")
-            val = full[(full["split"] == "val") & ~full[MISSING]]
-            self._data = observed_rows(history), val
+            self._data = observed_rows(history), full[full["split"] == "val"]
         return self._data
 
     def validation_metric(self, model: str, version: str) -> float | None:
@@ -337,17 +345,19 @@ class Gate:
 
     def _metric_on(self, val: pd.DataFrame, scored: pd.DataFrame) -> float | None:
         keys = [KPI_ID, TIMESTAMP]
-        left = val[[*keys, LABEL]].assign(**{KPI_ID: val[KPI_ID].astype(str)})
+        left = val[[*keys, LABEL, MISSING]].assign(**{KPI_ID: val[KPI_ID].astype(str)})
         joined = left.merge(scored[[*keys, SCORE]].assign(**{KPI_ID: scored[KPI_ID].astype(str)}), on=keys, how="left")
-        scores = joined[SCORE].to_numpy(dtype=np.float64)
+        scores = joined[SCORE].to_numpy(dtype=np.float64)  # NaN: an interpolated row, which no metric counts
         scores = np.where(np.isnan(scores), np.nanmin(scores) if np.isfinite(scores).any() else 0.0, scores)
-        labels, ids = joined[LABEL].to_numpy(), joined[KPI_ID].to_numpy()
-        threshold = make_threshold(dict(self.params.evaluate.threshold)).fit(scores, labels=labels, kpi_ids=ids)
-        alarms = threshold.apply(scores, ids)
+        labels, ids, missing = joined[LABEL].to_numpy(), joined[KPI_ID].to_numpy(), joined[MISSING].to_numpy(dtype=bool)
+        ev = self.params.evaluate
+        threshold = make_threshold(dict(ev.threshold)).fit(scores, labels=labels, missing=missing, kpi_ids=ids)
         spec = M.METRICS[self.metric]
-        values = scores if spec.needs == "scores" else alarms
-        return spec.compute(labels, values, None, ids, delay=self.params.evaluate.delay, vus_window=None,
-                            probation=self.params.evaluate.nab_probation)
+        values = scores if spec.needs == "scores" else threshold.apply(scores, ids)
+        single = spec.compute(labels, values, missing, ids, delay=ev.delay, vus_window=None, probation=ev.nab_probation)
+        folds = (fold_metrics(joined, scores, self.metric, dict(ev.threshold), ev.champion_folds, ev.delay,
+                              ev.nab_probation) if ev.champion_folds > 1 else [])
+        return champion_summary(self.metric, single, folds)["value"]
 
     def decide(self, model: str, version) -> dict:
         """Champion or challenger for a newly registered ``version``; recorded on the version."""

@@ -29,6 +29,16 @@ def test_bench_writes_results_in_the_schema(tmp_path, capsys):
     assert {r["kpi_id"] for r in runs} == {"synthetic/kpi_000", "synthetic/kpi_001"}
     assert all(r["status"] == "ok" and "point_f1" in r["metrics"] for r in runs)
     assert "| random |" in (out / "results.md").read_text()
+    # the champion as the evaluate stage picks it (validation folds), its gap to test, and the line under the table
+    row = results["summary"]["robust_zscore"]
+    assert row["test_champion"] == row["aiops_f1"] and row["champion_metric"]["folds"] == 3
+    assert row["val_champion"] == row["champion_metric"]["value"]
+    assert row["val_test_gap"] == row["aiops_f1"] - row["val_champion"]
+    assert results["best_on_val"] in ("robust_zscore", "cnn_classifier")
+    assert results["transfer"]["champion"] == results["best_on_val"]
+    md = (out / "results.md").read_text()
+    assert "| detector | aiops_f1 | val aiops_f1 (mean of 3 folds) | val fold std | val → test gap | rpa_f1 |" in md
+    assert f"**{results['best_on_val']}**" in md.split("| random |")[1]
 
 
 def test_a_failing_detector_does_not_stop_the_run(tmp_path):

@@ -21,7 +21,7 @@ from tests.servers import closed_port, env_vars, mlflow_server, postgres_availab
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
-DETECTORS = ["robust_zscore", "isolation_forest", "dense_autoencoder"]
+DETECTORS = ["robust_zscore", "isolation_forest", "dense_autoencoder", "ensemble"]
 
 
 def params_for(root: Path, tag: str, **sections):

@@ -312,9 +312,10 @@ def test_non_numeric_value_deep_in_a_large_file(tmp_path):
     assert err.value.rule == "numeric_values" and err.value.column == VALUE and "n/a?" in str(err.value)
 
 
-def test_unparseable_timestamps(tmp_path):
+@pytest.mark.parametrize("stamp", ["yesterday-ish", '"1,5"'])  # "1,5": the year 1, beyond nanoseconds (a fuzz find)
+def test_unparseable_timestamps(tmp_path, stamp):
     path = tmp_path / "a.csv"
-    path.write_text("kpi_id,timestamp,value\na,yesterday-ish,1\n")
+    path.write_text(f"kpi_id,timestamp,value\na,{stamp},1\n")
     with pytest.raises(DataError) as err:
         sources.read_source(f"csv:{path}", PARAMS)
     assert err.value.rule == "parseable_timestamps" and err.value.column == TIMESTAMP
