@@ -27,10 +27,10 @@ on the validation split's weighted loss when it has positives, and at most ``max
 prediction (the logit of the anomaly probability, summed in sklearn's order: equal to its
 ``decision_function``): monotone in the probability, without its saturation at 1.
 
-Speed: the rolling medians (6 per KPI) are scipy's 1-D rank filter (:func:`trailing_median`), the
-same numbers as pandas' rolling median at 2-3x its speed; the traversal reads precomputed node
-conditions (:class:`CompiledTrees`). Scoring with features costs about half of what pandas medians
-and a four-gather traversal did (BENCHMARKS.md, "Speed").
+Speed: the traversal reads precomputed node conditions (:class:`CompiledTrees`), half the cost of
+reading each node's feature and threshold; what remains of a score is mostly the six pandas rolling
+medians per KPI (scipy's 1-D rank filter gives the same numbers at 2-3x the speed, but ``models``
+imports only torch, numpy and pandas). BENCHMARKS.md, "Speed".
 
 Every feature reads rows up to ``t`` of its KPI: causal as it stands, ``causal=True`` takes the same
 path. Every row is scored (NaN features are routed, not dropped).
@@ -42,13 +42,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from scipy.ndimage import rank_filter
 
 from models.base import Detector, arrays_from_state, arrays_to_state, labels_of
 from models.configs import StackedGbdtConfig
 from models.diff_z import MAD_TO_STD, diff_mad_scale
 from models.frame import MISSING, TIMESTAMP, VALUE, kpi_slices
-from models.seasonal_residual import grid_step, period_steps, shifted
+from models.seasonal_residual import grid_step, period_steps
 
 SINGLE_THREAD_ROWS = 50_000  # training rows below which sklearn gets one thread (see _fit_core)
 TREE_ARRAYS = ("value", "feature", "threshold", "missing_left", "left", "right", "is_leaf", "baseline")
@@ -62,31 +61,16 @@ def lagged_difference(x: np.ndarray, lag: int | None) -> np.ndarray:
     return out
 
 
-def trailing_median(x: np.ndarray, w: int) -> np.ndarray:
-    """Median of ``x[t - w + 1 .. t]`` (NaN for ``t < w - 1``) of a finite ``x``: the same numbers as
-    ``pandas.Series(x).rolling(w).median()``, about 2-3x faster. scipy's 1-D rank filter keeps the
-    window's order statistics as points enter and leave; an even ``w`` takes the mean of the two middle
-    ones, as pandas does (``rank_filter`` alone returns one element)."""
-    out = np.full(len(x), np.nan)
-    if len(x) >= w:
-        origin = (w - 1) // 2  # the window x[t - w + 1 .. t] instead of one centred on t
-        mid = rank_filter(x, w // 2, size=w, origin=origin)
-        if w % 2 == 0:
-            mid = 0.5 * (mid + rank_filter(x, w // 2 - 1, size=w, origin=origin))
-        out[w - 1:] = mid[w - 1:]  # earlier windows ran over the filter's reflected border
-    return out
-
-
 def kpi_features(x: np.ndarray, step: pd.Timedelta | None, scale: float, cfg: StackedGbdtConfig) -> np.ndarray:
     """The ``(len(x), n_features)`` features of one KPI, in :meth:`StackedGbdtConfig.feature_names` order."""
+    series = pd.Series(x)
     columns = [x] + [lagged_difference(x, lag) / scale for lag in cfg.lags]
     for w in cfg.widths:
-        deviation = x - shifted(trailing_median(x, w), 1)  # from the median of the w points before t
-        # the rolling MAD of the deviations, over the w before t: NaN until w deviations exist
-        mad = np.full(len(x), np.nan)
-        mad[w:] = MAD_TO_STD * trailing_median(np.abs(deviation[w:]), w)
-        columns += [deviation / scale, deviation / np.maximum(shifted(mad, 1), cfg.min_scale)]
-    first_diff = pd.Series(x).diff()
+        median = series.rolling(w, min_periods=w).median().shift(1)
+        deviation = series - median
+        mad = MAD_TO_STD * deviation.abs().rolling(w, min_periods=w).median().shift(1)
+        columns += [deviation.to_numpy() / scale, deviation.to_numpy() / np.maximum(mad.to_numpy(), cfg.min_scale)]
+    first_diff = series.diff()
     columns += [first_diff.rolling(w, min_periods=2).std(ddof=0).to_numpy() / scale for w in cfg.widths]
     columns += [lagged_difference(x, period_steps(p, step)) / scale for p in (cfg.day, cfg.week)]
     return np.stack(columns, axis=1)

@@ -656,33 +656,6 @@ def test_stacked_gbdt_export_matches_sklearn(splits, tmp_path):
     assert detector.fit_info["early_stopping"] and detector.fit_info["rows"] == len(train)
 
 
-def test_trailing_median_equals_pandas_rolling_median():
-    from models.stacked_gbdt import trailing_median
-    rng = np.random.default_rng(3)
-    for n, w in [(1, 1), (5, 12), (12, 12), (40, 1), (40, 2), (40, 7), (300, 12), (300, 48), (1000, 288)]:
-        for x in (rng.standard_normal(n), np.round(rng.standard_normal(n), 1)):  # ties too
-            expected = pd.Series(x).rolling(w, min_periods=w).median().to_numpy()
-            np.testing.assert_array_equal(trailing_median(x, w), expected)
-
-
-def test_stacked_gbdt_features_equal_a_pandas_reference():
-    """kpi_features against the straightforward pandas formulation (rolling medians with shift)."""
-    from models.diff_z import MAD_TO_STD
-    from models.stacked_gbdt import StackedGbdtConfig, kpi_features
-    cfg = StackedGbdtConfig(lags=(1, 3), widths=(4, 7), day="6min", week="20min")
-    rng = np.random.default_rng(4)
-    for x in (rng.standard_normal(60), np.round(rng.standard_normal(60), 1), rng.standard_normal(9)):
-        series, scale = pd.Series(x), 0.5
-        cols = [x] + [series.diff(lag).to_numpy() / scale for lag in cfg.lags]
-        for w in cfg.widths:
-            deviation = series - series.rolling(w, min_periods=w).median().shift(1)
-            mad = MAD_TO_STD * deviation.abs().rolling(w, min_periods=w).median().shift(1)
-            cols += [deviation.to_numpy() / scale, deviation.to_numpy() / np.maximum(mad.to_numpy(), cfg.min_scale)]
-        cols += [series.diff().rolling(w, min_periods=2).std(ddof=0).to_numpy() / scale for w in cfg.widths]
-        cols += [series.diff(6).to_numpy() / scale, series.diff(20).to_numpy() / scale]
-        np.testing.assert_array_equal(kpi_features(x, pd.Timedelta("1min"), scale, cfg), np.stack(cols, axis=1))
-
-
 def test_stacked_gbdt_features_are_scale_free_and_use_the_kpi_grid():
     from models.stacked_gbdt import StackedGbdtConfig, kpi_features
     cfg = StackedGbdtConfig(lags=(1, 3), widths=(4,), day="4min", week="8min")
