@@ -288,7 +288,7 @@ class SpectralResidualConfig(DetectorConfig):
     extend: int = 5              # m: estimated points appended to each window
     amplitude_window: int = 3    # q: trailing average of the log amplitude over frequencies
     score_window: int = 21       # z: saliency values before the point in its local average
-    batch_windows: int = 8192    # windows per vectorised block (bounds the memory)
+    batch_windows: int = 2048    # windows per vectorised block: its (windows, 2K) arrays stay in the CPU cache
 
     def validate(self) -> None:
         self._positive("window", "extend", "amplitude_window", "score_window", "batch_windows")

@@ -22,10 +22,15 @@ train split's labels, with balanced sample weights (positives are ~1-10% of poin
 on the validation split's weighted loss when it has positives, and at most ``max_train_rows`` rows
 (all positives kept, negatives drawn at random). The fitted trees are exported to padded
 ``(n_trees, max_nodes)`` tensors (``value``, ``feature``, ``threshold``, ``missing_left``, ``left``,
-``right``, ``is_leaf``) plus ``baseline`` and scored by a vectorised numpy traversal: all rows and
-all trees advance one level per step. Score = the summed raw prediction (the logit of the anomaly
-probability, equal to sklearn's ``decision_function`` up to float summation order): monotone in the
-probability, without its saturation at 1.
+``right``, ``is_leaf``) plus ``baseline`` and scored by a vectorised numpy traversal
+(:class:`CompiledTrees`): all rows and all trees advance one level per step. Score = the summed raw
+prediction (the logit of the anomaly probability, summed in sklearn's order: equal to its
+``decision_function``): monotone in the probability, without its saturation at 1.
+
+Speed: the traversal reads precomputed node conditions (:class:`CompiledTrees`), half the cost of
+reading each node's feature and threshold; what remains of a score is mostly the six pandas rolling
+medians per KPI (scipy's 1-D rank filter gives the same numbers at 2-3x the speed, but ``models``
+imports only torch, numpy and pandas). BENCHMARKS.md, "Speed".
 
 Every feature reads rows up to ``t`` of its KPI: causal as it stands, ``causal=True`` takes the same
 path. Every row is scored (NaN features are routed, not dropped).
@@ -72,48 +77,84 @@ def kpi_features(x: np.ndarray, step: pd.Timedelta | None, scale: float, cfg: St
 
 
 class CompiledTrees:
-    """Flat lookup tables for the level-by-level traversal of all trees at once.
+    """The trees as lookup tables for a vectorised traversal of all trees at once, in two steps per
+    block of rows:
 
-    Missing values without a branch per node: the rows are widened to ``[x with NaN -> -inf, x]``
-    and a node whose NaN goes left reads the first copy (``-inf <= threshold``: left), one whose NaN
-    goes right the second (``NaN <= threshold`` is False: right), so every step is one comparison.
-    int32 indices and blocks of a few thousand rows keep the working set in cache.
+    1. the condition ``x[feature] <= threshold`` of every split node for every row, feature by feature:
+       the split nodes are renumbered so that those reading one column are consecutive, and one
+       broadcast comparison of that column with their thresholds fills their rows of a
+       ``(nodes, rows)`` boolean matrix, without a gather;
+    2. one traversal step per level: each (tree, row) reads its node's condition from that matrix and
+       its next node from the child table. Two gathers per level, where reading the feature index,
+       the value, the threshold and the child from the padded trees took four: gathers, not
+       arithmetic, are what a numpy traversal pays for.
+
+    Missing values without a branch per node: a node whose NaN goes left compares the column with NaN
+    replaced by -inf (``-inf <= threshold``: left), one whose NaN goes right the column itself
+    (``NaN <= threshold`` is False: right); the two kinds are separate groups of nodes. Leaves point to
+    themselves, so extra levels leave a finished traversal where it is. The tree values are summed in
+    tree order onto the baseline, as sklearn's ``decision_function`` does.
     """
 
     def __init__(self, arrays: dict[str, np.ndarray]):
         n_trees, size = arrays["left"].shape
         base = (np.arange(n_trees) * size)[:, None]
-        node = base + np.arange(size)[None, :]
-        leaf = arrays["is_leaf"].astype(bool)
-        # Leaves point to themselves, so extra levels leave a finished traversal where it is.
-        left = np.where(leaf, node, base + arrays["left"])
-        right = np.where(leaf, node, base + arrays["right"])
-        self.child = np.stack([left, right], axis=-1).ravel().astype(np.int32)
-        self.feature = np.where(leaf, 0, arrays["feature"]).ravel().astype(np.int32)
-        self.missing_right = (~arrays["missing_left"].astype(bool) & ~leaf).ravel()
-        self.threshold = np.where(leaf, np.inf, arrays["threshold"]).ravel()
-        self.value = arrays["value"].ravel()
-        self.roots = base[:, 0].astype(np.int32)
+        leaf = arrays["is_leaf"].astype(bool).ravel()
+        left, right = (base + arrays["left"]).ravel(), (base + arrays["right"]).ravel()
+        roots = base[:, 0]
+        split = np.flatnonzero(~leaf)
+        # Reachable leaves only: the padding of short trees is unreferenced leaves.
+        leaves = np.flatnonzero(leaf & np.isin(np.arange(leaf.size), np.r_[roots, left[split], right[split]]))
+        feature = arrays["feature"].ravel()
+        nan_left = arrays["missing_left"].astype(bool).ravel()
+        split = split[np.lexsort((split, nan_left[split], feature[split]))]  # grouped by (feature, NaN side)
+        old = np.r_[split, leaves]
+        new = np.zeros(leaf.size, np.intp)
+        new[old] = np.arange(len(old))
+        self.n_split, self.n_nodes = len(split), len(old)
+        # child[2 * node + condition]: condition True (x <= threshold) goes left
+        self.child = np.stack([np.where(leaf[old], new[old], new[right[old]]),
+                               np.where(leaf[old], new[old], new[left[old]])], axis=1).ravel()
+        self.threshold = arrays["threshold"].ravel()[split][:, None]
+        self.value = np.where(leaf[old], arrays["value"].ravel()[old], 0.0)
+        self.roots = new[roots]
+        keys = np.stack([feature[split], nan_left[split]], axis=1)
+        starts = np.flatnonzero(np.r_[True, (keys[1:] != keys[:-1]).any(axis=1)]) if len(split) else np.empty(0, int)
+        stops = np.r_[starts[1:], len(split)]
+        self.groups = [(int(keys[a, 0]), bool(keys[a, 1]), int(a), int(b)) for a, b in zip(starts, stops)]
         self.baseline = float(arrays["baseline"].reshape(-1)[0])
-        depth, frontier = 0, base[:, 0]  # the deepest leaf: one traversal step per level
+        depth, frontier = 0, roots  # the deepest leaf: one traversal step per level
         while True:
-            inner = frontier[~leaf.ravel()[frontier]]
+            inner = frontier[~leaf[frontier]]
             if not len(inner):
                 break
-            frontier, depth = np.concatenate([left.ravel()[inner], right.ravel()[inner]]), depth + 1
+            frontier, depth = np.concatenate([left[inner], right[inner]]), depth + 1
         self.levels = depth
 
-    def raw_predict(self, x: np.ndarray) -> np.ndarray:
-        """sklearn's ``decision_function`` for feature rows ``x (n, n_features)``, float64 as sklearn."""
+    def raw_predict(self, x: np.ndarray, batch: int = 4096) -> np.ndarray:
+        """sklearn's ``decision_function`` for feature rows ``x (n, n_features)``, float64 as sklearn,
+        in blocks of ``batch`` rows (their ``(nodes, rows)`` matrix stays in the CPU cache; the buffers
+        are reused by every block)."""
         x = np.asarray(x, dtype=np.float64)
-        wide = np.concatenate([np.where(np.isnan(x), -np.inf, x), x], axis=1)
-        flat, column = wide.ravel(), self.feature + x.shape[1] * self.missing_right  # second copy: NaN right
-        row = (np.arange(len(x), dtype=np.int32) * wide.shape[1])[:, None]
-        node = np.broadcast_to(self.roots, (len(x), len(self.roots)))
-        for _ in range(self.levels):
-            right = ~(flat[row + column[node]] <= self.threshold[node])  # NaN <= t is False: right
-            node = self.child[2 * node + right]
-        return self.baseline + self.value[node].sum(axis=1)
+        out = np.empty(len(x))
+        batch = max(1, min(batch, len(x)))
+        cond = np.zeros((self.n_nodes, batch), np.bool_)  # leaves' rows stay False: never read as a branch
+        flat = cond.reshape(-1).view(np.uint8)
+        columns = np.empty((2, x.shape[1], batch))
+        for start in range(0, len(x), batch):
+            rows = min(batch, len(x) - start)
+            plain, nan_low = columns[0, :, :rows], columns[1, :, :rows]
+            plain[...] = x[start:start + rows].T
+            np.copyto(nan_low, plain)
+            nan_low[np.isnan(nan_low)] = -np.inf
+            for f, nan_left, a, b in self.groups:
+                np.greater_equal(self.threshold[a:b], (nan_low if nan_left else plain)[f], out=cond[a:b, :rows])
+            at = np.arange(rows)
+            node = np.take(self.child, 2 * self.roots[:, None] + cond[self.roots, :rows])  # (trees, rows)
+            for _ in range(self.levels - 1):
+                node = np.take(self.child, 2 * node + np.take(flat, node * batch + at))
+            out[start:start + rows] = np.add.reduce(np.take(self.value, node), axis=0, initial=self.baseline)
+        return out
 
 
 def export_trees(model) -> dict[str, torch.Tensor]:
@@ -204,11 +245,9 @@ class StackedGbdt(Detector):
                          "early_stopping": bool(fit_kwargs)}
         self._load_state_dict(export_trees(model))
 
-    def raw_predict(self, x: np.ndarray, batch: int = 1024) -> np.ndarray:
-        """The traversal in blocks of rows (bounds the (rows, trees) index arrays)."""
-        if len(x) == 0:
-            return np.empty(0)
-        return np.concatenate([self._compiled.raw_predict(x[i:i + batch]) for i in range(0, len(x), batch)])
+    def raw_predict(self, x: np.ndarray, batch: int = 4096) -> np.ndarray:
+        """The traversal in blocks of ``batch`` rows (bounds the (nodes, rows) condition matrix)."""
+        return self._compiled.raw_predict(x, batch)
 
     def _score_core(self, frame: pd.DataFrame, causal: bool = False) -> np.ndarray:
         # Features read rows up to t only: already causal, the same in both modes.

@@ -606,7 +606,9 @@ def spectral_residual_reference(x, window, m, q, z):
 
 
 @pytest.mark.parametrize("config", [{"window": 24, "extend": 5, "score_window": 7, "batch_windows": 16},
-                                    {"window": 25, "extend": 3, "amplitude_window": 4, "score_window": 5}])
+                                    {"window": 25, "extend": 3, "amplitude_window": 4, "score_window": 5},
+                                    {"window": 32, "extend": 4, "amplitude_window": 1, "score_window": 9,
+                                     "batch_windows": 80}])  # several blocks, the last one partial
 def test_spectral_residual_equals_a_per_window_reference(config):
     from models.spectral_residual import SpectralResidualConfig
     cfg = SpectralResidualConfig(**config)
@@ -623,6 +625,16 @@ def test_spectral_residual_equals_a_per_window_reference(config):
     assert np.isfinite(registry.create("spectral_residual", cfg).fit(flat).score(flat)).all()
     # causal prefix invariance is test_causal_scores_use_no_later_row (to 1e-6: BLAS may round a block
     # of windows differently from a shorter one, so the exact-equality test above does not apply)
+
+
+def test_window_sums_equal_direct_sums():
+    from models.spectral_residual import window_sums
+    u = np.random.default_rng(1).integers(-50, 50, (40, 3)).astype(float)  # integers: every order sums exactly
+    for width in (1, 2, 5, 8, 13, 16):
+        count = len(u) - width + 1 - 2
+        expected = np.array([u[r:r + width].sum(axis=0) for r in range(count)])
+        got = window_sums(u.copy(), width, count, np.empty_like(u), np.empty_like(u))
+        np.testing.assert_array_equal(got, expected)
 
 
 # -- stacked GBDT -------------------------------------------------------------------------------------
