@@ -261,6 +261,11 @@ class Detector:
         if not isinstance(causal, (bool, np.bool_)):
             raise TypeError(f"{self.name}.score: 'causal' must be a bool, got {type(causal).__name__} ({causal!r})")
         check_frame(frame, f"{self.name}.score", need_rows=False)
+        return self.score_checked(frame, bool(causal))
+
+    def score_checked(self, frame: pd.DataFrame, causal: bool = False) -> np.ndarray:
+        """:meth:`score_unfilled` of a frame its caller has checked already (a detector scoring its
+        nested members checks the frame once, not once per member)."""
         if len(frame) == 0:
             return np.empty(0, dtype=np.float64)
         raw = np.asarray(self._score_core(frame, causal=bool(causal)), dtype=np.float64)

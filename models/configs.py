@@ -297,9 +297,55 @@ class SpectralResidualConfig(DetectorConfig):
                              f"({self.score_window}) and 'extend' ({self.extend})")
 
 
+# models/members.py: the nested, calibrated members of the ensemble and of stacked_gbdt
+@dataclasses.dataclass
+class MembersConfig(DetectorConfig):
+    """Unsupervised detectors nested in this one, each run with its defaults and calibrated per KPI."""
+    members: tuple[str, ...] = ()
+    # One per-KPI calibration per member (models/calibration.py): ecdf | likelihood; `none` would mix
+    # raw scores on unrelated scales. The keys below are that calibration's, as in evaluate.calibration.
+    calibration: str = "ecdf"
+    min_points: int = 50        # a KPI with fewer observed train + val scores uses the all-KPI fit
+    knots: int = 512            # ecdf: quantile knots per KPI
+    tail_level: float = 0.99    # ecdf: beyond this quantile, an exponential tail
+    short_window: int = 10      # likelihood: raw scores averaged into each point's value
+    long_window: int = 8640     # likelihood: earlier points the rolling Gaussian is estimated on
+
+    def validate_members(self, owner: str, allow_none: bool = False) -> None:
+        what = type(self).__name__
+        self._positive("min_points", "knots", "short_window", "long_window")
+        if (not self.members and not allow_none) or len(set(self.members)) < len(self.members):
+            raise ValueError(f"{what}: 'members' must be distinct detector names"
+                             f"{'' if allow_none else ', at least one'}, got {list(self.members)}")
+        nested = ("ensemble", "stacked_gbdt")  # members that nest members: no recursion
+        for name in self.members:
+            if name in nested or name not in CONFIGS:
+                raise ValueError(f"{what}: 'members' holds {name!r}; choose among "
+                                 f"{', '.join(n for n in CONFIGS if n not in nested)}")
+            if name in SUPERVISED:
+                raise ValueError(f"{what}: 'members' holds {name!r}, which is supervised; the {owner}'s "
+                                 f"members must not need labels")
+        if self.calibration not in ("ecdf", "likelihood"):
+            raise ValueError(f"{what}: 'calibration' must be ecdf or likelihood, got {self.calibration!r}")
+        make_calibration(self.calibration_config())  # its own range checks (tail_level, ...) name the key
+
+    def calibration_config(self) -> dict:
+        """The members' calibration as ``make_calibration`` takes it."""
+        keys = ("min_points", "knots", "tail_level", "short_window", "long_window")
+        return {"method": self.calibration, **{k: getattr(self, k) for k in keys}}
+
+
 # models/stacked_gbdt.py
 @dataclasses.dataclass
-class StackedGbdtConfig(DetectorConfig):
+class StackedGbdtConfig(MembersConfig):
+    # The features: each member's calibrated score (models/members.py), and with own_features the
+    # per-point features below. The four cheapest rules by default (spectral_residual, the fifth
+    # member of the ensemble, costs as much to score as the rest together: BENCHMARKS.md, AIOps).
+    members: tuple[str, ...] = ("diff_z", "robust_zscore", "seasonal_residual", "windowed_gaussian")
+    own_features: bool = False        # also the lags/widths/day/week features below (they transfer worse)
+    # Positive labels that carry weight: each anomaly's first onset_points points, weighted by its length
+    # (delay-7 aiops_f1 credits a whole anomaly found in its first 8 points); 0: every positive point alike.
+    onset_points: int = 8
     max_iter: int = 50                # boosting rounds (fewer with early stopping); scoring cost grows with it
     learning_rate: float = 0.1
     max_depth: int = 6                # levels of the scoring traversal: the main cost of a score
@@ -315,6 +361,11 @@ class StackedGbdtConfig(DetectorConfig):
     min_scale: float = 1e-3           # floor of diff_scale and of the rolling MAD, normalised units
 
     def validate(self) -> None:
+        self.validate_members("stacked_gbdt", allow_none=True)
+        if not self.members and not self.own_features:
+            raise ValueError("StackedGbdtConfig: no feature: give 'members' or set 'own_features: true'")
+        if self.onset_points < 0:
+            raise ValueError(f"StackedGbdtConfig: 'onset_points' must be >= 0, got {self.onset_points}")
         self._positive("max_iter", "learning_rate", "max_depth", "max_leaf_nodes", "min_samples_leaf",
                        "n_iter_no_change", "max_train_rows", "min_scale")
         if self.l2_regularization < 0:
@@ -326,6 +377,9 @@ class StackedGbdtConfig(DetectorConfig):
         _positive_durations(self, "day", "week")
 
     def feature_names(self) -> list[str]:
+        return [f"surprise_{m}" for m in self.members] + (self.own_feature_names() if self.own_features else [])
+
+    def own_feature_names(self) -> list[str]:
         return (["value"] + [f"diff_{l}" for l in self.lags] + [f"{k}_{w}" for w in self.widths for k in ("med", "mad")]
                 + [f"std_{w}" for w in self.widths] + ["day", "week"])
 
@@ -369,39 +423,13 @@ class SequenceNoveltyConfig(DetectorConfig):
 
 # models/ensemble.py
 @dataclasses.dataclass
-class EnsembleConfig(DetectorConfig):
+class EnsembleConfig(MembersConfig):
     # Cheap unsupervised rules, each strong on a different anomaly shape (steps, excursions from the
     # recent median, from the same time a day/week back, spectral breaks); they run with their defaults.
     members: tuple[str, ...] = ("diff_z", "robust_zscore", "seasonal_residual", "spectral_residual")
-    # One per-KPI calibration per member (models/calibration.py): ecdf | likelihood; `none` would average
-    # raw scores on unrelated scales. The keys below are that calibration's, as in evaluate.calibration.
-    calibration: str = "ecdf"
-    min_points: int = 50        # a KPI with fewer observed train + val scores uses the all-KPI fit
-    knots: int = 512            # ecdf: quantile knots per KPI
-    tail_level: float = 0.99    # ecdf: beyond this quantile, an exponential tail
-    short_window: int = 10      # likelihood: raw scores averaged into each point's value
-    long_window: int = 8640     # likelihood: earlier points the rolling Gaussian is estimated on
 
     def validate(self) -> None:
-        self._positive("min_points", "knots", "short_window", "long_window")
-        if not self.members or len(set(self.members)) < len(self.members):
-            raise ValueError(f"EnsembleConfig: 'members' must be distinct detector names, at least one, "
-                             f"got {list(self.members)}")
-        for name in self.members:
-            if name == "ensemble" or name not in CONFIGS:
-                raise ValueError(f"EnsembleConfig: 'members' holds {name!r}; choose among "
-                                 f"{', '.join(n for n in CONFIGS if n != 'ensemble')}")
-            if name in SUPERVISED:
-                raise ValueError(f"EnsembleConfig: 'members' holds {name!r}, which is supervised; the "
-                                 f"ensemble is for unlabelled data")
-        if self.calibration not in ("ecdf", "likelihood"):
-            raise ValueError(f"EnsembleConfig: 'calibration' must be ecdf or likelihood, got {self.calibration!r}")
-        make_calibration(self.calibration_config())  # its own range checks (tail_level, ...) name the key
-
-    def calibration_config(self) -> dict:
-        """The members' calibration as ``make_calibration`` takes it."""
-        keys = ("min_points", "knots", "tail_level", "short_window", "long_window")
-        return {"method": self.calibration, **{k: getattr(self, k) for k in keys}}
+        self.validate_members("ensemble")
 
 
 CONFIGS: dict[str, type[DetectorConfig]] = {

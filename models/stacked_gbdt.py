@@ -1,39 +1,48 @@
 """Stacked GBDT (Opprentice, Liu et al., IMC 2015): simple detectors as features, a supervised model on top.
 
-Each point gets causal, scale-free features from the past of its own KPI (the values are already
-normalised with the KPI's train median/MAD; differences are further divided by the KPI's train
-scale of first differences ``diff_scale``, as :mod:`models.diff_z`, so a smooth and a noisy KPI
-speak the same units):
+Features of each point (``StackedGbdtConfig.feature_names``):
 
-- ``value``: the normalised value itself;
-- ``diff_<l>``: ``(x_t - x_{t-l}) / diff_scale`` for each lag ``l`` in ``lags``;
-- ``med_<w>`` and ``mad_<w>``: the deviation from the median of the ``w`` points before ``t``, over
-  ``diff_scale`` and over the rolling MAD (the rolling median of past deviations, as
-  :mod:`models.robust_zscore`), for each ``w`` in ``widths``;
-- ``std_<w>``: the standard deviation of the first differences over the ``w`` points ending at
-  ``t``, over ``diff_scale`` (noise bursts);
-- ``day``, ``week``: ``(x_t - x_{t-period}) / diff_scale``, the periods converted to grid steps
-  from the KPI's timestamps (:func:`models.seasonal_residual.period_steps`).
+- ``surprise_<member>``: the calibrated score of each unsupervised ``member`` (default ``diff_z``,
+  ``robust_zscore``, ``seasonal_residual``, ``windowed_gaussian``), fitted and calibrated per KPI on
+  the train (+ validation) frames by :class:`models.members.CalibratedMembers`; NaN before a member's
+  window is full. These are what transfers from KPI to KPI and from the validation to the test split:
+  a surprise of 3 is a 1-in-1,000 score on every KPI, where a raw difference of 3 train MADs is routine
+  on one KPI and rare on the next (BENCHMARKS.md, AIOps: with the members, honest ``aiops_f1`` 0.67;
+  with only the per-point features below, 0.21-0.31).
+- with ``own_features``, also causal per-point features from the past of the same KPI, scale-free
+  (the values are already normalised with the KPI's train median/MAD; differences are further divided
+  by the KPI's train scale of first differences ``diff_scale``, as :mod:`models.diff_z`):
+  ``value``; ``diff_<l>`` = ``(x_t - x_{t-l}) / diff_scale`` for each lag in ``lags``; ``med_<w>`` and
+  ``mad_<w>``, the deviation from the median of the ``w`` points before ``t`` over ``diff_scale`` and
+  over the rolling MAD, for each ``w`` in ``widths``; ``std_<w>``, the standard deviation of the first
+  differences over the ``w`` points ending at ``t``, over ``diff_scale``; ``day``, ``week``:
+  ``(x_t - x_{t-period}) / diff_scale``, the periods converted to grid steps from the KPI's timestamps
+  (:func:`models.seasonal_residual.period_steps`).
 
 Missing history is NaN and stays NaN: the trees route it natively (each split learns a side for it).
 
-``fit`` trains scikit-learn's ``HistGradientBoostingClassifier`` (imported there, lazily) on the
-train split's labels, with balanced sample weights (positives are ~1-10% of points), early stopping
-on the validation split's weighted loss when it has positives, and at most ``max_train_rows`` rows
-(all positives kept, negatives drawn at random). The fitted trees are exported to padded
+``fit`` trains scikit-learn's ``HistGradientBoostingClassifier`` (imported there, lazily) on the train
+split's labels. What it is taught is what the challenge metric credits: ``aiops_f1`` counts an anomaly
+of ``n`` points as ``n`` true positives when one of its first ``delay + 1`` points raises an alarm, so
+each anomaly's first ``onset_points`` points carry its weight (``n / onset_points`` each) and its later
+points none (:func:`onset_weights`): a model taught every anomalous point alike learns to recognise
+the middle of long anomalies, too late to count. The two classes then get the same total weight
+(positives are ~1-10% of points). Early stopping on the validation split's loss, weighted the same
+way, when it has positives; at most ``max_train_rows`` rows (every weighted positive kept, negatives
+drawn at random and weighted up to stand for all). The fitted trees are exported to padded
 ``(n_trees, max_nodes)`` tensors (``value``, ``feature``, ``threshold``, ``missing_left``, ``left``,
 ``right``, ``is_leaf``) plus ``baseline`` and scored by a vectorised numpy traversal
 (:class:`CompiledTrees`): all rows and all trees advance one level per step. Score = the summed raw
 prediction (the logit of the anomaly probability, summed in sklearn's order: equal to its
 ``decision_function``): monotone in the probability, without its saturation at 1.
 
-Speed: the traversal reads precomputed node conditions (:class:`CompiledTrees`), half the cost of
-reading each node's feature and threshold; what remains of a score is mostly the six pandas rolling
-medians per KPI (scipy's 1-D rank filter gives the same numbers at 2-3x the speed, but ``models``
-imports only torch, numpy and pandas). BENCHMARKS.md, "Speed".
+Speed: most of a score is the members' own scoring (BENCHMARKS.md, "Speed"); the traversal reads
+precomputed node conditions (:class:`CompiledTrees`), half the cost of reading each node's feature and
+threshold.
 
-Every feature reads rows up to ``t`` of its KPI: causal as it stands, ``causal=True`` takes the same
-path. Every row is scored (NaN features are routed, not dropped).
+Every feature reads rows up to ``t`` of its KPI (the members are causal rules, their calibration a
+fixed map): causal as it stands, ``causal=True`` takes the same path. Every row is scored (NaN
+features are routed, not dropped).
 """
 from __future__ import annotations
 
@@ -46,7 +55,8 @@ import torch
 from models.base import Detector, arrays_from_state, arrays_to_state, labels_of
 from models.configs import StackedGbdtConfig
 from models.diff_z import MAD_TO_STD, diff_mad_scale
-from models.frame import MISSING, TIMESTAMP, VALUE, kpi_slices
+from models.frame import KPI_ID, MISSING, TIMESTAMP, VALUE, kpi_slices
+from models.members import CalibratedMembers
 from models.seasonal_residual import grid_step, period_steps
 
 SINGLE_THREAD_ROWS = 50_000  # training rows below which sklearn gets one thread (see _fit_core)
@@ -62,7 +72,7 @@ def lagged_difference(x: np.ndarray, lag: int | None) -> np.ndarray:
 
 
 def kpi_features(x: np.ndarray, step: pd.Timedelta | None, scale: float, cfg: StackedGbdtConfig) -> np.ndarray:
-    """The ``(len(x), n_features)`` features of one KPI, in :meth:`StackedGbdtConfig.feature_names` order."""
+    """The ``(len(x), n)`` own features of one KPI, in :meth:`StackedGbdtConfig.own_feature_names` order."""
     series = pd.Series(x)
     columns = [x] + [lagged_difference(x, lag) / scale for lag in cfg.lags]
     for w in cfg.widths:
@@ -177,9 +187,32 @@ def export_trees(model) -> dict[str, torch.Tensor]:
     return state
 
 
-def balanced_weights(y: np.ndarray, positive_share: float) -> np.ndarray:
-    """Weights that give both classes the same total, for the train class ratio ``positive_share``."""
-    return np.where(y == 1, 0.5 / positive_share, 0.5 / (1.0 - positive_share))
+def onset_weights(labels: np.ndarray, kpi_ids: np.ndarray, points: int) -> np.ndarray:
+    """The training weight of each point's positive label: an anomaly (a run of positive labels within
+    one KPI) of ``n`` points puts ``n / min(n, points)`` on each of its first ``points`` points and 0
+    on the rest, so its total stays ``n``; negatives get 0. ``points = 0``: 1 on every positive."""
+    positive = np.asarray(labels) == 1
+    if points == 0:
+        return positive.astype(np.float64)
+    ids = np.asarray(kpi_ids)
+    new_kpi = np.r_[True, ids[1:] != ids[:-1]] if len(ids) else np.zeros(0, bool)
+    starts = positive & (new_kpi | ~np.r_[False, positive[:-1]])
+    run = np.where(positive, np.cumsum(starts), 0)  # 1, 2, ... per anomaly; 0 for negatives
+    length = np.bincount(run)
+    first = np.r_[0, np.flatnonzero(starts)]  # first[k]: the row where anomaly k starts
+    offset = np.arange(len(run)) - first[run]
+    n = length[run].astype(np.float64)
+    return np.where(positive & (offset < points), n / np.minimum(n, points), 0.0)
+
+
+def class_balanced(y: np.ndarray, positive_weight: np.ndarray, negative_weight: float = 1.0) -> np.ndarray:
+    """Sample weights: negatives ``negative_weight``, positives ``positive_weight`` rescaled so that both
+    classes weigh the same in total; then all scaled to a mean of 1 (what sklearn's defaults assume)."""
+    w = np.where(y == 1, positive_weight, negative_weight).astype(np.float64)
+    pos, neg = w[y == 1].sum(), w[y == 0].sum()
+    if pos > 0 and neg > 0:
+        w[y == 1] *= neg / pos
+    return w * (len(w) / w.sum()) if w.sum() > 0 else w
 
 
 class StackedGbdt(Detector):
@@ -190,6 +223,7 @@ class StackedGbdt(Detector):
 
     def __init__(self, config=None, train_config=None):
         super().__init__(config, train_config)
+        self.members = CalibratedMembers(self.name, self.config.members, self.config.calibration_config())
         self.scales: dict[str, float] = {}
         self.global_scale = 1.0
         self.fit_info: dict[str, Any] = {}  # rows and positives handed to sklearn, rounds kept
@@ -197,53 +231,69 @@ class StackedGbdt(Detector):
         self.sklearn_model = None  # the fitted sklearn object, in memory only (tests compare against it)
         self._compiled: CompiledTrees | None = None
 
-    def features(self, frame: pd.DataFrame) -> np.ndarray:
-        values = frame[VALUE].to_numpy(dtype=np.float64)
-        out = np.empty((len(frame), len(self.config.feature_names())))
-        for kpi, sl in kpi_slices(frame):  # one vectorised block per KPI
-            out[sl] = kpi_features(values[sl], grid_step(frame[TIMESTAMP].iloc[sl]),
-                                   self.scales.get(kpi, self.global_scale), self.config)
-        return out
+    def features(self, frame: pd.DataFrame, causal: bool = False) -> np.ndarray:
+        """The ``(len(frame), n_features)`` features, in :meth:`StackedGbdtConfig.feature_names` order."""
+        parts = [self.members.surprises(frame, causal)] if self.config.members else []
+        if self.config.own_features:
+            values = frame[VALUE].to_numpy(dtype=np.float64)
+            own = np.empty((len(frame), len(self.config.own_feature_names())))
+            for kpi, sl in kpi_slices(frame):  # one vectorised block per KPI
+                own[sl] = kpi_features(values[sl], grid_step(frame[TIMESTAMP].iloc[sl]),
+                                       self.scales.get(kpi, self.global_scale), self.config)
+            parts.append(own)
+        return np.concatenate(parts, axis=1)
 
     def _fit_core(self, train: pd.DataFrame, val: pd.DataFrame | None) -> None:
         from sklearn.ensemble import HistGradientBoostingClassifier  # lazy: scoring must not need sklearn
         from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
         cfg, seed = self.config, self.train_config.seed
+        if cfg.members:
+            self.members.fit(train, val, self.train_config)
         values, missing = train[VALUE].to_numpy(dtype=np.float64), train[MISSING].to_numpy(dtype=bool)
         scales = {kpi: diff_mad_scale(values[sl], missing[sl]) for kpi, sl in kpi_slices(train)}
         self.scales = {k: max(v, cfg.min_scale) for k, v in scales.items() if v is not None}
         self.global_scale = float(np.median(list(self.scales.values()))) if self.scales else 1.0
-        x, y = self.features(train), labels_of(train)
-        if len(x) > cfg.max_train_rows:  # keep every positive: they are the scarce class
+
+        y = labels_of(train)
+        weight = onset_weights(y, train[KPI_ID].to_numpy(), cfg.onset_points)
+        rows = np.flatnonzero((y == 0) | (weight > 0))  # an anomaly's later points teach nothing: left out
+        negatives = rows[y[rows] == 0]
+        negative_weight = 1.0
+        if len(rows) > cfg.max_train_rows:  # keep every weighted positive: they are the scarce class
             rng = np.random.default_rng(seed)
-            negatives = np.flatnonzero(y == 0)
-            keep = rng.choice(negatives, max(cfg.max_train_rows - int(y.sum()), 0), replace=False)
-            rows = np.sort(np.concatenate([np.flatnonzero(y == 1), keep]))
-            x, y = x[rows], y[rows]
+            kept = rng.choice(negatives, max(cfg.max_train_rows - (len(rows) - len(negatives)), 1), replace=False)
+            negative_weight = len(negatives) / len(kept)  # the drawn negatives stand for all of them
+            rows = np.sort(np.concatenate([rows[y[rows] == 1], kept]))
+        x = self.features(train)[rows]
+        y, weight = y[rows], class_balanced(y[rows], weight[rows], negative_weight)
         # sklearn cannot bin an all-NaN column (a week lag on less than a week of training): a constant
         # column instead, which no tree splits on, so its value at scoring time is never read.
         x[:, np.isnan(x).all(axis=0)] = 0.0
-        share = float(y.mean())
         model = HistGradientBoostingClassifier(
             learning_rate=cfg.learning_rate, max_iter=cfg.max_iter, max_depth=cfg.max_depth,
             max_leaf_nodes=cfg.max_leaf_nodes, min_samples_leaf=cfg.min_samples_leaf,
             l2_regularization=cfg.l2_regularization, n_iter_no_change=cfg.n_iter_no_change,
             random_state=seed, early_stopping=False)
         fit_kwargs: dict[str, Any] = {}
-        y_val = labels_of(val) if val is not None else None
-        if y_val is not None and 0 < y_val.sum() < len(y_val):  # early stopping needs both classes
-            model.set_params(early_stopping=True, scoring="loss")
-            fit_kwargs = {"X_val": self.features(val), "y_val": y_val,
-                          "sample_weight_val": balanced_weights(y_val, share)}
+        if val is not None:
+            y_val = labels_of(val)
+            w_val = onset_weights(y_val, val[KPI_ID].to_numpy(), cfg.onset_points)
+            keep = (y_val == 0) | (w_val > 0)
+            if 0 < (y_val[keep] == 1).sum() < keep.sum():  # early stopping needs both classes
+                model.set_params(early_stopping=True, scoring="loss")
+                fit_kwargs = {"X_val": self.features(val)[keep], "y_val": y_val[keep],
+                              "sample_weight_val": class_balanced(y_val[keep], w_val[keep])}
         # Small fits run on one OpenMP thread: per-split parallel regions cost more than they save there,
         # and on a busy machine each barrier can wait a whole time slice (a 3 s fit took 20-45 s on 2 cores).
         with threadpool_limits(1 if len(x) < SINGLE_THREAD_ROWS else None, user_api="openmp"):
-            model.fit(x, y, sample_weight=balanced_weights(y, share), **fit_kwargs)
+            model.fit(x, y, sample_weight=weight, **fit_kwargs)
         self.sklearn_model = model
         self.fit_info = {"rows": len(y), "positives": int(y.sum()), "iterations": int(model.n_iter_),
                          "early_stopping": bool(fit_kwargs)}
-        self._load_state_dict(export_trees(model))
+        self.arrays = arrays_from_state(self.name, export_trees(model), TREE_ARRAYS)
+        self._compiled = CompiledTrees(self.arrays)
+        self.device = self.members.device
 
     def raw_predict(self, x: np.ndarray, batch: int = 4096) -> np.ndarray:
         """The traversal in blocks of ``batch`` rows (bounds the (nodes, rows) condition matrix)."""
@@ -251,20 +301,28 @@ class StackedGbdt(Detector):
 
     def _score_core(self, frame: pd.DataFrame, causal: bool = False) -> np.ndarray:
         # Features read rows up to t only: already causal, the same in both modes.
-        return self.raw_predict(self.features(frame))
+        return self.raw_predict(self.features(frame, causal))
 
     def _state_dict(self) -> dict[str, torch.Tensor]:
-        return arrays_to_state(self.arrays)
+        return {**arrays_to_state(self.arrays), **self.members.state_dict()}  # members' keys: "<member>.<key>"
 
     def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.arrays = arrays_from_state(self.name, state, TREE_ARRAYS)
         self._compiled = CompiledTrees(self.arrays)
+        unknown = sorted(k for k in state if k not in TREE_ARRAYS and not self.members.owns(k))
+        if unknown:
+            raise ValueError(f"{self.name}: weights {unknown} are neither trees nor a member's")
+        self.members.load_state_dict({k: v for k, v in state.items() if k not in TREE_ARRAYS})
+        self.device = self.members.device
 
     def _fitted_scalars(self) -> dict[str, Any]:
         return {"scales": dict(self.scales), "global_scale": self.global_scale,
-                "features": self.config.feature_names(), "fit_info": dict(self.fit_info)}
+                "features": self.config.feature_names(), "fit_info": dict(self.fit_info),
+                **(self.members.to_scalars() if self.config.members else {})}
 
     def _load_fitted_scalars(self, scalars: dict[str, Any]) -> None:
         self.scales = {str(k): float(v) for k, v in (scalars.get("scales") or {}).items()}
         self.global_scale = float(scalars.get("global_scale", 1.0))
         self.fit_info = dict(scalars.get("fit_info") or {})
+        if self.config.members:
+            self.members.from_scalars(scalars, self.train_config)

@@ -37,7 +37,7 @@ OVERRIDES = {
     "lstm_autoencoder": {"max_epochs": 8, "max_train_windows": 2048},
     "conv1d_autoencoder": {"max_epochs": 8, "max_train_windows": 4096},
     "vae_lstm": {"max_train_windows": 4096},
-    "stacked_gbdt": {"max_iter": 20},
+    "stacked_gbdt": {"max_iter": 20, "onset_points": 0},  # every labelled point taught: point AUC grades them all
 }
 # AUC-ROC floors on the test split (1,800 points, 10% labelled: spikes, dips, level shifts, noise
 # bursts). The anomalies are large, so even an untrained network scores 0.65-0.79 (its error grows
@@ -60,8 +60,10 @@ AUC_FLOORS = {
                                   # the window's spectrum (single spikes/dips: AUC 1.0 among scored
                                   # points), not the inside of 24-36-point shifts and bursts, which are
                                   # most labelled points; the first 127 points of each KPI are unscored
-    "stacked_gbdt": 0.95,         # max_iter 20: 0.976-0.994 over data seeds 0-4 (default 50: 0.991-0.996);
-                                  # a constant or inverted score fails; its features alone are not graded
+    "stacked_gbdt": 0.88,         # onset_points 0: 0.901-0.943 over data seeds 0-4, above its best member on
+                                  # each seed (0.80-0.85), so trees that learnt nothing from the labels fail
+                                  # (the default onset_points 8: 0.81-0.89, as it teaches each anomaly's
+                                  # first points, not the inside that point AUC also grades)
     "sequence_novelty": 0.90,     # 0.948-0.956 over data seeds 0-4 (nothing trained but ranges and the
                                   # channels' calibration); a constant or inverted score fails
     "lstm_forecaster": 0.82,      # trained 0.87-0.89, untrained 0.72
