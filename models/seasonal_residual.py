@@ -4,22 +4,33 @@ Per KPI, with ``d`` and ``w`` the grid steps of one ``day`` and one ``week`` (co
 the KPI's own sampling interval, the median spacing of its timestamps, so 1-minute and 5-minute grids
 both work):
 
-- baseline ``b_t`` = median of the *observed* values at ``t - d - k .. t - d + k`` and
-  ``t - w - k .. t - w + k`` (``k = neighbours``: a few points either side absorb small phase
-  drifts). Where a week of history is not there yet only the day candidates exist, and the median
-  uses what exists (candidates closer than one step back are dropped); where not even a day is
-  there (the first day, short KPIs) or every candidate was interpolated, the baseline is the median
-  of the observed values among the ``fallback_window`` before ``t``.
+- baseline ``b_t`` = median of the *observed* values at ``t - i d - k .. t - i d + k`` for ``i = 1 ..
+  days`` and at ``t - w - k .. t - w + k`` (``k = neighbours``: a few points either side absorb small
+  phase drifts; several days make the baseline less noisy than one day back). Where a week (or ``i``
+  days) of history is not there yet, the median uses the candidates that exist (candidates closer than
+  one step back are dropped); where not even a day is there (the first day, short KPIs) or every
+  candidate was interpolated, the baseline is the median of the observed values among the
+  ``fallback_window`` before ``t``.
 - residual ``r_t = x_t - b_t``;
-- scale ``s_t = max(1.4826 * median(|r|) over the scale_window observed points before t, min_scale)``:
-  a robust standard deviation of the recent misses, so a noisy KPI needs a larger miss; ``t`` itself
-  is left out, or a long anomaly would dilute itself;
-- score ``|r_t| / s_t``; NaN (filled by :meth:`models.base.Detector.score`) until ``min_history``
-  residuals exist.
+- scale ``s_t = max(1.4826 * median|r|, mean_scale * mean|r|, min_scale)`` over the ``scale_window``
+  observed points before ``t``: a robust standard deviation of the misses so far, so a noisy KPI needs
+  a larger miss; the mean term widens it on a spiky KPI whose routine misses are rare but large (the
+  median alone ignores them, and every routine spike then scores in the hundreds); ``t`` itself is
+  left out, or a long anomaly would dilute itself;
+- score ``|r_t| / s_t``; NaN (filled by :meth:`models.base.Detector.score`) until
+  ``min_history`` residuals exist, and at interpolated points.
 
-Interpolated points (``missing``) are never used as a baseline candidate nor in the scale: they are
-guesses, not history. Every term reads rows before ``t`` (and ``x_t``): the rule is causal as it stands
-and ``causal=True`` takes the same path. Nothing is learnt; ``fit`` only checks its input.
+Interpolated points (``missing``) are never used as a baseline candidate nor in the scales, and are not
+scored: they are guesses, not history (scoring the miss of a straight line drawn across a gap raised
+false alarms on NAB's traffic series). Every term reads rows before ``t`` (and ``x_t``): the rule is
+causal as it stands and ``causal=True`` takes the same path. Nothing is learnt; ``fit`` only checks its
+input.
+
+The defaults were chosen on NAB (58 series, causal, NAB's likelihood calibration; nab_standard_oracle
+50.5 -> 61.2) and checked on AIOps 2018 (aiops_f1 0.40 -> 0.51): three days instead of one and the mean
+term help both; not scoring interpolated points helps NAB and changes nothing on AIOps; the scale over
+1,440 points instead of 288 (a day at 1 minute, five days at 5 minutes) helps NAB (56.0 -> 61.2) and
+costs AIOps a little (0.56 -> 0.51); 8,640 was no better on NAB and much worse on AIOps.
 """
 from __future__ import annotations
 
@@ -43,7 +54,7 @@ def grid_step(timestamps: pd.Series) -> pd.Timedelta | None:
     return pd.Timedelta(int(np.median(np.diff(ts).astype(np.int64))), "ns")
 
 
-def period_steps(period: str, step: pd.Timedelta | None) -> int | None:
+def period_steps(period: str | pd.Timedelta, step: pd.Timedelta | None) -> int | None:
     """``period`` in grid steps (rounded), or None when the grid is unknown."""
     if step is None:
         return None
@@ -80,15 +91,30 @@ def seasonal_baseline(observed: np.ndarray, periods: list[int], neighbours: int,
     return np.where(np.isnan(base), fallback, base)
 
 
+def trailing_scale(x: np.ndarray, missing: np.ndarray, window: int, min_history: int, mean_weight: float) -> np.ndarray:
+    """``max(1.4826 * median |x|, mean_weight * mean |x|)`` over the ``window`` observed points before ``t``
+    (NaN until ``min_history`` of them exist); ``t`` itself is left out."""
+    past = pd.Series(np.where(missing, np.nan, np.abs(x))).rolling(window, min_periods=min_history)
+    scale = MAD_TO_STD * past.median().to_numpy()
+    if mean_weight > 0:
+        scale = np.maximum(scale, mean_weight * past.mean().to_numpy())
+    return shifted(scale, 1)
+
+
+def seasonal_periods(cfg: SeasonalResidualConfig, step: pd.Timedelta | None) -> list[int]:
+    """The baseline's periods in grid steps: 1 .. ``days`` days and a week (none when the grid is unknown)."""
+    spans = [pd.Timedelta(cfg.day) * i for i in range(1, cfg.days + 1)] + [pd.Timedelta(cfg.week)]
+    return sorted({p for p in (period_steps(span, step) for span in spans) if p is not None})
+
+
 def seasonal_scores(values: np.ndarray, missing: np.ndarray, step: pd.Timedelta | None,
                     cfg: SeasonalResidualConfig) -> np.ndarray:
-    """``|x_t - b_t| / s_t`` for one KPI (NaN before ``min_history`` residuals)."""
+    """``|x_t - b_t| / s_t`` for one KPI (NaN before ``min_history`` residuals and at interpolated points)."""
     observed = np.where(missing, np.nan, values)
-    periods = [p for p in (period_steps(cfg.day, step), period_steps(cfg.week, step)) if p is not None]
-    residual = values - seasonal_baseline(observed, periods, cfg.neighbours, cfg.fallback_window)
-    past = pd.Series(np.where(missing, np.nan, np.abs(residual)))  # rolling medians skip NaN
-    scale = MAD_TO_STD * past.rolling(cfg.scale_window, min_periods=cfg.min_history).median().shift(1).to_numpy()
-    return np.abs(residual) / np.maximum(scale, cfg.min_scale)  # a NaN scale stays NaN (np.maximum)
+    residual = values - seasonal_baseline(observed, seasonal_periods(cfg, step), cfg.neighbours, cfg.fallback_window)
+    scale = trailing_scale(residual, missing, cfg.scale_window, cfg.min_history, cfg.mean_scale)
+    score = np.abs(residual) / np.maximum(scale, cfg.min_scale)  # a NaN scale stays NaN (np.maximum)
+    return np.where(missing, np.nan, score)  # an interpolated point is not scored (a guess, not a miss)
 
 
 class SeasonalResidual(FixedRule):
