@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Union
 import numpy as np
 import pandas as pd
 
-from models.frame import KPI_ID, LABEL, MISSING, TIMESTAMP, VALUE, has_labels, kpi_slices
+from models.frame import KPI_ID, LABEL, MISSING, TIMESTAMP, VALUE, has_labels, kpi_codes, kpi_slices
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
@@ -168,9 +168,9 @@ def check_frame(frame: Any, what: str, need_rows: bool = True) -> None:
         i = int(bad.argmax())
         raise ValueError(f"{what}: {int(bad.sum())} non-finite '{VALUE}'(s), first at row {i} "
                          f"(kpi {frame[KPI_ID].iat[i]!r}, {frame[TIMESTAMP].iat[i]})")
-    ids = frame[KPI_ID].to_numpy()
-    same = ids[1:] == ids[:-1]
-    if not frame[KPI_ID].is_monotonic_increasing:
+    codes, kpis = kpi_codes(frame)  # sorted by KPI: codes never decrease and the KPIs come in order
+    same = codes[1:] == codes[:-1]
+    if (codes[1:] < codes[:-1]).any() or not kpis.is_monotonic_increasing:
         raise ValueError(f"{what}: rows must be sorted by ({KPI_ID}, {TIMESTAMP})")
     ts = frame[TIMESTAMP]
     if isinstance(ts.dtype, pd.DatetimeTZDtype):
@@ -179,7 +179,7 @@ def check_frame(frame: Any, what: str, need_rows: bool = True) -> None:
     unsorted = same & (ts[1:] <= ts[:-1])
     if unsorted.any():
         i = int(unsorted.argmax()) + 1
-        raise ValueError(f"{what}: timestamps must increase within each KPI; row {i} (kpi {ids[i]!r}, "
+        raise ValueError(f"{what}: timestamps must increase within each KPI; row {i} (kpi {kpis[codes[i]]!r}, "
                          f"{ts[i]}) does not come after the row before it")
 
 
