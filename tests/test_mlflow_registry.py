@@ -21,7 +21,7 @@ from tests.servers import closed_port, env_vars, mlflow_server, postgres_availab
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
-DETECTORS = ["robust_zscore", "isolation_forest", "dense_autoencoder", "ensemble"]
+DETECTORS = ["robust_zscore", "isolation_forest", "dense_autoencoder", "ensemble", "stacked_gbdt"]
 
 
 def params_for(root: Path, tag: str, **sections):
@@ -37,7 +37,7 @@ def params_for(root: Path, tag: str, **sections):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    """ingest → validate → windows → train → evaluate for three cheap detectors, once per module."""
+    """ingest → validate → windows → train → evaluate for a few cheap detectors (two of them nest members), once per module."""
     root = tmp_path_factory.mktemp("pipeline")
     p = params_for(root, "base")
     ingest.run(p, Path(p.paths.raw))
