@@ -7,8 +7,8 @@ Features of each point (``StackedGbdtConfig.feature_names``):
   the train (+ validation) frames by :class:`models.members.CalibratedMembers`; NaN before a member's
   window is full. These are what transfers from KPI to KPI and from the validation to the test split:
   a surprise of 3 is a 1-in-1,000 score on every KPI, where a raw difference of 3 train MADs is routine
-  on one KPI and rare on the next (BENCHMARKS.md, AIOps: with the members, honest ``aiops_f1`` 0.67;
-  with only the per-point features below, 0.21-0.31).
+  on one KPI and rare on the next (BENCHMARKS.md, AIOps: honest ``aiops_f1`` 0.68 with the members,
+  0.57 with the per-point features below added to them, 0.27 with those features alone).
 - with ``own_features``, also causal per-point features from the past of the same KPI, scale-free
   (the values are already normalised with the KPI's train median/MAD; differences are further divided
   by the KPI's train scale of first differences ``diff_scale``, as :mod:`models.diff_z`):
