@@ -892,3 +892,21 @@ def test_ensemble_config_refuses_bad_members_and_calibrations(members, calibrati
         EnsembleConfig.from_dict({"members": members, "calibration": calibration})
     with pytest.raises(ParamsError, match=f"detectors.ensemble: .*{match}"):  # at params load, before any work
         parse_params(small_params_dict(detectors={"ensemble": {"members": members, "calibration": calibration}}))
+
+
+@pytest.mark.parametrize("name", ["robust_zscore", "seasonal_residual", "spectral_residual", "windowed_gaussian"])
+def test_fixed_rules_score_the_same_on_one_thread_and_on_several(name, splits):
+    from models.base import FixedRule
+    train, val, test = splits
+    frame = pd.concat([train, val, test]).sort_values([KPI_ID, TIMESTAMP]).reset_index(drop=True)
+    detector = registry.create(name, None, CPU).fit(train, val)
+    assert isinstance(detector, FixedRule) and frame[KPI_ID].nunique() > 1
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = detector.score(frame)
+        torch.set_num_threads(3)  # more threads than this test's KPIs: one KPI per thread
+        several = detector.score(frame)
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(one, several)
