@@ -36,9 +36,9 @@ drawn at random and weighted up to stand for all). The fitted trees are exported
 prediction (the logit of the anomaly probability, summed in sklearn's order: equal to its
 ``decision_function``): monotone in the probability, without its saturation at 1.
 
-Speed: most of a score is the members' own scoring (BENCHMARKS.md, "Speed"); the traversal reads
-precomputed node conditions (:class:`CompiledTrees`), half the cost of reading each node's feature and
-threshold.
+Speed: most of a score is the members' own scoring (rules, which score their KPIs on the task's
+threads; BENCHMARKS.md, "Speed"); the traversal reads precomputed node conditions
+(:class:`CompiledTrees`), half the cost of reading each node's feature and threshold.
 
 Every feature reads rows up to ``t`` of its KPI (the members are causal rules, their calibration a
 fixed map): causal as it stands, ``causal=True`` takes the same path. Every row is scored (NaN
