@@ -64,8 +64,5 @@ class Ensemble(Detector):
         return self.members.state_dict()
 
     def _load_state_dict(self, state: dict) -> None:
-        unknown = sorted(k for k in state if not self.members.owns(k))
-        if unknown:
-            raise ValueError(f"ensemble: weights {unknown} belong to no member")
         self.members.load_state_dict(state)
         self.device = self.members.device

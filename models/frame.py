@@ -61,7 +61,4 @@ def kpi_codes(frame) -> tuple[np.ndarray, pd.Index]:
 def kpi_slices(frame) -> list[tuple[str, slice]]:
     """Contiguous row ranges of each KPI in a frame sorted by kpi_id (no copy, no per-row loop)."""
     codes, ids = kpi_codes(frame)
-    if codes.size == 0:
-        return []
-    bounds = np.r_[0, np.flatnonzero(codes[1:] != codes[:-1]) + 1, codes.size]
-    return [(str(ids[codes[a]]), slice(int(a), int(b))) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [(str(ids[codes[sl.start]]), sl) for _, sl in id_runs(codes)]

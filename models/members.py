@@ -99,12 +99,13 @@ class CalibratedMembers:
     def state_dict(self) -> dict:
         return {f"{name}.{key}": tensor for name, m in self.detectors.items() for key, tensor in m._state_dict().items()}
 
-    def load_state_dict(self, state: dict) -> None:
-        """The members' tensors from ``state`` (keys ``<member>.<key>``); other keys are the owner's."""
+    def load_state_dict(self, state: dict, owner_keys: tuple[str, ...] = ()) -> None:
+        """The members' tensors from ``state`` (keys ``<member>.<key>``); ``owner_keys`` are the owner's
+        own, and any other key is an error."""
+        unknown = sorted(k for k in state if k not in owner_keys and k.split(".", 1)[0] not in self.detectors)
+        if unknown:
+            raise ValueError(f"{self.owner}: weights {unknown} belong neither to it nor to a member")
         for name, member in self.detectors.items():
             prefix = f"{name}."
             member._load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
             member._fitted = True
-
-    def owns(self, key: str) -> bool:
-        return key.split(".", 1)[0] in self.detectors

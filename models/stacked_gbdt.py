@@ -250,10 +250,11 @@ class StackedGbdt(Detector):
         cfg, seed = self.config, self.train_config.seed
         if cfg.members:
             self.members.fit(train, val, self.train_config)
-        values, missing = train[VALUE].to_numpy(dtype=np.float64), train[MISSING].to_numpy(dtype=bool)
-        scales = {kpi: diff_mad_scale(values[sl], missing[sl]) for kpi, sl in kpi_slices(train)}
-        self.scales = {k: max(v, cfg.min_scale) for k, v in scales.items() if v is not None}
-        self.global_scale = float(np.median(list(self.scales.values()))) if self.scales else 1.0
+        if cfg.own_features:  # their differences are in units of each KPI's train scale of first differences
+            values, missing = train[VALUE].to_numpy(dtype=np.float64), train[MISSING].to_numpy(dtype=bool)
+            scales = {kpi: diff_mad_scale(values[sl], missing[sl]) for kpi, sl in kpi_slices(train)}
+            self.scales = {k: max(v, cfg.min_scale) for k, v in scales.items() if v is not None}
+            self.global_scale = float(np.median(list(self.scales.values()))) if self.scales else 1.0
 
         y = labels_of(train)
         weight = onset_weights(y, train[KPI_ID].to_numpy(), cfg.onset_points)
@@ -291,8 +292,7 @@ class StackedGbdt(Detector):
         self.sklearn_model = model
         self.fit_info = {"rows": len(y), "positives": int(y.sum()), "iterations": int(model.n_iter_),
                          "early_stopping": bool(fit_kwargs)}
-        self.arrays = arrays_from_state(self.name, export_trees(model), TREE_ARRAYS)
-        self._compiled = CompiledTrees(self.arrays)
+        self._use_trees(export_trees(model))
         self.device = self.members.device
 
     def raw_predict(self, x: np.ndarray, batch: int = 4096) -> np.ndarray:
@@ -306,13 +306,13 @@ class StackedGbdt(Detector):
     def _state_dict(self) -> dict[str, torch.Tensor]:
         return {**arrays_to_state(self.arrays), **self.members.state_dict()}  # members' keys: "<member>.<key>"
 
-    def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def _use_trees(self, state: dict[str, torch.Tensor]) -> None:
         self.arrays = arrays_from_state(self.name, state, TREE_ARRAYS)
         self._compiled = CompiledTrees(self.arrays)
-        unknown = sorted(k for k in state if k not in TREE_ARRAYS and not self.members.owns(k))
-        if unknown:
-            raise ValueError(f"{self.name}: weights {unknown} are neither trees nor a member's")
-        self.members.load_state_dict({k: v for k, v in state.items() if k not in TREE_ARRAYS})
+
+    def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self._use_trees(state)
+        self.members.load_state_dict(state, owner_keys=TREE_ARRAYS)
         self.device = self.members.device
 
     def _fitted_scalars(self) -> dict[str, Any]:
