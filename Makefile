@@ -27,8 +27,8 @@ run: install
 	@echo "MLflow:  mlflow.db + mlartifacts/ (make mlflow: UI on http://127.0.0.1:$(MLFLOW_PORT))"
 	@echo
 	@cat reports/evaluation/leaderboard.md
-	@$(BIN)/python -c 'from pipeline import register, tracking; from pipeline.params import load_params; \
-	  p = load_params(); v = register.champion_version(tracking.connect(p.mlflow), p.mlflow.serving_model); \
+	@$(BIN)/python -c 'from pipeline.serving import registry, tracking; from pipeline.params import load_params; \
+	  p = load_params(); v = registry.champion_version(tracking.connect(p.mlflow), p.mlflow.serving_model); \
 	  print("Champion: models:/%s@champion = version %s (%s)" % (p.mlflow.serving_model, v.version, v.tags.get("kpiguard.detector")))'
 	@echo "Score a day with the champion:  .venv/bin/kpiguard score --date 2026-01-28"
 

@@ -31,7 +31,7 @@ def kpiguard_retrain():
     @task(pool=DVC_POOL)
     def detectors(**context) -> list[str]:
         """The enabled detectors whose train stage DVC sees as stale (all of them with force_train)."""
-        from pipeline import workspace
+        from pipeline.orchestration import workspace
 
         names = list(workspace.params().train.detectors)
         if context["params"]["force_train"]:
@@ -41,13 +41,13 @@ def kpiguard_retrain():
 
     @task(queue=GPU_QUEUE, pool=GPU_POOL, map_index_template="{{ task.op_kwargs['detector'] }}")
     def train(detector: str) -> None:
-        from pipeline import workspace
+        from pipeline.orchestration import workspace
 
         workspace.kpiguard("train", "--detector", detector, "--no-progress")
 
     @task(pool=DVC_POOL, trigger_rule=TriggerRule.ALL_DONE)
     def record_training() -> dict:
-        from pipeline import workspace
+        from pipeline.orchestration import workspace
 
         p = workspace.params()
         statuses = {n: _status(workspace.root() / p.paths.artifacts / n) for n in p.train.detectors}
@@ -58,7 +58,7 @@ def kpiguard_retrain():
 
     @task(pool=DVC_POOL)
     def register() -> dict:
-        from pipeline import workspace
+        from pipeline.orchestration import workspace
 
         p = workspace.params()
         before = _champion(p)
@@ -97,7 +97,7 @@ def dvc_repro(stage: str, *flags: str):
 
     @task(task_id=stage, pool=DVC_POOL)
     def repro() -> None:
-        from pipeline import workspace
+        from pipeline.orchestration import workspace
 
         workspace.dvc("repro", "--single-item", *flags, stage)
 
@@ -106,10 +106,11 @@ def dvc_repro(stage: str, *flags: str):
 
 def _champion(params) -> str | None:
     """The serving model's champion version in the registry the workspace uses."""
-    from pipeline import register, tracking, workspace
+    from pipeline.orchestration import workspace
+    from pipeline.serving import registry, tracking
 
     with workspace.inside():
-        version = register.champion_version(tracking.connect(params.mlflow), params.mlflow.serving_model)
+        version = registry.champion_version(tracking.connect(params.mlflow), params.mlflow.serving_model)
     return None if version is None else str(version.version)
 
 

@@ -41,35 +41,39 @@ def kpiguard_score():
 
     @task
     def ingest(d: str, **context) -> dict:
-        from pipeline import daily, workspace
+        from pipeline.batch import daily
+        from pipeline.orchestration import workspace
 
         with workspace.inside():
             return daily.ingest(workspace.params(), d, context["params"].get("input"))
 
     @task
     def validate(d: str) -> dict:
-        from pipeline import daily, workspace
+        from pipeline.batch import daily
+        from pipeline.orchestration import workspace
 
         with workspace.inside():
             return daily.validate(workspace.params(), d)
 
     @task
     def shards() -> list[int]:
-        from pipeline import workspace
+        from pipeline.orchestration import workspace
 
         return list(range(workspace.params().score.shards))
 
     @task(map_index_template="shard {{ task.op_kwargs['shard'] }}")
     def score(d: str, shard: int) -> dict:
-        from pipeline import daily, workspace
+        from pipeline.batch import daily
+        from pipeline.orchestration import workspace
 
         with workspace.inside():
-            p = workspace.params()
+            p = workspace.params(work="score")  # this task scores in-process: its share of the worker's cores
             return daily.score_shard(p, d, shard, p.score.shards)
 
     @task
     def write(d: str) -> dict:
-        from pipeline import daily, workspace
+        from pipeline.batch import daily
+        from pipeline.orchestration import workspace
 
         with workspace.inside():
             p = workspace.params()
@@ -77,7 +81,8 @@ def kpiguard_score():
 
     @task
     def report(d: str) -> dict:
-        from pipeline import daily, workspace
+        from pipeline.batch import daily
+        from pipeline.orchestration import workspace
 
         with workspace.inside():
             return daily.report(workspace.params(), d)
@@ -86,7 +91,8 @@ def kpiguard_score():
     def publish(d: str) -> dict:
         import os
 
-        from pipeline import daily, workspace
+        from pipeline.batch import daily
+        from pipeline.orchestration import workspace
 
         with workspace.inside():
             return daily.publish(workspace.params(), d, os.environ.get("KPIGUARD_REPORT_BUCKET") or None)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-from pipeline import summary, threads
+from pipeline import summary
 
 # Nothing heavier than the standard library above: `kpiguard --help` answers without pandas or pydantic,
 # and each command imports what it needs (torch, GX, MLflow) only once its params and arguments are good.
@@ -21,10 +21,15 @@ from pipeline import summary, threads
 EXIT_BAD_INPUT = 2
 
 
-def _params(args):
+def _params(args, work: str | None = None):
+    """params.yaml with the ``-S`` overrides, validated, then applied to this process (storage bounds,
+    MLflow client environment and, for ``work`` "train" or "score", the thread pools: before torch loads)."""
+    from pipeline import runtime
     from pipeline.params import load_params
 
-    return load_params(args.params, args.set)
+    p = load_params(args.params, args.set)
+    runtime.apply(p, work)
+    return p
 
 
 class Output(NamedTuple):
@@ -37,7 +42,7 @@ class Output(NamedTuple):
 
 def cmd_ingest(args) -> Output:
     p = _params(args)
-    from pipeline import ingest
+    from pipeline.stages import ingest
 
     manifest = ingest.run(p, Path(p.paths.raw), start=args.start, end=args.end)
     return Output(summary.ingest(manifest, p.paths.raw), manifest)
@@ -45,7 +50,7 @@ def cmd_ingest(args) -> Output:
 
 def cmd_validate(args) -> Output:
     p = _params(args)
-    from pipeline import validate
+    from pipeline.stages import validate
 
     result = validate.run(p, Path(p.paths.raw), Path(p.paths.validated), Path(p.paths.quarantine),
                           Path(p.paths.validation_report))
@@ -54,17 +59,17 @@ def cmd_validate(args) -> Output:
 
 def cmd_windows(args) -> Output:
     p = _params(args)
-    from pipeline import windows
+    from pipeline.stages import windows
 
     result = windows.run(p, Path(p.paths.validated), Path(p.paths.windows))
     return Output(summary.windows(result, p.paths.windows), result)
 
 
 def cmd_train(args) -> Output:
-    p = _params(args)
-    names = _detectors(args.detector, p.train.detectors)
-    threads.configure(p.train.threads)  # before the stage imports torch
-    from pipeline import train
+    chosen = None if args.detector == "all" else _detectors(args.detector, [])  # a bad name answers first
+    p = _params(args, "train")
+    names = chosen or list(p.train.detectors)
+    from pipeline.stages import train
 
     reports = []
     for name in names:
@@ -75,41 +80,38 @@ def cmd_train(args) -> Output:
 
 
 def cmd_evaluate(args) -> Output:
-    p = _params(args)
-    threads.configure(p.score.threads)
-    from pipeline import evaluate
+    p = _params(args, "score")
+    from pipeline.stages import evaluate
 
     report = evaluate.run(p, progress=_progress(args))
     return Output(summary.evaluate(report, p.paths.evaluation), report)
 
 
 def cmd_register(args) -> Output:
-    p = _params(args)
-    threads.configure(p.score.threads)
-    from pipeline import register
+    p = _params(args, "score")
+    from pipeline.stages import register
 
     report = register.run(p)
     return Output(summary.register(report, p.paths.register_report), report)
 
 
 def cmd_promote(args) -> Output:
-    from pipeline import register, tracking
+    from pipeline.serving import registry, tracking
 
-    r = register.promote(tracking.connect(_params(args).mlflow), args.model, args.version)
+    r = registry.promote(tracking.connect(_params(args).mlflow), args.model, args.version)
     return Output(f"promote: {r['model']}@champion = v{r['champion']} (was v{r['previous_champion'] or '–'})", r)
 
 
 def cmd_rollback(args) -> Output:
-    from pipeline import register, tracking
+    from pipeline.serving import registry, tracking
 
-    r = register.rollback(tracking.connect(_params(args).mlflow), args.model)
+    r = registry.rollback(tracking.connect(_params(args).mlflow), args.model)
     return Output(f"rollback: {r['model']}@champion = v{r['champion']} (was v{r['rolled_back_from']})", r)
 
 
 def cmd_score(args) -> Output:
-    p = _params(args)
-    threads.configure(p.score.threads)
-    from pipeline import score
+    p = _params(args, "score")
+    from pipeline.batch import score
 
     start, end = score.day_range(args.date, args.start, args.end)
     result = score.run(p, args.input or p.score.input, start, end, args.output or p.score.output,
@@ -120,21 +122,20 @@ def cmd_score(args) -> Output:
 def cmd_bench(args) -> Output:
     from models import registry
 
-    p = _params(args)
     command = bench_command(args)
     if args.scores_from:
-        threads.configure(p.score.threads)
-        from pipeline import bench
+        p = _params(args, "score")
+        from pipeline.tools import bench
 
         report = bench.rescore(p, [Path(d) for d in args.scores_from], Path(args.out), command=command)
         return Output(summary.bench(report, args.out), report)
     if not args.train:
-        from pipeline.params import ParamsError
+        from pipeline.errors import ParamsError
 
         raise ParamsError("kpiguard bench: give --train SPEC (or --scores-from DIR to rescore a finished run)")
     names = _detectors(args.detectors, registry.names(), "--detectors")
-    threads.configure(p.train.threads)  # the spawned detector processes inherit the pool sizes
-    from pipeline import bench
+    p = _params(args, "train")  # the spawned detector processes inherit the pool sizes
+    from pipeline.tools import bench
 
     report = bench.run(p, args.train, args.test, names, Path(args.out), protocol=args.protocol,
                        command=command, progress=_progress(args))
@@ -161,7 +162,7 @@ def _detectors(arg: str, default: list[str], option: str = "--detector") -> list
     names = [n.strip() for n in arg.split(",")]
     bad = [n for n in names if n not in registry.names()]
     if bad:
-        from pipeline.contract import DataError
+        from pipeline.errors import DataError
 
         raise DataError(f"kpiguard {option}", "known_detector",
                         f"unknown detector(s) {', '.join(repr(n) for n in bad)}; "
@@ -176,7 +177,7 @@ def _progress(args) -> bool:
 
 
 def cmd_speed(args) -> None:
-    from pipeline import speed
+    from pipeline.tools import speed
 
     speed.main(args.rest)
 
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     rest = sys.argv[1:] if argv is None else list(argv)
     if rest[:1] == ["speed"]:
         # speed has its own parser; argparse's REMAINDER would not hand it options like --points.
-        from pipeline import speed
+        from pipeline.tools import speed
 
         return speed.main(rest[1:])
     args = build_parser().parse_args(argv)
@@ -279,12 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_ours_or_warning)
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow logs through a handler of its own
-    from pipeline.contract import DataError
-    from pipeline.params import ParamsError
+    from pipeline.errors import KpiguardError
 
     try:
         result = args.func(args)
-    except (DataError, ParamsError, threads.ThreadsError) as exc:
+    except KpiguardError as exc:
         print(f"kpiguard {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if result is None:  # speed prints its own table

@@ -1,8 +1,13 @@
-"""params.yaml, validated on load.
+"""params.yaml, validated on load: a schema, nothing else.
 
 Every section is a pydantic model that forbids unknown keys, so a typo or a bad type is a clear
 error naming the key, not a KeyError deep inside a stage. Detector hyperparameters are validated
-by each detector's own config dataclass (``models.registry``).
+by each detector's own config dataclass (``models.registry``, ``models/configs/<name>.py``).
+
+Loading params changes nothing in the process: storage bounds, thread pools and the MLflow client's
+environment are applied by :func:`pipeline.runtime.apply`, once per entry point. Importing this module
+loads only pydantic and PyYAML; the validators import what they check (pandas for durations, the
+metric and threshold tables) when they run.
 """
 from __future__ import annotations
 
@@ -10,17 +15,21 @@ import datetime
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from pipeline.errors import ParamsError
 
 DEFAULT_PARAMS = Path("params.yaml")
-
-
-class ParamsError(ValueError):
-    """params.yaml (or an override) is invalid."""
 
 
 class _Section(BaseModel):
@@ -73,12 +82,16 @@ class SyntheticParams(_Section):
     @field_validator("interval")
     @classmethod
     def _interval(cls, v: str) -> str:
+        import pandas as pd
+
         if pd.Timedelta(v) <= pd.Timedelta(0):
             raise ValueError(f"interval must be positive, got {v!r}")
         return v
 
     @model_validator(mode="after")
     def _range(self):
+        import pandas as pd
+
         if pd.Timestamp(self.end) <= pd.Timestamp(self.start):
             raise ValueError(f"end {self.end} must be after start {self.start}")
         return self
@@ -138,7 +151,7 @@ class EvaluateParams(_Section):
     @field_validator("champion_metric")
     @classmethod
     def _metric(cls, v: str) -> str:
-        from pipeline.metrics import METRICS
+        from pipeline.eval.metrics import METRICS
 
         if v not in METRICS:
             raise ValueError(f"unknown metric {v!r}; known: {', '.join(METRICS)}")
@@ -171,7 +184,7 @@ class EvaluateParams(_Section):
     @field_validator("threshold")
     @classmethod
     def _threshold(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from pipeline.thresholds import make_threshold
+        from pipeline.eval.thresholds import make_threshold
 
         make_threshold(dict(v))  # raises ValueError naming the bad key or method
         return v
@@ -203,13 +216,15 @@ class ScoreParams(_Section):
     @field_validator("context")
     @classmethod
     def _context(cls, v: str) -> str:
+        import pandas as pd
+
         if pd.Timedelta(v) < pd.Timedelta(0):
             raise ValueError(f"context must not be negative, got {v!r}")
         return v
 
 
 class StorageParams(_Section):
-    """Bounds of every remote read (pipeline/storage.py); applied to the storage module on load."""
+    """Bounds of every remote read (pipeline/io/storage.py); applied by pipeline.runtime.apply."""
 
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(30.0, gt=0)
@@ -267,9 +282,6 @@ def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
         lines = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
         raise ParamsError(f"{source}: invalid parameters:\n  " + "\n  ".join(lines)) from None
     _check_detectors(params, source)
-    from pipeline import storage
-
-    storage.configure(params.storage)  # timeouts, attempts and size caps of every remote read from here on
     return params
 
 

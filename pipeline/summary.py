@@ -98,7 +98,7 @@ def register(report: dict, report_dir: str) -> str:
 
 
 def score(result: dict) -> str:
-    """``result``: what ``pipeline.score.run`` returns (each partition's _meta.json, plus its path)."""
+    """``result``: what ``pipeline.batch.score.run`` returns (each partition's _meta.json, plus its path)."""
     parts = result["partitions"]
     model = result["model"]
     which = f"{model.get('model')} v{model['version']}" if model.get("version") else model.get("uri")

@@ -15,7 +15,7 @@ container CPU sets). ``tasks``, how many kpiguard tasks share the machine, is th
 1. ``KPIGUARD_TASKS_PER_MACHINE`` (set it where you know better, e.g. on a host running several
    workers);
 2. ``AIRFLOW__CELERY__WORKER_CONCURRENCY``: on a Celery worker, each of its task slots is a task
-   (``pipeline/workspace.py`` also passes Airflow's ``[celery] worker_concurrency`` config on to the
+   (``pipeline/orchestration/workspace.py`` also passes Airflow's ``[celery] worker_concurrency`` config on to the
    commands it runs, as this variable);
 3. 1: a process alone gets every core.
 
@@ -33,15 +33,13 @@ import os
 from collections.abc import MutableMapping
 from dataclasses import asdict, dataclass
 
+from pipeline.errors import ThreadsError
+
 TASKS_ENV = "KPIGUARD_TASKS_PER_MACHINE"
 CELERY_CONCURRENCY_ENV = "AIRFLOW__CELERY__WORKER_CONCURRENCY"
 # Pools sized from the environment when their library loads: they must be set before `import torch`.
 POOL_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
-
-
-class ThreadsError(ValueError):
-    """A thread-count environment variable is not a positive integer."""
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from pipeline.bench import SUMMARY_METRICS
 from pipeline.cli import main
+from pipeline.tools.bench import SUMMARY_METRICS
 from tests.conftest import REPO
 
 

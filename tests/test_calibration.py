@@ -9,8 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.calibration import (MAX_SURPRISE, CalibrationError, EcdfCalibration, LikelihoodCalibration,
-                                  make_calibration)
+from models.calibration import (
+    MAX_SURPRISE,
+    CalibrationError,
+    EcdfCalibration,
+    LikelihoodCalibration,
+    make_calibration,
+)
+from pipeline.data import prep
+from pipeline.eval import protocol
 
 SD1 = np.tile([-1.0, 1.0], 500)  # mean 0, population std exactly 1
 
@@ -120,8 +127,8 @@ def test_params_reject_a_bad_calibration(tmp_path):
 
 def test_served_bundle_gives_the_evaluate_stages_calibrated_scores(small_params, tmp_path):
     """Same input rows: the bundle (what kpiguard score and the DAG serve) and evaluate agree exactly."""
-    from pipeline import evaluate, ingest, train, validate, windows
-    from pipeline.serving import Bundle, observed_rows, write_bundle
+    from pipeline.serving.bundle import Bundle, observed_rows, write_bundle
+    from pipeline.stages import evaluate, ingest, train, validate, windows
 
     p = small_params.paths
     ingest.run(small_params, p.raw)
@@ -132,11 +139,11 @@ def test_served_bundle_gives_the_evaluate_stages_calibrated_scores(small_params,
     saved = json.loads((tmp_path / p.evaluation / "calibration" / "robust_zscore.json").read_text())
     assert saved["method"] == small_params.evaluate.calibration["method"] and saved["per_kpi"]
 
-    full = evaluate.load_splits(p.windows)
+    full = prep.load_splits(p.windows)
     raw = evaluate.score_detector("robust_zscore", tmp_path / p.artifacts, full)
     observed = ~full["missing"].to_numpy()
     for config in ({"method": "ecdf"}, {"method": "likelihood"}):
-        calibrated, fitted = evaluate.calibrate(full, raw, config)
+        calibrated, fitted = protocol.calibrate(full, raw, config)
         if config["method"] == saved["method"]:
             assert fitted == saved  # the evaluate stage wrote exactly this calibration
         threshold = report["detectors"]["robust_zscore"]["threshold"]
@@ -150,8 +157,8 @@ def test_served_bundle_gives_the_evaluate_stages_calibrated_scores(small_params,
         assert pd.Series(served["kpi_id"]).nunique() == 2
 
     # kpiguard score's progress bar scores groups of whole KPIs: the same rows, the same scores.
-    from pipeline.score import score_rows
-    from pipeline.serving import BundleModel
+    from pipeline.batch.score import score_rows
+    from pipeline.serving.bundle import BundleModel
 
     model, rows = BundleModel(Bundle.load(tmp_path / "ecdf")), observed_rows(full)
     start, end = rows["timestamp"].min(), rows["timestamp"].max() + pd.Timedelta("1s")

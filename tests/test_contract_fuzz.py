@@ -18,7 +18,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pipeline import cli
-from pipeline.contract import DataError, _to_utc
+from pipeline.data.contract import DataError, _to_utc
 from tests.conftest import small_params_dict
 
 BASE_S = 1_767_225_600  # 2026-01-01T00:00:00Z

@@ -15,11 +15,21 @@ from torch import nn
 from models import registry
 from models.base import SkipDetector, TrainConfig, fill_uncovered
 from models.frame import KPI_ID, LABEL, MISSING, TIMESTAMP, VALUE, kpi_slices
-from models.torch_base import balanced_sampler, masked_mse, resolve_device
 from models.stacked_gbdt import class_balanced, onset_weights
-from models.windowing import (covering_starts, covering_windows_by_kpi, last_position, n_windows,
-                              scores_at_window_ends, sequence_window_starts, sliding_windows, spread_to_points,
-                              window_starts, windows_at, windows_by_kpi)
+from models.torch_base import balanced_sampler, masked_mse, resolve_device
+from models.windowing import (
+    covering_starts,
+    covering_windows_by_kpi,
+    last_position,
+    n_windows,
+    scores_at_window_ends,
+    sequence_window_starts,
+    sliding_windows,
+    spread_to_points,
+    window_starts,
+    windows_at,
+    windows_by_kpi,
+)
 from tests.detector_data import make_splits
 
 CPU = TrainConfig(device="cpu", seed=0, max_epochs=2, patience=2, progress=False)
@@ -759,7 +769,12 @@ def test_stacked_gbdt_keeps_all_positives_when_subsampling(splits):
 
 # -- sequence_novelty ----------------------------------------------------------------------------
 def test_sequence_novelty_transition_counts_are_from_the_past_only():
-    from models.sequence_novelty import PRIOR_OUTCOMES, day_bins, earlier_counts, novelty
+    from models.sequence_novelty import (
+        PRIOR_OUTCOMES,
+        day_bins,
+        earlier_counts,
+        novelty,
+    )
     np.testing.assert_array_equal(earlier_counts(np.array([3, 1, 3, 3, 1])), [0, 0, 1, 2, 1])
     # range [0, 1] in 2 buckets, one quantisation: values 0.2 / 0.7 are buckets 0 / 1
     x = np.array([0.2, 0.7, 0.2, 0.7, 0.2, 0.7])

@@ -12,9 +12,11 @@ import torch
 from models import registry
 from models.base import TrainConfig
 from models.frame import CLIPPED, VALUE
-from pipeline import evaluate, ingest, score, sources, train, validate, windows
+from pipeline.batch import score
+from pipeline.data import prep, sources
 from pipeline.params import parse_params
-from pipeline.serving import Bundle, BundleModel, write_bundle
+from pipeline.serving.bundle import Bundle, BundleModel, write_bundle
+from pipeline.stages import evaluate, ingest, train, validate, windows
 from tests.conftest import small_params_dict
 from tests.detector_data import make_splits
 
@@ -43,7 +45,7 @@ def _model(root: Path, p, name: str):
     thresholds = Path(p.paths.evaluation) / "thresholds" / f"{name}.json"
     calibration = Path(p.paths.evaluation) / "calibration" / f"{name}.json"
     write_bundle(root / f"bundle-{name}", Path(p.paths.artifacts) / name, json.loads(thresholds.read_text()),
-                 json.loads(calibration.read_text()), {"clip_sigma": p.windows.clip_sigma})
+                 json.loads(calibration.read_text()), p.windows.clip_sigma)
     return BundleModel(Bundle.load(root / f"bundle-{name}")), {"uri": f"test:{name}"}
 
 
@@ -75,7 +77,7 @@ def test_extreme_values_on_the_scored_day_are_flagged(trained, tmp_path, name):
 
 def test_normalisation_clips_and_marks(trained):
     _, p = trained
-    stats = windows.NormStats(center=10.0, scale=1e-12, interval_s=300)
+    stats = prep.NormStats(center=10.0, scale=1e-12, interval_s=300)
     values, clipped = stats.normalise(np.array([10.0, 11.0, 1e200, -1e250, 1e308]), p.windows.clip_sigma)
     assert np.isfinite(values).all() and np.abs(values).max() == p.windows.clip_sigma
     assert clipped.tolist() == [False, True, True, True, True]

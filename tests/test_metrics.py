@@ -1,4 +1,4 @@
-"""pipeline.metrics on small hand-computed cases (the computation is written beside each)."""
+"""pipeline.eval.metrics on small hand-computed cases (the computation is written beside each)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_recall_curve
 
-from pipeline import metrics as M
+from pipeline.eval import metrics as M
 
 # A 12-point series used by several tests.
 #   index   0 1 2 3 4 5 6 7 8 9 10 11

@@ -13,11 +13,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import ingest, register, score, tracking, train, validate, windows
-from pipeline import evaluate as evaluate_stage
+from pipeline.batch import score
 from pipeline.params import parse_params
+from pipeline.serving import gate, registry, tracking
+from pipeline.stages import evaluate as evaluate_stage
+from pipeline.stages import ingest, register, train, validate, windows
 from tests.conftest import REPO, small_params_dict
-from tests.servers import closed_port, env_vars, mlflow_server, postgres_available, postgres_database
+from tests.servers import (
+    closed_port,
+    env_vars,
+    mlflow_server,
+    postgres_available,
+    postgres_database,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -106,20 +114,20 @@ def test_gate_promotes_only_a_better_version(trained, server):
     experiment = tracking.experiment_id(client, p.mlflow.experiment)
     evaluation = json.loads((Path(p.paths.evaluation) / "metrics.json").read_text())["detectors"]
     logged = {n: register.log_detector_run(client, experiment, p, n, evaluation[n]) for n in ("robust_zscore", "isolation_forest")}
-    gate = register.Gate(client, p)
+    gate = gate.Gate(client, p)
 
     # measure both on a scratch model, then register the worse one first
     value = {}
     for name, (run_id, uri, _) in logged.items():
-        mv, _ = register.register_version(client, f"gate-probe-{name}", uri, run_id, {}, role="probe")
+        mv, _ = registry.register_version(client, f"gate-probe-{name}", uri, run_id, {}, role="probe")
         value[name] = gate.validation_metric(f"gate-probe-{name}", str(mv.version))
     worse, better = sorted(value, key=value.get)
     assert value[worse] < value[better], f"the test needs two detectors that differ on validation: {value}"
 
     model = "gate-serving"
-    v1, _ = register.register_version(client, model, logged[worse][1], logged[worse][0], {}, role="test")
+    v1, _ = registry.register_version(client, model, logged[worse][1], logged[worse][0], {}, role="test")
     assert gate.decide(model, v1)["decision"] == "champion"  # first version
-    v2, _ = register.register_version(client, model, logged[better][1], logged[better][0], {}, role="test")
+    v2, _ = registry.register_version(client, model, logged[better][1], logged[better][0], {}, role="test")
     promoted = gate.decide(model, v2)
     assert promoted["decision"] == "champion"
     assert promoted["candidate_value"] == pytest.approx(value[better])
@@ -146,7 +154,7 @@ def test_promote_and_rollback(trained, server):
     import mlflow
 
     versions = [str(mlflow.register_model(uri, "ops-model").version) for _ in range(3)]
-    register.set_champion(client, "ops-model", versions[0], "test")
+    registry.set_champion(client, "ops-model", versions[0], "test")
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": server}
     cli = [sys.executable, "-m", "pipeline.cli"]
@@ -156,17 +164,17 @@ def test_promote_and_rollback(trained, server):
     assert json.loads(out.stdout)["previous_champion"] == versions[0]
     champion = client.get_model_version_by_alias("ops-model", "champion")
     assert str(champion.version) == versions[2] and champion.tags["kpiguard.previous_champion"] == versions[0]
-    register.promote(client, "ops-model", versions[1])
+    registry.promote(client, "ops-model", versions[1])
 
     back = subprocess.run([*cli, "rollback", "--json", "--model", "ops-model"], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)
     assert back.returncode == 0, back.stderr
     assert json.loads(back.stdout) == {"model": "ops-model", "champion": versions[2], "rolled_back_from": versions[1]}
-    assert register.rollback(client, "ops-model")["champion"] == versions[0]
-    with pytest.raises(register.RegistryError, match="first champion on record"):
-        register.rollback(client, "ops-model")
-    with pytest.raises(register.RegistryError, match="no version 99"):
-        register.promote(client, "ops-model", "99")
+    assert registry.rollback(client, "ops-model")["champion"] == versions[0]
+    with pytest.raises(registry.RegistryError, match="first champion on record"):
+        registry.rollback(client, "ops-model")
+    with pytest.raises(registry.RegistryError, match="no version 99"):
+        registry.promote(client, "ops-model", "99")
     missing = subprocess.run([*cli, "rollback", "--model", "no-such-model"], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "no-such-model" in missing.stderr and "Traceback" not in missing.stderr
@@ -178,8 +186,8 @@ def test_champion_loads_in_a_fresh_process_and_scores(trained, server):
     code = f"""
 import json, mlflow, pandas as pd
 from pipeline.params import load_params
-from pipeline.sources import read_source
-from pipeline.serving import to_model_input
+from pipeline.data.sources import read_source
+from pipeline.serving.bundle import to_model_input
 rows = read_source("synthetic:", load_params(), "2026-01-05", "2026-01-07")
 out = mlflow.pyfunc.load_model("models:/serve-fresh@champion").predict(to_model_input(rows))
 print(json.dumps({{"rows": len(rows), "out": len(out), "columns": list(out.columns),
@@ -269,7 +277,7 @@ import pathlib
 
 import mlflow
 
-from pipeline.serving import KpiguardModel
+from pipeline.serving.bundle import KpiguardModel
 
 if os.environ.get("KPIGUARD_TEST_MARKER"):
     pathlib.Path(os.environ["KPIGUARD_TEST_MARKER"]).write_text("stored code ran")
@@ -282,7 +290,9 @@ def test_scorer_and_gate_never_execute_code_stored_in_the_registry(trained, serv
     a genuine version loads from its bundle alone and scores exactly as the pyfunc does."""
     import mlflow
 
-    from pipeline import cli, model_store, serving
+    from pipeline import cli
+    from pipeline.serving import bundle as serving
+    from pipeline.serving import store as model_store
 
     p = params_for(trained, "safe")
     register.run(p)
@@ -291,7 +301,7 @@ def test_scorer_and_gate_never_execute_code_stored_in_the_registry(trained, serv
     # the genuine champion: loaded without mlflow.pyfunc, same output as the pyfunc
     model, info = score.load_model(p, "models:/serve-safe@champion")
     assert isinstance(model, serving.BundleModel) and info["version"] == "1"
-    from pipeline.sources import read_source
+    from pipeline.data.sources import read_source
 
     rows = read_source("synthetic:", p, "2026-01-05", "2026-01-07")
     ours = serving.predict_with(model, rows)
@@ -319,7 +329,7 @@ def test_scorer_and_gate_never_execute_code_stored_in_the_registry(trained, serv
                 score.load_model(p, uri)
             assert "'evil-model' version 1" in str(err.value)
         with pytest.raises(tracking.TrackingError, match="model_code_digest"):
-            register.Gate(client, p).validation_metric("evil-model", "1")
+            gate.Gate(client, p).validation_metric("evil-model", "1")
         code = cli.main(["score", "--date", "2026-01-05", "--model-uri", "models:/evil-model@champion",
                          "--output", str(tmp_path / "scores"), "--params", str(_params_file(p, tmp_path))])
         err_text = capsys.readouterr().err

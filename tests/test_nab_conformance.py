@@ -1,4 +1,4 @@
-"""NAB conformance: our NAB scorer (``pipeline.metrics``) reproduces NAB's published scoreboard.
+"""NAB conformance: our NAB scorer (``pipeline.eval.metrics``) reproduces NAB's published scoreboard.
 
 ``../shared/datasets/nab/results/<detector>/<category>/<name>.csv.gz`` hold the outputs NAB
 published for four of its reference detectors (``numenta``, ``windowedGaussian``, ``random``,
@@ -22,7 +22,7 @@ import pytest
 
 from models import registry
 from models.frame import KPI_ID, MISSING, TIMESTAMP, VALUE, kpi_slices
-from pipeline import metrics
+from pipeline.eval import metrics
 from tests.conftest import SHARED, needs_shared
 
 pytestmark = [pytest.mark.shared_data, needs_shared]

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from pipeline.outputs import replace_dir_atomic, write_json_atomic
+from pipeline.io.outputs import replace_dir_atomic, write_json_atomic
 
 
 def test_failed_write_leaves_the_previous_output(tmp_path):
@@ -36,7 +36,7 @@ def test_rerun_replaces_and_files_are_readable(tmp_path):
 import multiprocessing
 import os
 
-from pipeline import outputs
+from pipeline.io import outputs
 
 FORK = multiprocessing.get_context("fork")
 FILES = ("scores.parquet", "quarantine.parquet", "_meta.json")

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.report import SPAN_COLUMNS, anomaly_spans, build_report
+from pipeline.batch.report import SPAN_COLUMNS, anomaly_spans, build_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

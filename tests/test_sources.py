@@ -14,10 +14,11 @@ import pandas as pd
 import pytest
 
 from models.frame import KPI_ID, LABEL, TIMESTAMP, VALUE
-from pipeline import sources, storage, synthetic
-from pipeline.contract import DTYPES, DataError
+from pipeline.data import sources, synthetic
+from pipeline.data.contract import DTYPES, DataError
+from pipeline.io import storage
+from pipeline.io.storage import StorageError
 from pipeline.params import CsvColumns, DataParams, Params
-from pipeline.storage import StorageError
 
 try:
     from tests.servers import closed_port, env_vars

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import cli, evaluate, ingest, train, validate, windows
+from pipeline import cli
 from pipeline.params import parse_params
+from pipeline.stages import evaluate, ingest, train, validate, windows
 from tests.conftest import small_params_dict
 
 LONG_ID = "k" * 5000
@@ -111,8 +112,9 @@ def test_score_bad_dates_are_one_clear_error(tmp_path, capsys, argv, bad):
 
 def test_daily_input_conf_is_restricted_to_configured_sources(tmp_path):
     """#13.10d: a DAG run's `input` conf may only name score.input or what score.allowed_inputs allows."""
-    from pipeline import daily, sources
-    from pipeline.contract import DataError
+    from pipeline.batch import daily
+    from pipeline.data import sources
+    from pipeline.data.contract import DataError
 
     raw = small_params_dict()
     raw["paths"] = {k: str(tmp_path / v) for k, v in raw["paths"].items()}

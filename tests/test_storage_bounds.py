@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from pipeline import storage
+from pipeline import runtime
+from pipeline.io import storage
 from pipeline.params import StorageParams, parse_params
 from tests.conftest import small_params_dict
 from tests.servers import env_vars
@@ -57,7 +58,9 @@ def test_params_apply_to_storage():
     raw = small_params_dict(storage={"connect_timeout_s": 1, "read_timeout_s": 2, "max_attempts": 4,
                                      "max_read_mb": 8})
     try:
-        parse_params(raw)
+        params = parse_params(raw)
+        assert storage.settings() == StorageParams()  # parsing is a schema: it changes nothing in the process
+        runtime.apply(params)  # what every entry point does with its params
         assert storage.settings() == StorageParams(connect_timeout_s=1, read_timeout_s=2, max_attempts=4,
                                                    max_read_mb=8)
         assert storage.s3_client().meta.config.retries["total_max_attempts"] == 4

@@ -1,4 +1,4 @@
-"""pipeline.storage and csv: sources against a real S3 server (SeaweedFS ``weed mini`` on loopback)."""
+"""pipeline.io.storage and csv: sources against a real S3 server (SeaweedFS ``weed mini`` on loopback)."""
 from __future__ import annotations
 
 import gzip
@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 from models.frame import KPI_ID, LABEL, TIMESTAMP, VALUE
-from pipeline import sources, storage
-from pipeline.contract import DTYPES
+from pipeline.data import sources
+from pipeline.data.contract import DTYPES
+from pipeline.io import storage
+from pipeline.io.storage import StorageError
 from pipeline.params import Params
-from pipeline.storage import StorageError
-
 from tests.servers import closed_port, env_vars
 
 pytestmark = pytest.mark.integration
@@ -128,7 +128,7 @@ def _partition(tag: str) -> pd.DataFrame:
 def test_s3_partition_writer_killed_at_every_step(s3):
     """A reader sees the old or the new partition at every step of a killed write, never a mix or
     nothing; the rerun cleans up what the killed writer left."""
-    from pipeline import score
+    from pipeline.batch import score
     from tests.test_outputs import _killed_at
 
     output, date = f"s3://{BUCKET}/scores-fault", "2026-01-05"

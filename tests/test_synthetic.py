@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from models.frame import KPI_ID, LABEL, TIMESTAMP, VALUE
-from pipeline import synthetic
-from pipeline.contract import DTYPES, to_canonical
+from pipeline.data import synthetic
+from pipeline.data.contract import DTYPES, to_canonical
 from pipeline.params import SyntheticParams
 
 DEFAULT = SyntheticParams()

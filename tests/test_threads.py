@@ -74,7 +74,7 @@ def test_an_airflow_celery_task_passes_the_worker_concurrency_on(tmp_path):
     """Inside a task process, Airflow's [celery] worker_concurrency reaches the commands it runs."""
     (tmp_path / "airflow.cfg").write_text("[core]\nexecutor = CeleryExecutor\n[celery]\nworker_concurrency = 3\n")
     code = ("import airflow.configuration, json\n"
-            "from pipeline import workspace\n"
+            "from pipeline.orchestration import workspace\n"
             "print(json.dumps(workspace.worker_threads_env()))\n")
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "KPIGUARD_TASKS"))}
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**clean, "AIRFLOW_HOME": str(tmp_path)},

@@ -1,4 +1,4 @@
-"""pipeline.thresholds: fitting, scopes, serialisation and errors."""
+"""pipeline.eval.thresholds: fitting, scopes, serialisation and errors."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pipeline.thresholds import (BestF1Threshold, PotThreshold, QuantileThreshold, Threshold,
-                                 ThresholdError, make_threshold, pot_threshold)
+from pipeline.eval.thresholds import (
+    BestF1Threshold,
+    PotThreshold,
+    QuantileThreshold,
+    Threshold,
+    ThresholdError,
+    make_threshold,
+    pot_threshold,
+)
 
 
 def test_quantile_exact_hand_case():

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 
 from models.frame import KPI_ID, LABEL, TIMESTAMP, VALUE
-from pipeline import validate
-from pipeline.contract import DataError
+from pipeline.data import checks
+from pipeline.data.contract import DataError
+from pipeline.stages import validate
 
 
 def kpi(kpi_id: str, n: int, freq: str = "5min", labelled: bool = True) -> pd.DataFrame:
@@ -25,7 +26,7 @@ def kpi(kpi_id: str, n: int, freq: str = "5min", labelled: bool = True) -> pd.Da
 def validator():
     from pipeline.params import Params
 
-    return validate.Validator(Params())  # defaults: min 200 points, 48-point windows
+    return checks.Validator(Params())  # defaults: min 200 points, 48-point windows
 
 
 def quarantined(outcome, rule):

@@ -1,0 +1,149 @@
+"""The daily scoring job, one step per function, for the ``kpiguard_score`` DAG (or by hand).
+
+    ingest(day) → validate(day) → score_shard(day, i, n) for i < n → write(day) → report(day) → publish(day)
+
+Steps hand over files in the day's staging directory, ``<score.staging>/<day>/``, which every worker
+sees (a shared volume in a deployment). Each step writes its own files atomically and replaces
+what a previous attempt wrote, so a step can be retried alone and a rerun of a day never
+duplicates anything. KPIs are sharded by a stable hash of ``kpi_id``, so ``n`` workers score one
+day in parallel and a KPI always lands in the same shard.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from models.frame import KPI_ID
+from pipeline.batch import report as report_mod
+from pipeline.batch import score
+from pipeline.errors import DataError
+from pipeline.io import storage
+from pipeline.io.outputs import replace_dir_atomic, write_json_atomic
+from pipeline.params import Params
+
+log = logging.getLogger(__name__)
+
+RAW, VALID, QUARANTINE, VALIDATION, MODEL = "raw.parquet", "valid.parquet", "quarantine.parquet", "validation.json", "model.json"
+
+
+def staging(params: Params, day: str) -> Path:
+    return Path(params.score.staging) / _iso(day)
+
+
+def ingest(params: Params, day: str, input_spec: str | None = None) -> dict:
+    """The day's rows plus ``score.context`` of history, from ``score.input`` (or an allowed ``input_spec``)."""
+    start, end = score.day_range(day)
+    spec = check_input(params, input_spec) if input_spec else params.score.input
+    raw = score.read_input(params, spec, start, end)
+    def write(tmp: Path) -> None:  # a new ingest replaces everything downstream of it for that day
+        raw.to_parquet(tmp / RAW, index=False)
+        write_json_atomic(tmp / "input.json", {"input": spec})
+
+    replace_dir_atomic(staging(params, day), write)
+    return {"day": _iso(day), "input": spec, "rows": len(raw), "kpis": int(raw[KPI_ID].nunique())}
+
+
+def check_input(params: Params, spec: str) -> str:
+    """``spec`` if ``score.input`` or ``score.allowed_inputs`` permits it; DataError otherwise.
+
+    Whoever can trigger the DAG sets its ``input`` conf, and workers read what it names with their
+    own credentials: it must not reach any path or URL, only what the deployment configured.
+    """
+    allowed = [params.score.input, *params.score.allowed_inputs]
+    for entry in allowed:
+        if spec == entry:
+            return spec
+        rest = spec[len(entry):]
+        if entry.endswith("/") and spec.startswith(entry) and not _escapes(rest):
+            return spec
+    raise DataError(f"kpiguard_score input {spec!r}", "allowed_input",
+                    f"not score.input and not under score.allowed_inputs ({allowed}); add it to "
+                    "score.allowed_inputs in params.yaml to allow it")
+
+
+def _escapes(rest: str) -> bool:
+    """True when a path below an allowed prefix could climb out of it (``..``, also URL-encoded)."""
+    decoded = rest.replace("%2e", ".").replace("%2E", ".").replace("%2f", "/").replace("%2F", "/")
+    return any(part == ".." for part in decoded.replace("\\", "/").split("/")) or rest.startswith("/")
+
+
+def validate(params: Params, day: str) -> dict:
+    """GX validation of the staged rows; raises DataError (the task fails) past the quarantine limit."""
+    start, end = score.day_range(day)
+    folder = staging(params, day)
+    spec = json.loads((folder / "input.json").read_text())["input"]
+    raw = pd.read_parquet(folder / RAW)
+    outcome = score.check(params, raw, spec, start, end)  # the DataError names the failed expectations
+    storage.write_parquet(outcome.valid, folder / VALID)
+    storage.write_parquet(outcome.quarantine, folder / QUARANTINE)
+    summary = outcome.summary()
+    write_json_atomic(folder / VALIDATION, summary)
+    log.info("Great Expectations results: %s", json.dumps(summary, indent=1, default=str))
+    return {k: summary[k] for k in ("rows_in", "rows_valid", "rows_quarantined", "kpis_valid")}
+
+
+def shard_of(kpi_ids: pd.Series, shards: int) -> np.ndarray:
+    """Stable shard number of each KPI (crc32 of its id), the same on every worker and every day."""
+    codes = {k: zlib.crc32(str(k).encode()) % shards for k in pd.unique(kpi_ids)}
+    return kpi_ids.map(codes).to_numpy()
+
+
+def score_shard(params: Params, day: str, shard: int, shards: int, model_uri: str | None = None) -> dict:
+    """Score the KPIs of one shard with the model (``score.model_uri``, the champion, by default)."""
+    start, end = score.day_range(day)
+    folder = staging(params, day)
+    valid = pd.read_parquet(folder / VALID)
+    mine = valid[shard_of(valid[KPI_ID].astype(str), shards) == shard]
+    model, info = score.load_model(params, model_uri or params.score.model_uri)  # never runs stored code
+    scored = score.score_rows(model, mine, start, end) if len(mine) else mine.iloc[:0]
+    storage.write_parquet(scored, folder / "shards" / f"{shard:04d}-of-{shards:04d}.parquet")
+    write_json_atomic(folder / MODEL, info)
+    return {"shard": shard, "kpis": int(mine[KPI_ID].nunique()), "rows": len(scored)}
+
+
+def write(params: Params, day: str, shards: int, output: str | None = None) -> dict:
+    """Join the shards into the day's partition (replaced whole)."""
+    start, end = score.day_range(day)
+    folder = staging(params, day)
+    parts = [folder / "shards" / f"{i:04d}-of-{shards:04d}.parquet" for i in range(shards)]
+    absent = [p.name for p in parts if not p.exists()]
+    if absent:
+        raise DataError(str(folder), "all_shards_scored", f"missing shard outputs: {absent}")
+    scored = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    scored = scored.sort_values([KPI_ID, "timestamp"], kind="stable").reset_index(drop=True)
+    info = json.loads((folder / MODEL).read_text())
+    spec = json.loads((folder / "input.json").read_text())["input"]
+    partition, = score.write_days(output or params.score.output, start, end, scored,
+                                  pd.read_parquet(folder / QUARANTINE), {"model": info, "input": spec})
+    return partition
+
+
+def report(params: Params, day: str, output: str | None = None) -> dict:
+    """The daily anomaly report from the written partition."""
+    scored = score.read_partition(output or params.score.output, _iso(day))
+    info = json.loads((staging(params, day) / MODEL).read_text())
+    summary = report_mod.build_report(scored, _iso(day), info, params.score.reports)
+    return {k: summary[k] for k in ("day", "kpis_scored", "anomalies", "anomalous_kpis", "html", "json")}
+
+
+def publish(params: Params, day: str, bucket: str | None = None) -> dict:
+    """Copy the report to ``s3://<bucket>/daily/`` when a bucket is configured (it is already in reports/)."""
+    bucket = bucket or params.score.report_bucket
+    local = {ext: Path(params.score.reports) / f"{_iso(day)}.{ext}" for ext in ("html", "json")}
+    if not bucket:
+        return {"published": [str(p) for p in local.values()]}
+    targets = []
+    for ext, path in local.items():
+        target = f"s3://{bucket}/daily/{_iso(day)}.{ext}"
+        storage.write_bytes_atomic(target, path.read_bytes())
+        targets.append(target)
+    return {"published": [*map(str, local.values()), *targets]}
+
+
+def _iso(day) -> str:
+    return pd.Timestamp(day).date().isoformat()

@@ -1,0 +1,263 @@
+"""Daily anomaly report: what the champion model flagged on one day, for the on-call engineer.
+
+Input is one day of scored points (``kpi_id``, ``timestamp``, ``value`` in original units, ``score``,
+``threshold``, ``is_anomaly``) and the champion model's registry entry. Output, in ``out_dir``:
+
+- ``<day>.html``: one self-contained page (inline CSS, plots as base64 PNG data URIs, nothing fetched),
+  so it can be mailed, attached to a ticket or opened from disk and still show everything;
+- ``<day>.json``: the same summary for machines (counts, champion, spans with ISO timestamps).
+
+An *anomaly span* is a run of consecutive flagged points of one KPI; the on-call engineer triages
+spans, not points, so spans are what the report counts and ranks.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from models.frame import KPI_ID, TIMESTAMP, VALUE
+from pipeline.io.outputs import write_json_atomic, write_text_atomic
+
+SCORE = "score"
+THRESHOLD = "threshold"
+IS_ANOMALY = "is_anomaly"
+SPAN_COLUMNS = ("kpi_id", "start", "end", "points", "peak_score", "threshold", "severity")
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto;
+       max-width: 1100px; padding: 0 1em; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: .5em 0; }
+th, td { border: 1px solid #ddd; padding: .3em .7em; text-align: left; }
+th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.summary td:first-child { font-weight: 600; }
+.severe { background: #fde2e2; }
+figure { margin: 1em 0; } figcaption { font-weight: 600; margin-bottom: .3em; }
+img.kpi-plot { max-width: 100%; height: auto; border: 1px solid #eee; }
+.quiet { color: #555; }
+"""
+
+
+def anomaly_spans(scored: pd.DataFrame) -> pd.DataFrame:
+    """Contiguous runs of flagged points per KPI, most severe first.
+
+    A span is a maximal run of consecutive rows of one KPI (in timestamp order) with ``is_anomaly``;
+    runs never continue across KPIs. Columns: ``kpi_id``, ``start`` / ``end`` (timestamps of the first
+    and last flagged point), ``points``, ``peak_score`` (highest calibrated score in the span),
+    ``threshold`` (the KPI's threshold at that point, on the same calibrated scale) and ``severity``:
+    how many times over its threshold the peak is, ``peak_score / threshold`` with the threshold in
+    force at the peak point (1 = exactly at threshold). Ratios are meaningless for a threshold <= 0,
+    so there severity is ``peak_score - threshold + 1``, which also reads 1 at the threshold.
+    Ties in severity are ordered by KPI and start.
+    """
+    if scored.empty or not scored[IS_ANOMALY].any():
+        return pd.DataFrame({c: pd.Series(dtype=_span_dtype(c)) for c in SPAN_COLUMNS})
+    frame = scored.sort_values([KPI_ID, TIMESTAMP], kind="stable").reset_index(drop=True)
+    flag = frame[IS_ANOMALY].to_numpy(dtype=bool)
+    ids = frame[KPI_ID].to_numpy()
+    new_kpi = np.r_[True, ids[1:] != ids[:-1]]
+    starts = flag & (new_kpi | ~np.r_[False, flag[:-1]])
+    flagged = frame[flag].assign(span=np.cumsum(starts)[flag])
+    by_span = flagged.groupby("span", sort=True)
+    peaks = flagged.loc[by_span[SCORE].idxmax().to_numpy()]
+    peak, threshold = peaks[SCORE].to_numpy(float), peaks[THRESHOLD].to_numpy(float)
+    with np.errstate(divide="ignore", invalid="ignore"):  # np.where computes the ratio for threshold 0 too
+        severity = np.where(threshold > 0, peak / threshold, peak - threshold + 1)
+    spans = pd.DataFrame({
+        "kpi_id": peaks[KPI_ID].to_numpy(),
+        "start": by_span[TIMESTAMP].min().array,
+        "end": by_span[TIMESTAMP].max().array,
+        "points": by_span.size().to_numpy(),
+        "peak_score": peak,
+        "threshold": threshold,
+        "severity": severity,
+    })
+    return (spans.sort_values(["severity", "kpi_id", "start"], ascending=[False, True, True], kind="stable")
+            .reset_index(drop=True))
+
+
+def build_report(scored: pd.DataFrame, day: str, champion: dict | None, out_dir: str | Path,
+                 max_plots: int = 20) -> dict:
+    """Write ``<out_dir>/<day>.html`` and ``<out_dir>/<day>.json``; return the summary with both paths.
+
+    Plots are drawn for the ``max_plots`` KPIs whose worst span is most severe.
+    """
+    day = dt.date.fromisoformat(day).isoformat()  # also keeps the file names inside out_dir
+    scored = scored.assign(**{TIMESTAMP: pd.to_datetime(scored[TIMESTAMP], utc=True)})
+    spans = anomaly_spans(scored)
+    kpis = sorted(scored[KPI_ID].astype(str).unique())
+    flagged = list(dict.fromkeys(spans["kpi_id"].astype(str)))  # most severe first
+    quiet = sorted(set(kpis) - set(flagged))
+    summary = {
+        "day": day,
+        "kpis_scored": len(kpis),
+        "anomalies": len(spans),
+        "anomalous_kpis": len(flagged),
+        "champion": champion or {},
+        "spans": [{"kpi_id": str(s.kpi_id), "start": s.start.isoformat(), "end": s.end.isoformat(),
+                   "points": int(s.points), "peak_score": float(s.peak_score), "threshold": float(s.threshold),
+                   "severity": float(s.severity)}
+                  for s in spans.itertuples(index=False)],
+        "kpis_without_anomalies": quiet,
+    }
+    ids, span_ids = scored[KPI_ID].astype(str), spans["kpi_id"].astype(str)
+    plots = {kpi: plot_kpi(scored[ids == kpi], spans[span_ids == kpi]) for kpi in flagged[:max_plots]}
+    out_dir = Path(out_dir)
+    html_path = write_text_atomic(out_dir / f"{day}.html", render_html(summary, plots))
+    json_path = write_json_atomic(out_dir / f"{day}.json", summary)
+    return {**summary, "html": str(html_path), "json": str(json_path)}
+
+
+def plot_kpi(part: pd.DataFrame, spans: pd.DataFrame) -> str:
+    """Value with spans shaded over score with its threshold, as a PNG data URI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+
+    part = part.sort_values(TIMESTAMP)
+    ts = part[TIMESTAMP]
+    # Shade half a sampling step either side of each span, so a one-point span is still visible.
+    half = ts.diff().median() / 2 if len(ts) > 1 else pd.Timedelta(0)
+    half = half if pd.notna(half) else pd.Timedelta(0)
+    fig, (ax_v, ax_s) = plt.subplots(2, 1, figsize=(11, 3.6), sharex=True, height_ratios=(3, 2))
+    ax_v.plot(ts, part[VALUE], lw=0.8, color="black")
+    flagged = part[part[IS_ANOMALY].astype(bool)]
+    ax_v.scatter(flagged[TIMESTAMP], flagged[VALUE], s=8, color="red", zorder=3, label="flagged point")
+    for start, end in zip(spans["start"], spans["end"]):
+        ax_v.axvspan(start - half, end + half, color="red", alpha=0.2, lw=0)
+    ax_v.set_ylabel("value")
+    ax_v.legend(loc="upper right", fontsize=7)
+    ax_s.plot(ts, part[SCORE], lw=0.8, color="tab:blue", label="score")
+    threshold = part[THRESHOLD]
+    if threshold.nunique() > 1:
+        ax_s.step(ts, threshold, where="post", color="red", lw=0.8, ls="--", label="threshold")
+    else:
+        ax_s.axhline(threshold.iloc[0], color="red", lw=0.8, ls="--", label="threshold")
+    ax_s.set_ylabel("calibrated score")
+    ax_s.legend(loc="upper right", fontsize=7)
+    locator = mdates.AutoDateLocator()
+    ax_s.xaxis.set_major_locator(locator)
+    ax_s.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def render_html(summary: dict, plots: dict[str, str]) -> str:
+    """The report page from ``build_report``'s summary and ``{kpi: PNG data URI}`` (in display order)."""
+    e = html.escape
+    day = summary["day"]
+    anchors = _anchors(plots)
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        '<link rel="icon" href="data:,">',  # no favicon request: the page must not fetch anything
+        f"<title>kpiguard daily anomaly report — {e(day)}</title>", f"<style>{_CSS}</style></head><body>",
+        f"<h1>kpiguard daily anomaly report — {e(day)}</h1>",
+        '<table class="summary">',
+        f'<tr><td>KPIs scored</td><td class="num">{summary["kpis_scored"]}</td></tr>',
+        f'<tr><td>Anomaly spans</td><td class="num">{summary["anomalies"]}</td></tr>',
+        f'<tr><td>KPIs flagged</td><td class="num">{summary["anomalous_kpis"]}</td></tr>',
+        "</table>",
+        *_champion_html(summary["champion"]),
+        "<h2>Anomalies</h2>",
+    ]
+    if not summary["kpis_scored"]:
+        parts.append('<p class="quiet">No KPIs were scored for this day.</p>')
+    elif not summary["spans"]:
+        parts.append(f'<p class="quiet">No anomalies: all {summary["kpis_scored"]} KPIs stayed within threshold.</p>')
+    else:
+        parts += ['<p class="quiet">Times are UTC. Scores are calibrated per KPI: the surprise '
+                  "-log10(tail probability) of the detector's score given that KPI's history (5 = a "
+                  "1-in-100,000 score), so they compare across KPIs. Severity is the peak score over its "
+                  "KPI's threshold (1 = at threshold); most severe first, rows at twice the threshold or more "
+                  "highlighted.</p>",
+                  '<table class="spans"><thead><tr><th>KPI</th><th>start</th><th>end</th><th>points</th>'
+                  "<th>peak score</th><th>KPI threshold</th><th>severity</th></tr></thead><tbody>"]
+        for s in summary["spans"]:
+            kpi = e(s["kpi_id"])
+            cell = f'<a href="#{anchors[s["kpi_id"]]}">{kpi}</a>' if s["kpi_id"] in anchors else kpi
+            row = '<tr class="severe">' if s["severity"] >= 2 else "<tr>"
+            parts.append(
+                f"{row}<td>{cell}</td>"
+                f"<td>{e(_time(s['start']))}</td><td>{e(_time(s['end']))}</td>"
+                f'<td class="num">{s["points"]}</td><td class="num">{_fmt(s["peak_score"])}</td>'
+                f'<td class="num">{_fmt(s["threshold"])}</td><td class="num">{_fmt(s["severity"], 2)}</td></tr>')
+        parts.append("</tbody></table>")
+    if plots:
+        parts.append("<h2>Flagged KPIs</h2>")
+        for kpi, uri in plots.items():
+            parts.append(f'<figure id="{anchors[kpi]}"><figcaption>{e(kpi)}</figcaption>'
+                         f'<img class="kpi-plot" src="{uri}" alt="{e(kpi, quote=True)}: value with anomaly '
+                         f'spans shaded, and score against threshold"></figure>')
+    omitted = summary["anomalous_kpis"] - len(plots)
+    if omitted > 0:
+        parts.append(f'<p class="quiet">{omitted} more flagged KPI{"s" if omitted != 1 else ""} not plotted '
+                     "(see the table).</p>")
+    if summary["kpis_without_anomalies"]:
+        parts += ["<h2>KPIs without anomalies</h2>",
+                  f'<p class="quiet">{e(", ".join(summary["kpis_without_anomalies"]))}</p>']
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def _champion_html(champion: dict) -> list[str]:
+    e = html.escape
+    if not champion:
+        return ["<h2>Champion model</h2>", '<p class="quiet">No champion model recorded.</p>']
+    name = e(str(champion.get("model") or "unnamed model"))
+    if champion.get("version") is not None:
+        name += f" v{e(str(champion['version']))}"
+    detector = f" (detector <code>{e(str(champion['detector']))}</code>)" if champion.get("detector") else ""
+    url = champion.get("run_url")
+    # Only web links: the URL comes from the registry and must not become a javascript: link.
+    link = (f' — <a href="{e(url, quote=True)}">MLflow run</a>'
+            if isinstance(url, str) and url.startswith(("http://", "https://")) else "")
+    out = ["<h2>Champion model</h2>", f"<p>{name}{detector}{link}</p>"]
+    metrics = champion.get("metrics") or {}
+    if metrics:
+        out += ["<table><thead><tr><th>validation metric</th><th>value</th></tr></thead><tbody>",
+                *(f'<tr><td>{e(str(k))}</td><td class="num">{e(_fmt(v))}</td></tr>' for k, v in metrics.items()),
+                "</tbody></table>"]
+    else:
+        out.append('<p class="quiet">No validation metrics recorded.</p>')
+    return out
+
+
+def _anchors(kpis) -> dict[str, str]:
+    """Unique HTML ids for KPIs (sanitised; a suffix tells apart KPIs that sanitise alike)."""
+    out: dict[str, str] = {}
+    for kpi in kpis:
+        base = "kpi-" + re.sub(r"[^A-Za-z0-9_-]+", "-", kpi).strip("-")
+        anchor, n = base, 1
+        while anchor in out.values():
+            n += 1
+            anchor = f"{base}-{n}"
+        out[kpi] = anchor
+    return out
+
+
+def _time(iso: str) -> str:
+    return pd.Timestamp(iso).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.{digits}f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
+def _span_dtype(column: str) -> str:
+    return {"kpi_id": "object", "start": "datetime64[ns, UTC]", "end": "datetime64[ns, UTC]",
+            "points": "int64"}.get(column, "float64")

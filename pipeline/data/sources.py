@@ -1,0 +1,223 @@
+"""Source specs (``data.train`` / ``data.test`` in params.yaml) and their readers.
+
+=================  ==============================================================================
+spec               reads
+=================  ==============================================================================
+``synthetic:``     the embedded generator (:mod:`pipeline.data.synthetic`, section ``synthetic:``)
+``nab:DIR``        the Numenta Anomaly Benchmark layout: ``DIR/data/<category>/<name>.csv`` and
+                   ``DIR/labels/combined_windows.json``; kpi_id ``<category>/<name>``
+``aiops:FILE``     the 2018 AIOps challenge CSV (``timestamp`` unix s, ``value``, ``label``,
+                   ``KPI ID``), optionally ``.gz``
+``csv:PATH``       generic CSV / CSV.gz / Parquet, a file or a directory of them; column names
+                   from ``data.csv`` (``kpi_id: null``: the file name is the KPI id)
+=================  ==============================================================================
+
+DIR, FILE and PATH may be local, ``s3://bucket/prefix`` or (single files) ``http(s)://``.
+
+Every reader returns the canonical frame (:mod:`pipeline.data.contract`) sorted by kpi_id, timestamp,
+and raises :class:`~pipeline.data.contract.DataError` naming the file, the column and the rule. Rows
+with NaN, inf or duplicate timestamps are kept: the validate stage quarantines them with a reason.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+
+from models.frame import KPI_ID, LABEL, TIMESTAMP, VALUE
+from pipeline.data import synthetic
+from pipeline.data.contract import DTYPES, empty_frame, to_canonical
+from pipeline.errors import DataError
+from pipeline.io import storage
+from pipeline.params import Params
+
+log = logging.getLogger(__name__)
+
+SCHEMES = ("synthetic", "nab", "aiops", "csv")
+NAB_COLUMNS = (TIMESTAMP, VALUE)
+AIOPS_COLUMNS = {"timestamp": TIMESTAMP, "value": VALUE, "label": LABEL, "KPI ID": KPI_ID}
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """``"csv:s3://b/p"`` -> ``("csv", "s3://b/p")``. Unknown scheme or missing argument: DataError."""
+    if not isinstance(spec, str) or ":" not in spec:
+        raise DataError(str(spec), "source_spec",
+                        f"a source spec looks like scheme:ARG with scheme one of {', '.join(SCHEMES)}")
+    scheme, arg = spec.split(":", 1)
+    scheme, arg = scheme.strip().lower(), arg.strip()
+    if scheme not in SCHEMES:
+        raise DataError(spec, "source_spec",
+                        f"unknown scheme {scheme!r}; known: " + ", ".join(f"{s}:" for s in SCHEMES))
+    if scheme == "synthetic" and arg:
+        raise DataError(spec, "source_spec", "synthetic: takes no argument (settings live in the "
+                                             "synthetic: section of params.yaml)")
+    if scheme != "synthetic" and not arg:
+        raise DataError(spec, "source_spec", f"{scheme}: needs a path, e.g. {scheme}:/data/file")
+    return scheme, arg
+
+
+def read_source(spec: str, params: Params, start=None, end=None) -> pd.DataFrame:
+    """Read a source spec into the canonical frame, optionally restricted to ``[start, end)``.
+
+    For ``synthetic:`` ``start``/``end`` set the generated range; for the others they filter.
+    """
+    scheme, arg = parse_spec(spec)
+    if scheme == "synthetic":
+        frame = to_canonical(synthetic.generate(params.synthetic, start, end), spec)
+    else:
+        reader = {"nab": read_nab, "aiops": read_aiops, "csv": read_csv}[scheme]
+        frame = reader(arg, params) if scheme == "csv" else reader(arg)
+        frame = _between(frame, start, end)
+    return _sorted(frame)
+
+
+# ---------------------------------------------------------------------------------------------
+# readers
+
+
+def read_nab(root: str) -> pd.DataFrame:
+    """NAB layout under ``root``; points inside a labelled window (inclusive) get label 1."""
+    data_dir = storage.join(root, "data")
+    labels_path = storage.join(root, "labels", "combined_windows.json")
+    windows = _nab_windows(labels_path)
+    files = storage.list_files(data_dir, (".csv",))
+    prefix = data_dir.rstrip("/") + "/"
+    frames = []
+    for path in files:
+        rel = _relative(path, prefix)           # "<category>/<name>.csv"
+        raw = storage.read_table(path)
+        _require_columns(raw, NAB_COLUMNS, path)
+        raw = pd.DataFrame({KPI_ID: rel[: -len(".csv")], TIMESTAMP: raw[TIMESTAMP], VALUE: raw[VALUE]})
+        frame = to_canonical(raw, path)
+        if rel not in windows:
+            log.warning("%s: no entry in %s; all its points are labelled 0", path, labels_path)
+        label = np.zeros(len(frame), dtype=np.int8)
+        ts = frame[TIMESTAMP]
+        for lo, hi in windows.get(rel, []):
+            label[((ts >= lo) & (ts <= hi)).to_numpy()] = 1
+        frame[LABEL] = label
+        frames.append(frame)
+    return _concat(frames)
+
+
+def read_aiops(path: str) -> pd.DataFrame:
+    """The 2018 AIOps challenge CSV (``KPI ID`` becomes ``kpi_id``)."""
+    raw = storage.read_table(path, string_columns=("KPI ID",))
+    _require_columns(raw, tuple(AIOPS_COLUMNS), path)
+    raw = raw[list(AIOPS_COLUMNS)].rename(columns=AIOPS_COLUMNS)
+    return to_canonical(raw, path)
+
+
+def read_csv(path: str, params: Params) -> pd.DataFrame:
+    """Generic CSV / CSV.gz / Parquet file or directory, with the column names of ``data.csv``."""
+    cols = params.data.csv
+    files = storage.list_files(path, storage.TABLE_SUFFIXES)
+    mapping = {TIMESTAMP: cols.timestamp, VALUE: cols.value}
+    if cols.kpi_id is not None:
+        mapping = {KPI_ID: cols.kpi_id, **mapping}
+    frames, stems = [], {}
+    for f in files:
+        raw = storage.read_table(f, string_columns=[cols.kpi_id] if cols.kpi_id else ())
+        _require_columns(raw, tuple(mapping.values()), f, keys={v: f"data.csv.{k}" for k, v in mapping.items()})
+        data = {canon: raw[src] for canon, src in mapping.items()}
+        if cols.kpi_id is None:
+            stem = storage.strip_suffix(storage.name_of(f))
+            if stem in stems:
+                raise DataError(f, "unique_kpi_ids",
+                                f"data.csv.kpi_id is null, so the file name is the KPI id, but "
+                                f"{stems[stem]} has the same name {stem!r}", column=KPI_ID)
+            stems[stem] = f
+            data[KPI_ID] = stem
+        if cols.label is not None and cols.label in raw.columns:
+            data[LABEL] = raw[cols.label]
+        frames.append(to_canonical(pd.DataFrame(data), f))
+    labelled = [LABEL in fr.columns for fr in frames]
+    if any(labelled) and not all(labelled):
+        missing = [f for f, has in zip(files, labelled) if not has]
+        raise DataError(missing[0], "consistent_labels",
+                        f"{sum(labelled)} of {len(files)} files have a '{cols.label}' column and "
+                        f"{len(missing)} do not (e.g. this one); label all files or none",
+                        column=cols.label)
+    return _concat(frames)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _nab_windows(path: str) -> dict[str, list[tuple[pd.Timestamp, pd.Timestamp]]]:
+    try:
+        raw = json.loads(storage.read_bytes(path))
+    except json.JSONDecodeError as exc:
+        raise DataError(path, "valid_json", str(exc)) from exc
+    if not isinstance(raw, dict):
+        raise DataError(path, "nab_labels", "expected a mapping {\"<category>/<name>.csv\": [[start, end], ...]}")
+    out = {}
+    for name, windows in raw.items():
+        try:
+            out[name] = [(pd.Timestamp(lo, tz="UTC"), pd.Timestamp(hi, tz="UTC")) for lo, hi in windows]
+        except (TypeError, ValueError) as exc:
+            raise DataError(path, "nab_labels", f"entry {name!r}: windows must be [[start, end], ...]: "
+                                                f"{exc}") from exc
+    return out
+
+
+def _relative(path: str, prefix: str) -> str:
+    path = path.replace("\\", "/")
+    prefix = prefix.replace("\\", "/")
+    return path[len(prefix):] if path.startswith(prefix) else storage.name_of(path)
+
+
+def _require_columns(df: pd.DataFrame, expected: tuple[str, ...], path: str,
+                     keys: dict[str, str] | None = None) -> None:
+    missing = [c for c in expected if c not in df.columns]
+    if missing:
+        hint = ""
+        if keys:
+            hint = "; set " + ", ".join(f"{keys[c]}" for c in missing) + " in params.yaml to the right names"
+        raise DataError(path, "required_columns",
+                        f"missing {missing}; expected {list(expected)}, found {list(df.columns)}{hint}",
+                        column=missing[0])
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    if not frames:
+        return empty_frame()
+    out = pd.concat(frames, ignore_index=True)
+    if LABEL in out.columns and out[LABEL].dtype != "int8" and out[LABEL].isin([0.0, 1.0]).all():
+        out[LABEL] = out[LABEL].astype("int8")
+    return out
+
+
+def _between(frame: pd.DataFrame, start, end) -> pd.DataFrame:
+    if start is None and end is None:
+        return frame
+    keep = np.ones(len(frame), dtype=bool)
+    if start is not None:
+        keep &= (frame[TIMESTAMP] >= _utc(start)).to_numpy()
+    if end is not None:
+        keep &= (frame[TIMESTAMP] < _utc(end)).to_numpy()
+    return frame.loc[keep]
+
+
+def _utc(value) -> pd.Timestamp:
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
+    """Sort by kpi_id, timestamp (skipped when already in order) and set the contract's dtypes."""
+    ids = frame[KPI_ID]
+    if ids.dtype != DTYPES[KPI_ID]:
+        frame = frame.assign(**{KPI_ID: ids.astype(DTYPES[KPI_ID])})
+        ids = frame[KPI_ID]
+    in_order = ids.is_monotonic_increasing
+    if in_order and len(frame) > 1:
+        id_arr = ids.to_numpy()
+        ts = frame[TIMESTAMP].to_numpy(dtype="datetime64[ns]")   # no per-row Timestamp objects
+        in_order = not ((id_arr[1:] == id_arr[:-1]) & (ts[1:] < ts[:-1])).any()
+    if not in_order:
+        frame = frame.sort_values([KPI_ID, TIMESTAMP], kind="stable")
+    return frame.reset_index(drop=True)

@@ -1,0 +1,57 @@
+"""The errors a person running kpiguard can fix, in one hierarchy.
+
+Every one of them reaches the user as one paragraph and exit code 2 (``pipeline.cli``), never a
+traceback: it names what failed (a file, a column, a server, a key) and the rule it broke, so the
+message says what to change. Anything else that escapes is a bug in kpiguard.
+
+- :class:`KpiguardError`: the base; ``source``, ``rule``, ``detail`` (and ``column``).
+- :class:`DataError`: bad input data or a bad path (the contract, validation, sources, storage).
+- :class:`ParamsError`: params.yaml or a ``-S`` override.
+- :class:`ThreadsError`: a thread-count environment variable.
+- :class:`TrackingError`: the MLflow tracking server, or a registered model kpiguard refuses to use.
+- :class:`RegistryError`: a registry operation that cannot be done as asked.
+"""
+from __future__ import annotations
+
+
+class KpiguardError(ValueError):
+    """An error the user can fix: ``source`` (what), ``rule`` (which expectation failed), ``detail``."""
+
+    def __init__(self, source: str, rule: str | None, detail: str, column: str | None = None):
+        self.source, self.rule, self.detail, self.column = source, rule, detail, column
+        where = f"column '{column}' of " if column else ""
+        super().__init__(f"{where}{source}: rule '{rule}' failed: {detail}" if rule else f"{source}: {detail}")
+
+
+class DataError(KpiguardError):
+    """Bad input, reported so a person can fix it: which source, which column, which rule."""
+
+
+class _MessageError(KpiguardError):
+    """An error whose text is one message (no source/rule split)."""
+
+    def __init__(self, message: str):
+        self.source, self.rule, self.detail, self.column = None, None, message, None
+        ValueError.__init__(self, message)
+
+
+class ParamsError(_MessageError):
+    """params.yaml (or an override) is invalid."""
+
+
+class ThreadsError(_MessageError):
+    """A thread-count environment variable is not a positive integer."""
+
+
+class TrackingError(KpiguardError):
+    """The tracking server cannot be used, or a registered model is refused: names the URI and what failed."""
+
+    def __init__(self, uri: str, detail: str, rule: str = "tracking_server_reachable"):
+        super().__init__(f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI)", rule, detail)
+
+
+class RegistryError(KpiguardError):
+    """A registry operation that cannot be done as asked (no champion, unknown version, ...)."""
+
+    def __init__(self, model: str, rule: str, detail: str):
+        super().__init__(f"registered model '{model}'", rule, detail)
