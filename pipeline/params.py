@@ -59,7 +59,7 @@ class CsvColumns(_Section):
 class DataParams(_Section):
     train: str = "synthetic:"
     test: str | None = None
-    csv: CsvColumns = CsvColumns()
+    csv: CsvColumns = Field(default_factory=CsvColumns)
 
     @field_validator("train", "test")
     @classmethod
@@ -233,17 +233,19 @@ class StorageParams(_Section):
 
 
 class Params(_Section):
-    paths: Paths = Paths()
-    data: DataParams = DataParams()
-    synthetic: SyntheticParams = SyntheticParams()
-    validation: ValidateParams = Field(ValidateParams(), alias="validate")
-    windows: WindowParams = WindowParams()
-    train: TrainParams = TrainParams()
+    # Sections default by factory: building a default section runs its validators, which import what they
+    # check; at import time nothing is built.
+    paths: Paths = Field(default_factory=Paths)
+    data: DataParams = Field(default_factory=DataParams)
+    synthetic: SyntheticParams = Field(default_factory=SyntheticParams)
+    validation: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
+    windows: WindowParams = Field(default_factory=WindowParams)
+    train: TrainParams = Field(default_factory=TrainParams)
     detectors: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    evaluate: EvaluateParams = EvaluateParams()
-    mlflow: MlflowParams = MlflowParams()
-    score: ScoreParams = ScoreParams()
-    storage: StorageParams = StorageParams()
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    mlflow: MlflowParams = Field(default_factory=MlflowParams)
+    score: ScoreParams = Field(default_factory=ScoreParams)
+    storage: StorageParams = Field(default_factory=StorageParams)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

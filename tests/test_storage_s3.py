@@ -71,7 +71,7 @@ def test_write_parquet_roundtrip(s3):
     back = storage.read_table(path)
     pd.testing.assert_frame_equal(back, frame, check_dtype=False)
     assert sources.read_source(f"csv:{path}", PARAMS).equals(frame)
-    storage.write_bytes_atomic(f"s3://{BUCKET}/out/blob.bin", b"\x00abc")
+    storage.write_bytes(f"s3://{BUCKET}/out/blob.bin", b"\x00abc")
     assert storage.read_bytes(f"s3://{BUCKET}/out/blob.bin") == b"\x00abc"
 
 
@@ -111,7 +111,7 @@ def test_unreachable_endpoint():
     with env_vars({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
                    "AWS_DEFAULT_REGION": "us-east-1"}):
         # (read_source over an unreachable endpoint: tests/test_sources.py::test_unreachable_s3)
-        for action in (lambda: storage.read_bytes(path), lambda: storage.write_bytes_atomic(path, b"x")):
+        for action in (lambda: storage.read_bytes(path), lambda: storage.write_bytes(path, b"x")):
             with pytest.raises(StorageError) as err:
                 action()
             msg = str(err.value)
@@ -139,7 +139,7 @@ def test_s3_partition_writer_killed_at_every_step(s3):
 
     def patch(dying):
         storage._s3_client.cache_clear()  # no connection shared with the parent process
-        storage.write_bytes_atomic = dying(storage.write_bytes_atomic)
+        storage.write_bytes = dying(storage.write_bytes)
         storage.s3_delete = dying(storage.s3_delete)
 
     def seen() -> set[str]:

@@ -140,7 +140,7 @@ def publish(params: Params, day: str, bucket: str | None = None) -> dict:
     targets = []
     for ext, path in local.items():
         target = f"s3://{bucket}/daily/{_iso(day)}.{ext}"
-        storage.write_bytes_atomic(target, path.read_bytes())
+        storage.write_bytes(target, path.read_bytes())
         targets.append(target)
     return {"published": [*map(str, local.values()), *targets]}
 

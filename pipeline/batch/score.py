@@ -209,8 +209,8 @@ def _write_s3_partition(target: str, blobs: dict[str, bytes]) -> str:
     previous = (_read_pointer(target) or {}).get("run")
     run = f"{RUN_PREFIX}{pd.Timestamp.now(tz='UTC'):%Y%m%dT%H%M%S%f}Z-{uuid.uuid4().hex[:8]}"
     for name, data in blobs.items():  # _meta.json last: a run with it is complete
-        storage.write_bytes_atomic(storage.join(target, run, name), data)
-    storage.write_bytes_atomic(storage.join(target, POINTER), (json.dumps(
+        storage.write_bytes(storage.join(target, run, name), data)
+    storage.write_bytes(storage.join(target, POINTER), (json.dumps(
         {"run": run, "files": list(blobs), "written_at": pd.Timestamp.now(tz="UTC").isoformat()}, indent=2)
         + "\n").encode())
     keep = {run, previous}

@@ -216,7 +216,7 @@ def replace_dir_atomic(target: str | Path, write: Callable[[Path], None]) -> Pat
 
 
 # -- single files ------------------------------------------------------------------------------
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+def write_file_atomic(path: str | Path, data: bytes) -> Path:
     """A file that readers see old or new, never partial: temp file, fsync, ``os.replace``.
 
     Serialised per file like directories, and a rerun deletes the temp file a killed writer left.
@@ -241,7 +241,7 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    return write_bytes_atomic(path, text.encode())
+    return write_file_atomic(path, text.encode())
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> Path:

@@ -352,7 +352,7 @@ def list_files(path: str | Path, suffixes: Iterable[str] = TABLE_SUFFIXES) -> li
     return found
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+def write_bytes(path: str | Path, data: bytes) -> None:
     """Write a file so that readers see the old content or the new one, never a partial file.
 
     Local: a temporary file in the same directory, fsync, then ``os.replace``. S3: one PUT, which
@@ -367,7 +367,7 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
             raise StorageError(path, "s3_path", "an S3 object path needs a key after the bucket")
         _s3_call(path, "write the object", s3_client().put_object, Bucket=bucket, Key=key, Body=data)
         return
-    outputs.write_bytes_atomic(path, data)  # locked per file; a rerun removes a killed writer's temp file
+    outputs.write_file_atomic(path, data)  # locked per file; a rerun removes a killed writer's temp file
 
 
 def s3_objects(prefix: str) -> list[str]:
@@ -393,7 +393,7 @@ def write_parquet(df: pd.DataFrame, path: str | Path) -> None:
     """Write ``df`` as Parquet (no index), atomically, to a local or S3 path."""
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
-    write_bytes_atomic(path, buf.getvalue())
+    write_bytes(path, buf.getvalue())
 
 
 def read_table(path: str | Path, string_columns: Iterable[str] = ()) -> pd.DataFrame:
