@@ -101,3 +101,18 @@ def test_no_detector_emits_non_finite_scores_up_to_the_clip_bound(name):
     values[300:340] = bound
     scores = detector.score(test_f.assign(**{VALUE: values}))
     assert scores.shape == (len(test_f),) and np.isfinite(scores).all()
+
+
+def test_the_bundle_digest_covers_clip_sigma(trained, tmp_path):
+    """A bundle is reused by its digest (the register stage): everything that decides its output must be in
+    it, clip_sigma too, which decides what is clipped and always flagged (one unchanged detector, two
+    clip_sigma values -> two digests; the same inputs -> the same digest)."""
+    _, p = trained
+    evaluation = Path(p.paths.evaluation)
+    args = (Path(p.paths.artifacts) / "robust_zscore", json.loads((evaluation / "thresholds" / "robust_zscore.json").read_text()),
+            json.loads((evaluation / "calibration" / "robust_zscore.json").read_text()))
+    wide = write_bundle(tmp_path / "wide", *args, 1.0e6)
+    again = write_bundle(tmp_path / "again", *args, 1.0e6)
+    narrow = write_bundle(tmp_path / "narrow", *args, 3.0)
+    assert wide["digest"] == again["digest"] != narrow["digest"]
+    assert Bundle.load(tmp_path / "narrow").clip_sigma == 3.0 and Bundle.load(tmp_path / "wide").clip_sigma == 1.0e6

@@ -96,12 +96,42 @@ def test_first_register_is_champion_and_rerun_changes_nothing(trained, server):
     files = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"threshold.json", "calibration.json", "train_report.json", "plots"} <= files
     assert "calibration.method" in run.data.params
+    # each run records the calibration evaluate used for that detector (evaluate.calibration_by_detector)
+    for name in DETECTORS:
+        logged = client.get_run(report["detectors"][name]["run_id"]).data.params
+        assert logged["calibration.method"] == p.evaluate.calibration_for(name)["method"], name
+    assert client.get_run(report["detectors"]["stacked_gbdt"]["run_id"]).data.params["calibration.method"] == "none"
 
     again = register.run(p)  # same bundles: nothing new is logged or registered
     assert all(again["detectors"][n]["decision"] == "unchanged" and again["detectors"][n]["reused_run"]
                for n in DETECTORS)
     assert again["serving"]["decision"] == "unchanged"
     assert len(client.search_model_versions("name = 'serve-first'")) == 1
+
+
+def test_a_new_clip_sigma_is_a_new_bundle(trained, server):
+    """windows.clip_sigma decides which points the served model clips and flags: a bundle whose detector is
+    unchanged but whose clip_sigma differs is a new model, never the tracked one reused by digest."""
+    base = params_for(trained, "clip").as_dict()
+
+    def with_clip(clip_sigma: float):
+        return parse_params({**base, "train": {**base["train"], "detectors": ["robust_zscore"]},
+                             "windows": {**base["windows"], "clip_sigma": clip_sigma}})
+
+    first = register.run(with_clip(1.0e6))["detectors"]["robust_zscore"]
+    same = register.run(with_clip(1.0e6))["detectors"]["robust_zscore"]
+    other = register.run(with_clip(50.0))["detectors"]["robust_zscore"]
+    assert same["reused_run"] and same["run_id"] == first["run_id"] and same["decision"] == "unchanged"
+    assert not other["reused_run"] and other["run_id"] != first["run_id"] and other["version"] == "2"
+    client = client_for(with_clip(50.0))
+    bundle = model_store_bundle(client, "clip-robust_zscore", "2")
+    assert bundle.clip_sigma == 50.0
+
+
+def model_store_bundle(client, model: str, version: str):
+    from pipeline.serving import store
+
+    return store.load_version(client, model, version).bundle
 
 
 def test_gate_promotes_only_a_better_version(trained, server):
@@ -114,28 +144,28 @@ def test_gate_promotes_only_a_better_version(trained, server):
     experiment = tracking.experiment_id(client, p.mlflow.experiment)
     evaluation = json.loads((Path(p.paths.evaluation) / "metrics.json").read_text())["detectors"]
     logged = {n: register.log_detector_run(client, experiment, p, n, evaluation[n]) for n in ("robust_zscore", "isolation_forest")}
-    gate = gate.Gate(client, p)
+    the_gate = gate.Gate(client, p)
 
     # measure both on a scratch model, then register the worse one first
     value = {}
     for name, (run_id, uri, _) in logged.items():
         mv, _ = registry.register_version(client, f"gate-probe-{name}", uri, run_id, {}, role="probe")
-        value[name] = gate.validation_metric(f"gate-probe-{name}", str(mv.version))
+        value[name] = the_gate.validation_metric(f"gate-probe-{name}", str(mv.version))
     worse, better = sorted(value, key=value.get)
     assert value[worse] < value[better], f"the test needs two detectors that differ on validation: {value}"
 
     model = "gate-serving"
     v1, _ = registry.register_version(client, model, logged[worse][1], logged[worse][0], {}, role="test")
-    assert gate.decide(model, v1)["decision"] == "champion"  # first version
+    assert the_gate.decide(model, v1)["decision"] == "champion"  # first version
     v2, _ = registry.register_version(client, model, logged[better][1], logged[better][0], {}, role="test")
-    promoted = gate.decide(model, v2)
+    promoted = the_gate.decide(model, v2)
     assert promoted["decision"] == "champion"
     assert promoted["candidate_value"] == pytest.approx(value[better])
     assert promoted["champion_value"] == pytest.approx(value[worse])
     import mlflow
 
     v3 = mlflow.register_model(logged[worse][1], model)  # the worse model offered again
-    kept = gate.decide(model, v3)
+    kept = the_gate.decide(model, v3)
     assert kept["decision"] == "challenger" and kept["champion_version"] == str(v2.version)
     assert str(client.get_model_version_by_alias(model, "champion").version) == str(v2.version)
     assert str(client.get_model_version_by_alias(model, "challenger").version) == str(v3.version)

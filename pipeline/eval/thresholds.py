@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from models.jsonable import to_jsonable
 from pipeline.eval import metrics
 
 __all__ = ["Threshold", "FixedThreshold", "QuantileThreshold", "BestF1Threshold", "PotThreshold",
@@ -154,7 +155,7 @@ class Threshold:
             **{p: getattr(self, p) for p in self.params},
             "global_value": self.global_value,
             "per_kpi": dict(self.per_kpi),
-            "fit_info": _jsonable(self.fit_info),
+            "fit_info": to_jsonable(self.fit_info, nonfinite="null"),
         }
 
     @staticmethod
@@ -175,18 +176,6 @@ class Threshold:
         obj.global_value = None if gv is None else float(gv)
         obj.per_kpi = {str(k): float(v) for k, v in (d.get("per_kpi") or {}).items()}
         return obj
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    return x
 
 
 # --------------------------------------------------------------------------------------------
