@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from models.base import Detector
-from models.configs import DiffZConfig
+from models.configs.diff_z import DiffZConfig
 from models.frame import MISSING, VALUE, kpi_slices
 
 MAD_TO_STD = 1.4826

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from models.base import values_of
-from models.configs import LstmForecasterConfig
+from models.configs.lstm_forecaster import LstmForecasterConfig
 from models.frame import VALUE, kpi_slices
 from models.torch_base import Tensors, TorchDetector, masked_mse, masked_windows
 from models.windowing import covering_starts, window_starts, windows_at

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from models.base import FixedRule
-from models.configs import RobustZScoreConfig
+from models.configs.robust_zscore import RobustZScoreConfig
 from models.frame import VALUE
 
 MAD_TO_STD = 1.4826

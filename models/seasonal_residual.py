@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from models.base import FixedRule
-from models.configs import SeasonalResidualConfig
+from models.configs.seasonal_residual import SeasonalResidualConfig
 from models.frame import MISSING, TIMESTAMP, VALUE
 
 MAD_TO_STD = 1.4826

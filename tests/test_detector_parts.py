@@ -592,7 +592,7 @@ def test_seasonal_residual_ignores_interpolated_candidates_and_short_kpis_get_sc
 
 
 def test_seasonal_residual_scale_and_periods_hand_case():
-    from models.configs import SeasonalResidualConfig
+    from models.configs.seasonal_residual import SeasonalResidualConfig
     from models.seasonal_residual import seasonal_periods, trailing_scale
     x = np.array([0.0, 0.0, 0.0, -9.0, 5.0, 1.0])
     missing = np.array([False, False, False, False, True, False])
@@ -725,7 +725,7 @@ def test_onset_weights_put_each_anomalys_length_on_its_first_points():
                                            ({"members": ["cnn_classifier"]}, "which is supervised"),
                                            ({"onset_points": -1}, "'onset_points' must be >= 0")])
 def test_stacked_gbdt_config_refuses_bad_features(config, match):
-    from models.configs import StackedGbdtConfig
+    from models.configs.stacked_gbdt import StackedGbdtConfig
     with pytest.raises(ValueError, match=match):
         StackedGbdtConfig.from_dict(config)
 
@@ -817,7 +817,7 @@ def test_sequence_novelty_round_trips_and_serves_a_new_kpi(splits, tmp_path):
 
 
 def test_sequence_novelty_channels_are_chosen_by_config(splits):
-    from models.configs import SequenceNoveltyConfig
+    from models.configs.sequence_novelty import SequenceNoveltyConfig
     train, val, test = splits
     only = registry.create("sequence_novelty", {"channels": ["match"], "extreme_tolerance": None}, CPU).fit(train, val)
     full = registry.create("sequence_novelty", None, CPU).fit(train, val)
@@ -884,7 +884,7 @@ def test_ensemble_nests_a_torch_member_in_its_own_files(splits, tmp_path):
     (["diff_z", "cnn_classifier"], "ecdf", "'cnn_classifier', which is supervised"),
     (["diff_z"], "none", "'calibration' must be ecdf or likelihood")])
 def test_ensemble_config_refuses_bad_members_and_calibrations(members, calibration, match):
-    from models.configs import EnsembleConfig
+    from models.configs.ensemble import EnsembleConfig
     from pipeline.params import ParamsError, parse_params
     from tests.conftest import small_params_dict
 
