@@ -33,6 +33,8 @@ LABEL = "label"
 MISSING = "missing"
 CLIPPED = "clipped"
 
+MAD_TO_STD = 1.4826  # MAD x this estimates a std: the MAD of a normal is 1/1.4826 of its std
+
 PREPARED_COLUMNS = (KPI_ID, TIMESTAMP, VALUE, RAW_VALUE, MISSING)
 
 
