@@ -32,8 +32,8 @@ RAW_VALUE = "raw_value"
 LABEL = "label"
 MISSING = "missing"
 CLIPPED = "clipped"
-
-MAD_TO_STD = 1.4826  # MAD x this estimates a std: the MAD of a normal is 1/1.4826 of its std
+# The MAD of a normal distribution is 1/1.4826 of its standard deviation: MAD * this is a robust std.
+MAD_TO_STD = 1.4826
 
 PREPARED_COLUMNS = (KPI_ID, TIMESTAMP, VALUE, RAW_VALUE, MISSING)
 

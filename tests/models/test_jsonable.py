@@ -46,5 +46,5 @@ def test_other_values_are_returned_as_they_are(x):
 
 
 def test_unknown_nonfinite_mode_is_refused():
-    with pytest.raises(ValueError, match="nonfinite must be one of keep, null, got 'drop'"):
+    with pytest.raises(ValueError, match="nonfinite must be 'keep' or 'null', got 'drop'"):
         to_jsonable({}, nonfinite="drop")
