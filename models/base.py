@@ -58,7 +58,7 @@ REQUIRED_COLUMNS = (KPI_ID, TIMESTAMP, VALUE, MISSING)
 if TYPE_CHECKING:
     import torch
 # torch is imported where tensors are saved or loaded, not here: the configs below (and models.configs)
-# are read by params validation, which must not pay for a torch import (see models/configs.py).
+# are read by params validation, which must not pay for a torch import (see models/configs/__init__.py).
 
 
 class SkipDetector(Exception):

@@ -13,10 +13,10 @@ it on train (and validation) raw scores only, serialises it beside the threshold
 runs the same fitted transform everywhere scores become alarms (evaluate, ``kpiguard bench``, the
 served MLflow bundle behind ``kpiguard score`` and the scoring DAG, hence the daily report).
 
-It lives in ``models/`` (numpy, pandas and :mod:`models.frame` only; SciPy is imported where the
-likelihood needs it) because one detector consumes calibrated scores itself: the ``ensemble``
-(:mod:`models.ensemble`) averages its members' calibrated scores, and a detector must not import the
-pipeline that runs it.
+It lives in ``models/`` (numpy, pandas, :mod:`models.frame` and :mod:`models.jsonable` only; SciPy is
+imported where the likelihood needs it) because one detector consumes calibrated scores itself: the
+``ensemble`` (:mod:`models.ensemble`) averages its members' calibrated scores, and a detector must not
+import the pipeline that runs it.
 
 Methods (``evaluate.calibration.method`` in params.yaml)
 --------------------------------------------------------
@@ -53,6 +53,7 @@ import numpy as np
 import pandas as pd
 
 from models.frame import id_runs
+from models.jsonable import to_jsonable
 
 __all__ = ["Calibration", "NoCalibration", "LikelihoodCalibration", "EcdfCalibration",
            "CalibrationError", "make_calibration", "surprise", "METHODS"]
@@ -155,7 +156,7 @@ class Calibration:
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "min_points": int(self.min_points),
                 **{p: getattr(self, p) for p in self.params},
-                "pooled": _jsonable(self.pooled), "per_kpi": _jsonable(self.per_kpi)}
+                "pooled": to_jsonable(self.pooled), "per_kpi": to_jsonable(self.per_kpi)}
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Calibration":
@@ -168,18 +169,6 @@ class Calibration:
         if unknown:
             raise CalibrationError(f"unknown key(s) for calibration method {method!r}: {unknown}")
         return cls(**d)
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return float(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.configs import CnnClassifierConfig
+from models.configs.cnn_classifier import CnnClassifierConfig
 from models.torch_base import WindowClassifier
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.configs import Conv1dAutoencoderConfig
+from models.configs.conv1d_autoencoder import Conv1dAutoencoderConfig
 from models.torch_base import WindowReconstructor
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.configs import ConvLstmClassifierConfig
+from models.configs.convlstm_classifier import ConvLstmClassifierConfig
 from models.torch_base import WindowClassifier
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.configs import DenseAutoencoderConfig
+from models.configs.dense_autoencoder import DenseAutoencoderConfig
 from models.torch_base import WindowReconstructor
 
 

@@ -19,10 +19,8 @@ import numpy as np
 import pandas as pd
 
 from models.base import Detector
-from models.configs import DiffZConfig
-from models.frame import MISSING, VALUE, kpi_slices
-
-MAD_TO_STD = 1.4826
+from models.configs.diff_z import DiffZConfig
+from models.frame import MAD_TO_STD, MISSING, VALUE, kpi_slices
 
 
 def diff_mad_scale(values: np.ndarray, missing: np.ndarray) -> float | None:

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from models.base import Detector
-from models.configs import EnsembleConfig
+from models.configs.ensemble import EnsembleConfig
 from models.members import CalibratedMembers
 
 

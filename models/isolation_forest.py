@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from models.base import Detector, arrays_from_state, arrays_to_state
-from models.configs import IsolationForestConfig
+from models.configs.isolation_forest import IsolationForestConfig
 from models.frame import VALUE, kpi_slices
 from models.windowing import covering_windows_by_kpi, scores_at_window_ends, spread_to_points, windows_by_kpi
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.configs import LstmAutoencoderConfig
+from models.configs.lstm_autoencoder import LstmAutoencoderConfig
 from models.torch_base import WindowReconstructor
 
 

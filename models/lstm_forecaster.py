@@ -35,12 +35,11 @@ import torch
 from torch import nn
 
 from models.base import values_of
-from models.configs import LstmForecasterConfig
-from models.frame import VALUE, kpi_slices
+from models.configs.lstm_forecaster import LstmForecasterConfig
+from models.frame import MAD_TO_STD, VALUE, kpi_slices
 from models.torch_base import Tensors, TorchDetector, masked_mse, masked_windows
 from models.windowing import covering_starts, window_starts, windows_at
 
-MAD_TO_STD = 1.4826
 MIN_SCALE = 1e-6  # errors that never vary (a constant series) must not divide by zero
 
 

@@ -24,10 +24,8 @@ import numpy as np
 import pandas as pd
 
 from models.base import FixedRule
-from models.configs import RobustZScoreConfig
-from models.frame import VALUE
-
-MAD_TO_STD = 1.4826
+from models.configs.robust_zscore import RobustZScoreConfig
+from models.frame import MAD_TO_STD, VALUE
 
 
 def robust_z(series: pd.Series, window: int, min_scale: float) -> np.ndarray:

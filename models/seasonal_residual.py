@@ -39,10 +39,8 @@ import numpy as np
 import pandas as pd
 
 from models.base import FixedRule
-from models.configs import SeasonalResidualConfig
-from models.frame import MISSING, TIMESTAMP, VALUE
-
-MAD_TO_STD = 1.4826
+from models.configs.seasonal_residual import SeasonalResidualConfig
+from models.frame import MAD_TO_STD, MISSING, TIMESTAMP, VALUE
 
 
 def grid_step(timestamps: pd.Series) -> pd.Timedelta | None:

@@ -44,7 +44,7 @@ import pandas as pd
 
 from models.base import Detector
 from models.calibration import MAX_SURPRISE, Calibration, make_calibration
-from models.configs import SequenceNoveltyConfig
+from models.configs.sequence_novelty import SequenceNoveltyConfig
 from models.frame import KPI_ID, MISSING, TIMESTAMP, VALUE, kpi_slices
 
 PRIOR_OUTCOMES = 5  # the pseudo-count is spread as if a bucket had this many possible successors

@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 
 from models.base import FixedRule
-from models.configs import SpectralResidualConfig
+from models.configs.spectral_residual import SpectralResidualConfig
 from models.frame import VALUE
 
 AMPLITUDE_EPS = 1e-8  # |F| below this is a zero: its log is clipped and its phase taken as 0

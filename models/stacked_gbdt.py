@@ -53,9 +53,9 @@ import pandas as pd
 import torch
 
 from models.base import Detector, arrays_from_state, arrays_to_state, labels_of
-from models.configs import StackedGbdtConfig
-from models.diff_z import MAD_TO_STD, diff_mad_scale
-from models.frame import KPI_ID, MISSING, TIMESTAMP, VALUE, kpi_slices
+from models.configs.stacked_gbdt import StackedGbdtConfig
+from models.diff_z import diff_mad_scale
+from models.frame import KPI_ID, MAD_TO_STD, MISSING, TIMESTAMP, VALUE, kpi_slices
 from models.members import CalibratedMembers
 from models.seasonal_residual import grid_step, period_steps
 

@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, TensorDataset, WeightedRandomSampler
 
 from models.base import Detector, SkipDetector, labels_of, observed_of, values_of
-from models.configs import ClassifierConfig, ReconstructorConfig, TorchConfig
+from models.configs.shared import ClassifierConfig, ReconstructorConfig, TorchConfig
 from models.frame import kpi_slices
 from models.windowing import (covering_windows_by_kpi, last_position, scores_at_window_ends, spread_to_points,
                               windows_by_kpi)

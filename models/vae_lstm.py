@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from models.base import observed_of, values_of
-from models.configs import VaeLstmConfig
+from models.configs.vae_lstm import VaeLstmConfig
 from models.frame import kpi_slices
 from models.torch_base import Tensors, TorchDetector, masked_mse, to_tensor
 from models.windowing import (covering_starts, last_position, scores_at_window_ends, sequence_window_starts,

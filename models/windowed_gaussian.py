@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from models.base import FixedRule
-from models.configs import WindowedGaussianConfig
+from models.configs.windowed_gaussian import WindowedGaussianConfig
 from models.frame import VALUE
 
 MIN_PERIODS = 2  # values of history before a point is scored

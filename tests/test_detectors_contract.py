@@ -46,7 +46,7 @@ OVERRIDES = {
 # learns nothing fails.
 AUC_FLOORS = {
     # The two fixed reference rules (nothing learnt; their arithmetic is pinned by the exact tests in
-    # test_detector_parts.py), measured over data seeds 0-4:
+    # tests/models/), measured over data seeds 0-4:
     "windowed_gaussian": 0.58,    # 0.61-0.66: the test split is scored alone, so its first points have
                                   # little history and |z| mostly tracks the daily sine; catches an
                                   # inverted or constant score (a signed difference scores ~0.50)

@@ -25,12 +25,21 @@ def copy_repo(dst: Path) -> Path:
     return dst
 
 
-def test_dvc_repro_ingest_validate_windows(tmp_path):
+def small_copy(tmp_path: Path, **train) -> tuple[Path, dict[str, str]]:
+    """A copy of the repo on a 2-KPI, 5-day synthetic feed (``train`` overrides params' train section),
+    and the environment that runs the copy's own code (whatever an editable install points at)."""
     work = copy_repo(tmp_path / "repo")
     raw = yaml.safe_load((work / "params.yaml").read_text())
     raw["synthetic"].update({"n_kpis": 2, "start": "2026-01-01", "end": "2026-01-06"})
+    raw["train"].update(train)
     (work / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "PYTHONPATH": os.pathsep.join([str(work), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    return work, env
+
+
+def test_dvc_repro_ingest_validate_windows(tmp_path):
+    work, env = small_copy(tmp_path)
     run = subprocess.run(["dvc", "repro", "windows"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     manifest = json.loads((work / "data/raw/manifest.json").read_text())
@@ -42,3 +51,23 @@ def test_dvc_repro_ingest_validate_windows(tmp_path):
     assert {"ingest", "validate", "windows"} <= set(lock["stages"])
     again = subprocess.run(["dvc", "repro", "windows"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "didn't change" in again.stdout  # nothing reruns
+
+
+def test_editing_one_detectors_config_retrains_that_detector_only(tmp_path):
+    """train@<detector> depends on models/configs/<detector>.py, not on every detector's config."""
+    work, env = small_copy(tmp_path, detectors=["diff_z", "windowed_gaussian"])
+    stages = ["train@diff_z", "train@windowed_gaussian"]
+    run = subprocess.run(["dvc", "repro", *stages], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    def changed() -> set[str]:
+        status = subprocess.run(["dvc", "status", "--json"], cwd=work, env=env, capture_output=True, text=True,
+                                timeout=300)
+        assert status.returncode == 0, status.stdout + status.stderr
+        return set(json.loads(status.stdout))  # stage name -> what changed; evaluate/register never ran
+
+    upstream = {"ingest", "validate", "windows", *stages}
+    assert not changed() & upstream
+    with open(work / "models/configs/diff_z.py", "a") as f:
+        f.write("# an edit of diff_z's config alone\n")
+    assert changed() & upstream == {"train@diff_z"}
