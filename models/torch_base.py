@@ -17,7 +17,6 @@ supervised classifiers) hold what those detectors share, so their files only dec
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import random
 import time
