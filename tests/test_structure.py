@@ -165,3 +165,16 @@ def test_the_logged_model_entry_file_is_unchanged():
     assert store.CODE_FILE == PIPELINE / "serving" / "pyfunc_model.py"
     assert hashlib.sha256(store.CODE_FILE.read_bytes()).hexdigest() == (
         "f6ca02902e8b5f1883b82e4e0d4928116c774ecb623965fb3a2bfcbf584bc3a0")
+
+
+def test_every_code_dependency_in_dvc_yaml_exists():
+    """A module that moves must move in dvc.yaml too, or its stage would never rerun when it changes."""
+    import yaml
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    code = {name: [d for d in stage.get("deps", []) if isinstance(d, str) and not d.startswith("${")
+                   and "${" not in d] for name, stage in stages.items()}
+    missing = {name: [d for d in deps if not (REPO / d).exists()] for name, deps in code.items()}
+    assert not any(missing.values()), missing
+    for name in ("ingest", "validate", "windows", "train", "evaluate", "register"):
+        assert f"pipeline/stages/{name}.py" in code[name], name
