@@ -24,9 +24,9 @@ from pipeline.serving.registry import (
     CHALLENGER,
     CHAMPION,
     TAG,
-    _now,
     champion_version,
     set_champion,
+    utc_now,
 )
 
 
@@ -109,11 +109,11 @@ class Gate:
         for key, value in tags.items():
             self.client.set_model_version_tag(model, version, TAG + key, "" if value is None else str(value))
         self.client.update_model_version(model, version, description=(
-            f"Gate ({_now()}): {out['metric']} on the validation split: this version {_fmt(out['candidate_value'])}, "
+            f"Gate ({utc_now()}): {out['metric']} on the validation split: this version {_fmt(out['candidate_value'])}, "
             f"champion v{out['champion_version']} {_fmt(out['champion_value'])} "
             f"(min improvement {out['min_improvement']}) -> {out['decision']}: {out['reason']}."
             if out["champion_version"] else
-            f"Gate ({_now()}): {out['metric']} on the validation split: {_fmt(out['candidate_value'])} -> "
+            f"Gate ({utc_now()}): {out['metric']} on the validation split: {_fmt(out['candidate_value'])} -> "
             f"{out['decision']}: {out['reason']}."))
 
 

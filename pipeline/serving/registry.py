@@ -77,7 +77,7 @@ def set_champion(client, model: str, version: str, reason: str) -> dict:
     client.set_registered_model_tag(model, HISTORY_TAG, json.dumps(history[-HISTORY_KEEP:]))
     client.set_registered_model_tag(model, PREVIOUS_TAG, previous or "")
     client.set_model_version_tag(model, version, PREVIOUS_TAG, previous or "")
-    client.set_model_version_tag(model, version, TAG + "promoted", f"{_now()}: {reason}")
+    client.set_model_version_tag(model, version, TAG + "promoted", f"{utc_now()}: {reason}")
     challenger = alias_version(client, model, CHALLENGER)
     if challenger is not None and str(challenger.version) == version:
         client.delete_registered_model_alias(model, CHALLENGER)
@@ -113,7 +113,7 @@ def rollback(client, model: str) -> dict:
     kept = history[:len(history) - history[::-1].index(target)] if target in history else [target]
     client.set_registered_model_tag(model, HISTORY_TAG, json.dumps(kept))
     client.set_registered_model_tag(model, PREVIOUS_TAG, kept[-2] if len(kept) > 1 else "")
-    client.set_model_version_tag(model, current_version, TAG + "rolled_back", f"{_now()}: champion -> {target}")
+    client.set_model_version_tag(model, current_version, TAG + "rolled_back", f"{utc_now()}: champion -> {target}")
     return {"model": model, "champion": target, "rolled_back_from": current_version}
 
 
@@ -134,5 +134,6 @@ def _history(client, model: str) -> list[str]:
         return []
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """Now, in UTC, to the second: the time stamp of every tag and description the registry records."""
     return pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")

@@ -11,7 +11,6 @@ from models.base import TrainConfig
 from models.frame import KPI_ID, MISSING, TIMESTAMP, VALUE
 from tests.detector_data import make_splits
 
-
 CPU = TrainConfig(device="cpu", seed=0, max_epochs=2, patience=2, progress=False)
 
 

@@ -11,7 +11,6 @@ from models import registry
 from models.frame import VALUE, kpi_slices
 from tests.models.conftest import CPU, ConstantNet
 
-
 # Short training: causality and the read-out rules do not depend on how well a detector learnt.
 TINY = {
     "isolation_forest": {"n_estimators": 25},
