@@ -9,13 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.calibration import (
-    MAX_SURPRISE,
-    CalibrationError,
-    EcdfCalibration,
-    LikelihoodCalibration,
-    make_calibration,
-)
+from models.calibration import MAX_SURPRISE, CalibrationError, EcdfCalibration, LikelihoodCalibration, make_calibration
 from pipeline.data import prep
 from pipeline.eval import protocol
 

@@ -22,16 +22,8 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.servers import (
-    LOOPBACK,
-    free_port,
-    mlflow_server,
-    postgres_available,
-    postgres_database,
-    start_process,
-    stop_process,
-    wait_until,
-)
+from tests.servers import (LOOPBACK, free_port, mlflow_server, postgres_available, postgres_database, start_process,
+                           stop_process, wait_until)
 from tests.test_dvc_pipeline import copy_repo
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800),

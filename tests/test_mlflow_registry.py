@@ -19,13 +19,7 @@ from pipeline.serving import gate, registry, tracking
 from pipeline.stages import evaluate as evaluate_stage
 from pipeline.stages import ingest, register, train, validate, windows
 from tests.conftest import REPO, small_params_dict
-from tests.servers import (
-    closed_port,
-    env_vars,
-    mlflow_server,
-    postgres_available,
-    postgres_database,
-)
+from tests.servers import closed_port, env_vars, mlflow_server, postgres_available, postgres_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 

@@ -7,15 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pipeline.eval.thresholds import (
-    BestF1Threshold,
-    PotThreshold,
-    QuantileThreshold,
-    Threshold,
-    ThresholdError,
-    make_threshold,
-    pot_threshold,
-)
+from pipeline.eval.thresholds import (BestF1Threshold, PotThreshold, QuantileThreshold, Threshold, ThresholdError,
+                                      make_threshold, pot_threshold)
 
 
 def test_quantile_exact_hand_case():

@@ -96,9 +96,7 @@ class Validator:
         self.min_points = min_points or max(params.validation.min_points_per_kpi, params.windows.length)
 
     def _checkpoint(self, source, suite_name: str, name: str, drop: set[str]):
-        from great_expectations.expectations.expectation_configuration import (
-            ExpectationConfiguration,
-        )
+        from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
         gx, spec = self._gx, self.specs[suite_name]
         suite = gx.ExpectationSuite(name=name, meta=spec.get("meta", {}))

@@ -15,17 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.frame import (
-    CLIPPED,
-    KPI_ID,
-    LABEL,
-    MAD_TO_STD,
-    MISSING,
-    RAW_VALUE,
-    TIMESTAMP,
-    VALUE,
-    kpi_slices,
-)
+from models.frame import CLIPPED, KPI_ID, LABEL, MAD_TO_STD, MISSING, RAW_VALUE, TIMESTAMP, VALUE, kpi_slices
 from models.windowing import windows_by_kpi
 from pipeline.params import WindowParams
 

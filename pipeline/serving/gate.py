@@ -20,14 +20,7 @@ from pipeline.data.prep import load_splits
 from pipeline.eval.selection import champion_metric
 from pipeline.params import Params
 from pipeline.serving.bundle import SCORE, observed_rows, predict_with
-from pipeline.serving.registry import (
-    CHALLENGER,
-    CHAMPION,
-    TAG,
-    champion_version,
-    set_champion,
-    utc_now,
-)
+from pipeline.serving.registry import CHALLENGER, CHAMPION, TAG, champion_version, set_champion, utc_now
 
 
 # -- the gate ----------------------------------------------------------------------------------

@@ -5,19 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.windowing import (
-    covering_starts,
-    covering_windows_by_kpi,
-    last_position,
-    n_windows,
-    scores_at_window_ends,
-    sequence_window_starts,
-    sliding_windows,
-    spread_to_points,
-    window_starts,
-    windows_at,
-    windows_by_kpi,
-)
+from models.windowing import (covering_starts, covering_windows_by_kpi, last_position, n_windows,
+                              scores_at_window_ends, sequence_window_starts, sliding_windows, spread_to_points,
+                              window_starts, windows_at, windows_by_kpi)
 
 
 def test_window_counts_and_shapes():
