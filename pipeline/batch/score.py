@@ -78,11 +78,11 @@ def load_model(params: Params, model_uri: str):
     The model is loaded by :func:`pipeline.serving.store.load_version`: only its bundle, with kpiguard's
     own code, after checking its stored code is kpiguard's; nothing stored with the version is executed.
     """
-    from pipeline.serving import store as model_store
+    from pipeline.serving import store
 
     client = tracking.connect(params.mlflow)
     info = describe_model(client, model_uri)
-    return model_store.load_version(client, info["model"], info["version"]), info
+    return store.load_version(client, info["model"], info["version"]), info
 
 
 def describe_model(client, model_uri: str) -> dict:

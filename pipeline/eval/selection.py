@@ -56,18 +56,26 @@ def fold_metrics(frame: pd.DataFrame, scores: np.ndarray, metric: str, threshold
         if not anomalous[rows].any():
             out.append(None)
             continue
-        values = scores[rows]
+        threshold = None
         if spec.needs == "alarms":
             try:
-                threshold = make_threshold(dict(threshold_rule)).fit(
-                    scores[before], labels=labels[before], missing=missing[before], kpi_ids=ids[before])
+                threshold = _fit(threshold_rule, scores[before], labels[before], missing[before], ids[before])
             except ThresholdError:
                 out.append(None)
                 continue
-            values = threshold.apply(values, ids[rows])
-        out.append(spec.compute(labels[rows], values, missing[rows], ids[rows], delay=delay, vus_window=None,
-                                probation=nab_probation))
+        out.append(_figure(spec, labels[rows], scores[rows], missing[rows], ids[rows], threshold, delay, nab_probation))
     return out
+
+
+def _fit(rule: dict, scores: np.ndarray, labels: np.ndarray, missing: np.ndarray, ids: np.ndarray) -> Threshold:
+    return make_threshold(dict(rule)).fit(scores, labels=labels, missing=missing, kpi_ids=ids)
+
+
+def _figure(spec: M.MetricSpec, labels: np.ndarray, scores: np.ndarray, missing: np.ndarray, ids: np.ndarray,
+            threshold: Threshold | None, delay: int, probation: int | None) -> float | None:
+    """One metric on rows: on their scores, or on their alarms under ``threshold``."""
+    values = scores if spec.needs == "scores" else threshold.apply(scores, ids)
+    return spec.compute(labels, values, missing, ids, delay=delay, vus_window=None, probation=probation)
 
 
 def champion_summary(metric: str, single_split: float | None, fold_values: list[float | None]) -> dict:
@@ -98,13 +106,9 @@ def champion_metric(val: pd.DataFrame, scores: np.ndarray, ev: EvaluateParams, t
     labels, ids = val[LABEL].to_numpy(), val[KPI_ID].to_numpy()
     missing = val[MISSING].to_numpy(dtype=bool)
     spec = M.METRICS[metric]
-    if spec.needs == "scores":
-        values = scores
-    else:
-        if threshold is None:
-            threshold = make_threshold(rule).fit(scores, labels=labels, missing=missing, kpi_ids=ids)
-        values = threshold.apply(scores, ids)
-    single = spec.compute(labels, values, missing, ids, delay=ev.delay, vus_window=None, probation=ev.nab_probation)
+    if spec.needs == "alarms" and threshold is None:
+        threshold = _fit(rule, scores, labels, missing, ids)
+    single = _figure(spec, labels, scores, missing, ids, threshold, ev.delay, ev.nab_probation)
     fold_values = fold_metrics(val, scores, metric, rule, folds, ev.delay, ev.nab_probation) if folds > 1 else []
     return champion_summary(metric, single, fold_values)
 
