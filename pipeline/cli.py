@@ -18,7 +18,11 @@ from pipeline import summary
 # Nothing heavier than the standard library above: `kpiguard --help` answers without pandas or pydantic,
 # and each command imports what it needs (torch, GX, MLflow) only once its params and arguments are good.
 
+# Exit codes: 0 done; 1 an internal error (a bug: -v shows its traceback); 2 something the user can fix
+# (input, params, model, server, disk); 130 interrupted.
+EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
 
 
 def _params(args, work: str | None = None):
@@ -287,6 +291,22 @@ def main(argv: list[str] | None = None) -> int:
     except KpiguardError as exc:
         print(f"kpiguard {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as exc:  # the machine, not kpiguard: a full disk, a permission, a vanished file
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"kpiguard {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"kpiguard {args.command}: interrupted; outputs are written whole or not at all, so a rerun "
+              "starts clean", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug in kpiguard: one paragraph for the user, the traceback with -v
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
+        print(f"kpiguard {args.command}: internal error (a bug in kpiguard, not in your input): "
+              f"{type(exc).__name__}: {exc}; rerun with -v for the traceback and report it", file=sys.stderr)
+        return EXIT_INTERNAL
     if result is None:  # speed prints its own table
         return 0
     if args.json:

@@ -10,6 +10,8 @@ message says what to change. Anything else that escapes is a bug in kpiguard.
 - :class:`ThreadsError`: a thread-count environment variable.
 - :class:`TrackingError`: the MLflow tracking server, or a registered model kpiguard refuses to use.
 - :class:`RegistryError`: a registry operation that cannot be done as asked.
+- :class:`OutputError`: an output cannot be written (a full disk, no permission, a file where a
+  directory must be); the previous output is unchanged.
 """
 from __future__ import annotations
 
@@ -55,3 +57,18 @@ class RegistryError(KpiguardError):
 
     def __init__(self, model: str, rule: str, detail: str):
         super().__init__(f"registered model '{model}'", rule, detail)
+
+
+class OutputError(KpiguardError):
+    """An output that cannot be written: names the path and the system's reason; nothing was replaced."""
+
+    def __init__(self, path, detail: str, rule: str = "output_writable"):
+        super().__init__(f"output {path}", rule, detail)
+
+
+def output_error(target, exc: OSError) -> OutputError:
+    """The :class:`OutputError` for an ``OSError`` raised while ``target`` was being written."""
+    reason = exc.strerror or str(exc)
+    where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(target) else ""
+    return OutputError(target, f"{reason}{where}; the previous output at this path is unchanged "
+                               "(free space or fix the permissions, then rerun: reruns are idempotent)")

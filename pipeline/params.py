@@ -26,7 +26,8 @@ DEFAULT_PARAMS = Path("params.yaml")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity are never a setting: `-S storage.max_read_mb=.inf` would switch a bound off.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Paths(_Section):
@@ -307,6 +308,11 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ParamsError(f"override {item!r}: {part} is not a section")
-    parsed = yaml.safe_load(value)
+    try:
+        parsed = yaml.safe_load(value)  # safe_load: a !!python tag is refused, never constructed
+    except yaml.YAMLError as exc:
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise ParamsError(f"override {item!r}: the value {value!r} is not valid YAML ({problem}); "
+                          "quote strings and close brackets, e.g. -S windows.length=96") from None
     # YAML reads 2026-01-15 as a date; every date in params is a string
     node[parts[-1]] = parsed.isoformat() if isinstance(parsed, (datetime.date, datetime.datetime)) else parsed

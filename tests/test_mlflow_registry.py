@@ -369,3 +369,53 @@ def _params_file(p, tmp_path) -> Path:
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(p.as_dict()))
     return path
+
+
+
+# Runs the CLI with a file-size limit that starts when the partitions are written (the model's download
+# before it is not limited): writes then fail in the kernel with EFBIG, as they fail with ENOSPC on a full
+# disk, with no file system to fill.
+LIMITED_CLI = """
+import resource, signal, sys
+from pipeline import cli
+from pipeline.batch import score
+
+def limited(write_days):
+    def write(*args, **kwargs):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+        return write_days(*args, **kwargs)
+    return write
+
+score.write_days = limited(score.write_days)
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_write_failure_while_scoring_is_one_clear_error_and_keeps_the_partition(trained, server, tmp_path):
+    """#25.7: the partition rewrite fails half-way (no space): one paragraph, exit 2, the old partition intact."""
+    p = params_for(trained, "fulldisk")
+    raw = p.as_dict()
+    raw["train"]["detectors"] = ["robust_zscore"]
+    p = parse_params(raw)
+    register.run(p)
+    model = p.mlflow.detector_model_prefix + "robust_zscore"  # the detector's own model: its first version is champion
+    params_file, output = _params_file(p, tmp_path), tmp_path / "scores"
+    argv = ["score", "--date", "2026-01-05", "--params", str(params_file), "--output", str(output),
+            "--model-uri", f"models:/{model}@champion"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server}
+    first = subprocess.run([sys.executable, "-m", "pipeline.cli", *argv], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    partition = output / "date=2026-01-05"
+    before = {f.name: f.read_bytes() for f in partition.iterdir()}
+    assert len(before["scores.parquet"]) > 4096  # the limit bites
+
+    second = subprocess.run([sys.executable, "-c", LIMITED_CLI, *argv], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=300)
+    text = second.stdout + second.stderr
+    assert second.returncode == 2, text[-3000:]
+    assert "Traceback" not in text and "output_writable" in text and "File too large" in text
+    assert str(partition) in text and "unchanged" in text
+    assert {f.name: f.read_bytes() for f in partition.iterdir()} == before
+    assert [f.name for f in output.iterdir() if ".tmp-" in f.name] == []  # the half-written copy was removed

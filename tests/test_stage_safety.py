@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from pipeline import cli
+from pipeline.errors import OutputError
 from pipeline.params import parse_params
 from pipeline.stages import evaluate, ingest, train, validate, windows
 from tests.conftest import small_params_dict
@@ -93,8 +94,9 @@ def test_evaluate_plots_any_kpi_id_and_keeps_outputs_in_step(pipeline_dir, monke
         raise OSError(36, "File name too long")
 
     monkeypatch.setattr(evaluate, "plot_scores", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="File name too long") as err:  # one clear error, not a traceback
         evaluate.run(p)
+    assert err.value.rule == "output_writable" and "unchanged" in str(err.value)
     assert _snapshot(Path(p.paths.evaluation), Path(p.paths.plots)) == before
     assert [f.name for f in Path(p.paths.evaluation).parent.iterdir() if f.name.startswith(".")] == []
 
@@ -128,7 +130,10 @@ def test_daily_input_conf_is_restricted_to_configured_sources(tmp_path):
     rows.to_csv(tmp_path / "secret.csv", index=False)  # readable, valid, and outside every allowed prefix
 
     for spec in (f"csv:{tmp_path}/secret.csv", f"csv:{tmp_path}/landing/../secret.csv",
-                 f"csv:{tmp_path}/landing/%2e%2e/secret.csv", "csv:/etc/passwd", "csv:http://example.invalid/x.csv"):
+                 f"csv:{tmp_path}/landing/%2e%2e/secret.csv", "csv:/etc/passwd", "csv:http://example.invalid/x.csv",
+                 # a server may read `..;` as `..`, and a normalising one U+2025 (two-dot leader) as `..` (#25)
+                 f"csv:{tmp_path}/landing/..;/secret.csv", f"csv:{tmp_path}/landing/\u2025/secret.csv",
+                 f"csv:{tmp_path}/landing/.%2e/secret.csv", f"csv:{tmp_path}/landing/a\\..\\..\\secret.csv"):
         with pytest.raises(DataError) as err:
             daily.ingest(p, day, spec)
         assert err.value.rule == "allowed_input" and "score.allowed_inputs" in str(err.value)

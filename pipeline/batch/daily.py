@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import zlib
 from pathlib import Path
 
@@ -63,13 +64,19 @@ def check_input(params: Params, spec: str) -> str:
             return spec
     raise DataError(f"kpiguard_score input {spec!r}", "allowed_input",
                     f"not score.input and not under score.allowed_inputs ({allowed}); add it to "
-                    "score.allowed_inputs in params.yaml to allow it")
+                    "score.allowed_inputs in params.yaml to allow it (below an allowed prefix a name may "
+                    "use only ASCII letters, digits and _.=+@-, no segment starting with '.')")
+
+
+# Below an allowed prefix a name may use only these: whatever else a server or a file system might
+# reinterpret (``..;``, percent-escapes, backslashes, U+2025 and other dot look-alikes) is refused.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.=+@-]+")
 
 
 def _escapes(rest: str) -> bool:
-    """True when a path below an allowed prefix could climb out of it (``..``, also URL-encoded)."""
-    decoded = rest.replace("%2e", ".").replace("%2E", ".").replace("%2f", "/").replace("%2F", "/")
-    return any(part == ".." for part in decoded.replace("\\", "/").split("/")) or rest.startswith("/")
+    """True when a path below an allowed prefix could climb out of it or be read as another name."""
+    parts = rest.split("/")
+    return rest.startswith("/") or any(not _SAFE_NAME.fullmatch(part) or part.startswith(".") for part in parts)
 
 
 def validate(params: Params, day: str) -> dict:

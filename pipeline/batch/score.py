@@ -111,6 +111,7 @@ def run(params: Params, input_spec: str, start: pd.Timestamp, end: pd.Timestamp,
         model_uri: str, model=None, progress: bool = False) -> dict:
     """Score ``[start, end)`` and write one partition per day. ``model``: (loaded model, info), preloaded;
     ``progress``: a bar over groups of KPIs (for a terminal)."""
+    storage.check_output_dir(output)  # a bad --output is refused now, not after the whole scoring run
     loaded, info = model or load_model(params, model_uri)
     raw = read_input(params, input_spec, start, end)
     outcome = check(params, raw, input_spec, start, end)

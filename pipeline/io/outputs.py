@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import output_error
+
 try:
     import fcntl
 except ImportError:  # not POSIX: writers are not serialised (kpiguard deploys on Linux)
@@ -188,25 +190,30 @@ def _mkdtemp(target: Path) -> Path:
 
 def replace_dirs_atomic(writers: Sequence[tuple[str | Path, Callable[[Path], None]]]) -> list[Path]:
     """Write every target's new content first, then swap them in: a failure in any ``write`` leaves
-    every previous output untouched. ``writers``: ``(target, write(tmp_dir))`` pairs."""
+    every previous output untouched. ``writers``: ``(target, write(tmp_dir))`` pairs. An ``OSError``
+    (a full disk, no permission) becomes an :class:`~pipeline.errors.OutputError` naming the target."""
     pairs = [(Path(t), w) for t, w in writers]
-    for target, _ in pairs:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    with _locks([t for t, _ in pairs]):
-        for target, _ in pairs:
-            recover(target)
-        staged: list[tuple[Path, Path]] = []
-        try:
-            for target, write in pairs:
-                tmp = _mkdtemp(target)
-                staged.append((tmp, target))
-                write(tmp)
-        except BaseException:
-            for tmp, _ in staged:
-                _remove(tmp)
-            raise
-        for tmp, target in staged:
-            _swap_in(tmp, target)
+    current = pairs[0][0] if pairs else None
+    try:
+        for current, _ in pairs:
+            current.parent.mkdir(parents=True, exist_ok=True)
+        with _locks([t for t, _ in pairs]):
+            for current, _ in pairs:
+                recover(current)
+            staged: list[tuple[Path, Path]] = []
+            try:
+                for current, write in pairs:
+                    tmp = _mkdtemp(current)
+                    staged.append((tmp, current))
+                    write(tmp)
+            except BaseException:
+                for tmp, _ in staged:
+                    _remove(tmp)
+                raise
+            for tmp, current in staged:
+                _swap_in(tmp, current)
+    except OSError as exc:
+        raise output_error(current, exc) from exc
     return [t for t, _ in pairs]
 
 
@@ -222,21 +229,24 @@ def write_file_atomic(path: str | Path, data: bytes) -> Path:
     Serialised per file like directories, and a rerun deletes the temp file a killed writer left.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with target_lock(path):
-        for stale in _leftovers(path, "tmp"):
-            _remove(stale)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-        try:
-            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs are ordinary files
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with target_lock(path):
+            for stale in _leftovers(path, "tmp"):
+                _remove(stale)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+            try:
+                os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs are ordinary files
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+    except OSError as exc:
+        raise output_error(path, exc) from exc
     return path
 
 

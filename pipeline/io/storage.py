@@ -370,6 +370,25 @@ def write_bytes(path: str | Path, data: bytes) -> None:
     outputs.write_file_atomic(path, data)  # locked per file; a rerun removes a killed writer's temp file
 
 
+def check_output_dir(path: str | Path) -> None:
+    """Refuse, before any work, an output directory that cannot be one: a file at the path or above it,
+    an http(s) URL, or a local place this process may not write. S3 prefixes are checked on write."""
+    path = str(path)
+    if is_http(path):
+        raise StorageError(path, "writable_path", "http(s) paths are read-only; give a directory or s3:// prefix")
+    if is_s3(path):
+        return
+    target = Path(path)
+    for place in (target, *target.parents):
+        if place.exists():
+            if not place.is_dir():
+                what = "is a file" if place == target else f"sits below the file {place}"
+                raise StorageError(path, "output_is_directory", f"the output must be a directory, but it {what}")
+            if not os.access(place, os.W_OK | os.X_OK):
+                raise StorageError(path, "output_writable", f"{place} is not writable by this user")
+            return
+
+
 def s3_objects(prefix: str) -> list[str]:
     """Every object at or below an ``s3://`` prefix, as ``s3://`` paths (sorted)."""
     bucket, _ = split_s3(prefix)
