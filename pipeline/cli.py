@@ -18,9 +18,9 @@ from pipeline import summary
 # Nothing heavier than the standard library above: `kpiguard --help` answers without pandas or pydantic,
 # and each command imports what it needs (torch, GX, MLflow) only once its params and arguments are good.
 
-# Exit codes: 0 done; 1 an internal error (a bug: -v shows its traceback); 2 something the user can fix
-# (input, params, model, server, disk); 130 interrupted.
-EXIT_INTERNAL = 1
+# Exit codes: 0 done; 2 something the user can fix (input, params, model, server, disk); 70 an internal
+# error (a bug: -v shows its traceback; 70 is sysexits' EX_SOFTWARE); 130 interrupted.
+EXIT_INTERNAL = 70
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 

@@ -53,7 +53,7 @@ def test_score_refuses_an_output_that_is_a_file_before_any_work(capsys, tmp_path
     assert existing.read_text() == "not a directory"
 
 
-def test_an_internal_error_is_one_paragraph_and_exit_1(capsys, monkeypatch):
+def test_an_internal_error_is_one_paragraph_and_exit_70(capsys, monkeypatch):
     from pipeline.stages import windows
 
     def bug(*args, **kwargs):
@@ -61,10 +61,10 @@ def test_an_internal_error_is_one_paragraph_and_exit_1(capsys, monkeypatch):
 
     monkeypatch.setattr(windows, "run", bug)
     code, text = _run(capsys, "windows")
-    assert code == 1 and "Traceback" not in text
+    assert code == 70 and "Traceback" not in text
     assert "internal error" in text and "ZeroDivisionError: a bug" in text and "-v" in text
     code, text = _run(capsys, "-v", "windows")  # -v shows where it happened
-    assert code == 1 and "Traceback" in text
+    assert code == 70 and "Traceback" in text
 
 
 def test_an_oserror_is_one_paragraph_naming_the_file(capsys, monkeypatch, tmp_path):
