@@ -24,6 +24,7 @@ run: install
 	dvc repro --quiet
 	@echo
 	@echo "Outputs: data/{raw,validated,quarantine,windows}/  models/artifacts/<detector>/  reports/{validation,train,evaluation,plots,register}/"
+	@echo "DVC:     metrics/<detector>.json (dvc metrics show; commit it with dvc.lock)  dvc plots show: PR curves, scores"
 	@echo "MLflow:  mlflow.db + mlartifacts/ (make mlflow: UI on http://127.0.0.1:$(MLFLOW_PORT))"
 	@echo
 	@cat reports/evaluation/leaderboard.md

@@ -39,6 +39,7 @@ class Paths(_Section):
     artifacts: str = "models/artifacts"
     train_reports: str = "reports/train"
     evaluation: str = "reports/evaluation"
+    metrics: str = "metrics"
     plots: str = "reports/plots"
     register_report: str = "reports/register"
 

@@ -25,12 +25,13 @@ def copy_repo(dst: Path) -> Path:
     return dst
 
 
-def small_copy(tmp_path: Path, **train) -> tuple[Path, dict[str, str]]:
-    """A copy of the repo on a 2-KPI, 5-day synthetic feed (``train`` overrides params' train section),
-    and the environment that runs the copy's own code (whatever an editable install points at)."""
+def small_copy(tmp_path: Path, synthetic: dict | None = None, **train) -> tuple[Path, dict[str, str]]:
+    """A copy of the repo on a 2-KPI, 5-day synthetic feed (``synthetic`` and ``train`` override those
+    sections of params), and the environment that runs the copy's own code (whatever an editable install
+    points at)."""
     work = copy_repo(tmp_path / "repo")
     raw = yaml.safe_load((work / "params.yaml").read_text())
-    raw["synthetic"].update({"n_kpis": 2, "start": "2026-01-01", "end": "2026-01-06"})
+    raw["synthetic"].update({"n_kpis": 2, "start": "2026-01-01", "end": "2026-01-06", **(synthetic or {})})
     raw["train"].update(train)
     (work / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",

@@ -62,3 +62,42 @@ def test_missing_or_broken_file(tmp_path):
     broken.write_text("windows: [unclosed")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(broken)
+
+
+def _schema_keys(model, prefix: str = ""):
+    """Dotted keys of every field of a params section, recursively (sections by their YAML name)."""
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        key = prefix + (field.alias or name)
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from _schema_keys(field.annotation, key + ".")
+        else:
+            yield key
+
+
+def test_params_yaml_lists_every_key_a_user_may_set():
+    """`dvc exp run -S key=value` only overrides keys params.yaml has (else it asks for `+key`): every field
+    of the schema, and every key of the threshold and calibration methods, the inactive ones included.
+    (Each detector's hyperparameters: tests/models/test_registry.py.)"""
+    from models import calibration
+    from pipeline.eval import thresholds
+    from pipeline.params import Params
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+
+    def has(dotted: str) -> bool:
+        node = raw
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return True
+
+    keys = set(_schema_keys(Params))
+    keys |= {f"evaluate.threshold.{k}" for k in thresholds._CFG_KEYS}  # what make_threshold accepts
+    keys |= {f"evaluate.calibration.{k}" for k in ("method", "min_points", *(
+        p for method in calibration.METHODS.values() for p in method.params))}  # what make_calibration accepts
+    assert {"evaluate.threshold.quantile", "evaluate.threshold.pot_q", "paths.metrics"} <= keys
+    assert sorted(k for k in keys if not has(k)) == []
+    load_params(REPO / "params.yaml")  # and the file, with them all, still validates

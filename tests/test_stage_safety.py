@@ -1,6 +1,7 @@
 """Names that become paths, and stages that fail: previous outputs are never lost (issue #13)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -86,9 +87,16 @@ def test_evaluate_plots_any_kpi_id_and_keeps_outputs_in_step(pipeline_dir, monke
     plots = sorted((Path(p.paths.plots) / "scores").iterdir())
     assert len(plots) == 4  # one file per KPI: the long id fits, a/b, a_b and "a b" do not collide
     assert all(len(f.name) < 100 for f in plots)
+    # DVC's metrics: one small file per detector, its leaderboard figures and its training time
+    res = report["detectors"]["robust_zscore"]
+    assert json.loads((Path(p.paths.metrics) / "robust_zscore.json").read_text()) == {
+        "val_aiops_f1": res["champion_metric"]["value"], "test_aiops_f1": res["test"]["aiops_f1"],
+        "alarm_rate": res["test"]["alarm_rate"],
+        "train_seconds": json.loads((Path(p.paths.train_reports) / "robust_zscore.json").read_text())["train_seconds"]}
+    assert sorted(f.name for f in Path(p.paths.metrics).iterdir()) == ["random.json", "robust_zscore.json"]
 
-    # a failure while writing plots leaves both the evaluation and the plots as they were
-    before = _snapshot(Path(p.paths.evaluation), Path(p.paths.plots))
+    # a failure while writing plots leaves the evaluation, the metrics and the plots as they were
+    before = _snapshot(Path(p.paths.evaluation), Path(p.paths.metrics), Path(p.paths.plots))
 
     def broken(*a, **kw):
         raise OSError(36, "File name too long")
@@ -97,7 +105,7 @@ def test_evaluate_plots_any_kpi_id_and_keeps_outputs_in_step(pipeline_dir, monke
     with pytest.raises(OutputError, match="File name too long") as err:  # one clear error, not a traceback
         evaluate.run(p)
     assert err.value.rule == "output_writable" and "unchanged" in str(err.value)
-    assert _snapshot(Path(p.paths.evaluation), Path(p.paths.plots)) == before
+    assert _snapshot(Path(p.paths.evaluation), Path(p.paths.metrics), Path(p.paths.plots)) == before
     assert [f.name for f in Path(p.paths.evaluation).parent.iterdir() if f.name.startswith(".")] == []
 
 

@@ -61,3 +61,27 @@ def transfer_line(transfer: dict, metric: str) -> str:
 
 def _fmt(v, spec: str = ".3f") -> str:
     return "–" if v is None else format(v, spec)
+
+
+def headline(report: dict, train_seconds: dict[str, float | None]) -> dict[str, dict]:
+    """Each detector's headline figures, the leaderboard's row cut down to what a terminal holds.
+
+    The evaluate stage writes each as ``<paths.metrics>/<detector>.json``, DVC's metrics: DVC prints one
+    row per metrics file and one column per key, so per-detector files of the same few keys make
+    ``dvc metrics show`` one row per detector, and ``dvc metrics diff`` / ``dvc exp show`` compare runs on
+    these figures alone (the per-KPI detail stays in ``metrics.json``, a plain output). Keys:
+    ``val_<metric>``: the champion figure the ranking uses; ``test_<metric>``, ``alarm_rate``: on test,
+    under the validation-fitted threshold; ``train_seconds``. A detector that was not scored has only
+    its ``status``. Unknown figures are left out (DVC shows ``-``).
+    """
+    metric = report["champion_metric"]
+    rows = {}
+    for name, res in report["detectors"].items():
+        if res.get("status") != "ok":
+            rows[name] = {"status": str(res.get("status"))}
+            continue
+        test = res.get("test") or {}
+        row = {f"val_{metric}": res["champion_metric"]["value"], f"test_{metric}": test.get(metric),
+               "alarm_rate": test.get("alarm_rate"), "train_seconds": train_seconds.get(name)}
+        rows[name] = {k: v for k, v in row.items() if v is not None}
+    return rows

@@ -22,6 +22,13 @@ def pr_curve(labels: np.ndarray, scores: np.ndarray, missing: np.ndarray, points
     return pd.DataFrame({"recall": recall[idx], "precision": precision[idx]})
 
 
+def pr_curves(curves: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Every detector's curve in one long table (``detector, recall, precision``): the one DVC plot that
+    overlays them, coloured by detector (the ``pr_overlay`` template, .dvc/plots/pr_overlay.json)."""
+    parts = [curve.assign(detector=name)[["detector", "recall", "precision"]] for name, curve in curves.items()]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["detector", "recall", "precision"])
+
+
 def plot_scores(full: pd.DataFrame, all_scores: dict, results: dict, out: Path, n_kpis: int) -> None:
     """Score versus label on the test split, for the first few KPIs with anomalies."""
     import matplotlib

@@ -5,10 +5,12 @@ threshold on validation, metrics on validation and test) and is ranked by the ch
 (:mod:`pipeline.eval.selection`), which the register stage's gate and ``kpiguard bench`` use too. A
 ``random`` row (uniform random scores, same threshold rule) shows how much a metric inflates.
 
-Outputs: ``paths.evaluation``: ``metrics.json`` (DVC metrics: per detector overall and per KPI),
+Outputs: ``paths.evaluation``: ``metrics.json`` (the full detail: per detector overall and per KPI),
 ``leaderboard.md``, ``thresholds/<detector>.json``, ``calibration/<detector>.json`` (the fitted
-calibration, which the register stage bundles with the model); ``paths.plots`` (DVC plots): ``pr/<detector>.csv``
-and ``scores/<safe_stem(kpi)>.png`` (score versus label for a few KPIs; see ``pipeline.io.outputs.safe_stem``).
+calibration, which the register stage bundles with the model); ``paths.metrics`` (DVC metrics, committed):
+``<detector>.json``, each detector's headline figures (:func:`pipeline.eval.leaderboard.headline`);
+``paths.plots`` (DVC plots): ``pr.csv`` (every detector's test precision-recall curve, one chart) and
+``scores/<safe_stem(kpi)>.png`` (score versus label for a few KPIs; see ``pipeline.io.outputs.safe_stem``).
 """
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ from models import registry
 from models.frame import LABEL, MISSING, has_labels
 from models.jsonable import to_jsonable
 from pipeline.data.prep import load_splits
-from pipeline.eval.leaderboard import leaderboard
-from pipeline.eval.plots import plot_scores, pr_curve
+from pipeline.eval.leaderboard import headline, leaderboard
+from pipeline.eval.plots import plot_scores, pr_curve, pr_curves
 from pipeline.eval.protocol import evaluate_scores
 from pipeline.eval.selection import RANDOM, champion_transfer, pick_champion
 from pipeline.io.outputs import replace_dirs_atomic
@@ -87,15 +89,20 @@ def run(params: Params, detectors: list[str] | None = None, progress: bool = Fal
         for name, fitted in calibrations.items():
             (tmp / "calibration" / f"{name}.json").write_text(json.dumps(fitted))
 
+    def write_headline(tmp: Path) -> None:
+        seconds = {name: _train_report(params, name).get("train_seconds") for name in results}
+        for name, row in headline(report, seconds).items():
+            (tmp / f"{name}.json").write_text(json.dumps(to_jsonable(row, nonfinite="null"), indent=2, sort_keys=True)
+                                              + "\n")
+
     def write_plots(tmp: Path) -> None:
-        (tmp / "pr").mkdir(parents=True)
-        for name, curve in curves.items():
-            curve.to_csv(tmp / "pr" / f"{name}.csv", index=False)
+        pr_curves(curves).to_csv(tmp / "pr.csv", index=False)  # a DVC output: written even when empty
         plot_scores(full, all_scores, results, tmp / "scores", params.evaluate.plot_kpis)
 
-    # Both written before either is swapped in: a failure (a plot that cannot be written) leaves the
-    # previous evaluation and plots in step.
-    replace_dirs_atomic([(Path(params.paths.evaluation), write), (Path(params.paths.plots), write_plots)])
+    # All written before any is swapped in: a failure (a plot that cannot be written) leaves the
+    # previous evaluation, metrics and plots in step.
+    replace_dirs_atomic([(Path(params.paths.evaluation), write), (Path(params.paths.metrics), write_headline),
+                         (Path(params.paths.plots), write_plots)])
     return report
 
 
@@ -106,6 +113,12 @@ def _progress(names: list[str], enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(names, unit="detector", desc="evaluate", leave=False, file=sys.stderr)
+
+
+def _train_report(params: Params, name: str) -> dict:
+    """The train stage's report of ``name`` (its seconds); {} for the random row or a detector never trained."""
+    path = Path(params.paths.train_reports) / f"{name}.json"
+    return json.loads(path.read_text()) if name != RANDOM and path.exists() else {}
 
 
 def _train_status(artifacts: Path, name: str) -> dict:

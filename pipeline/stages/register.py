@@ -152,10 +152,12 @@ def _final_metrics(evaluation: dict, train_report: dict) -> dict[str, float]:
 
 def _log_plots(params: Params, name: str) -> None:
     import mlflow
+    import pandas as pd
 
-    pr = Path(params.paths.plots) / "pr" / f"{name}.csv"
-    if pr.exists():
-        mlflow.log_artifact(str(pr), "plots")
+    pr = Path(params.paths.plots) / "pr.csv"
+    if pr.exists():  # every detector's test curve (one DVC plot): this run logs its own (no rows: no positives)
+        curves = pd.read_csv(pr)
+        mlflow.log_text(curves[curves["detector"] == name].drop(columns="detector").to_csv(index=False), "plots/pr.csv")
     scores = Path(params.paths.plots) / "scores"
     if scores.is_dir():
         mlflow.log_artifacts(str(scores), "plots/scores")
