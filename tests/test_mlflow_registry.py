@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.batch import report as report_mod
 from pipeline.batch import score
 from pipeline.params import parse_params
 from pipeline.serving import gate, registry, tracking
@@ -207,15 +208,15 @@ def test_promote_and_rollback(trained, server):
 def test_champion_loads_in_a_fresh_process_and_scores(trained, server):
     p = params_for(trained, "fresh")
     register.run(p)
-    code = f"""
+    code = """
 import json, mlflow, pandas as pd
 from pipeline.params import load_params
 from pipeline.data.sources import read_source
 from pipeline.serving.bundle import to_model_input
 rows = read_source("synthetic:", load_params(), "2026-01-05", "2026-01-07")
 out = mlflow.pyfunc.load_model("models:/serve-fresh@champion").predict(to_model_input(rows))
-print(json.dumps({{"rows": len(rows), "out": len(out), "columns": list(out.columns),
-                  "finite": bool(out["score"].notna().all()), "alarms": int(out["is_anomaly"].sum())}}))
+print(json.dumps({"rows": len(rows), "out": len(out), "columns": list(out.columns),
+                  "finite": bool(out["score"].notna().all()), "alarms": int(out["is_anomaly"].sum())}))
 """
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "MLFLOW_TRACKING_URI": server})
@@ -247,16 +248,40 @@ def test_rescoring_a_date_is_idempotent(trained, server, where, request, tmp_pat
         rows1 = score.read_partition(output, "2026-01-05")
         second = score.run(p, "synthetic:", start, end, output, uri)
         rows2 = score.read_partition(output, "2026-01-05")
+        next_day = score.run(p, "synthetic:", *score.day_range("2026-01-06"), output, uri)
+        # the whole dataset, as pandas reads any Hive-partitioned Parquet dataset
+        options = {"storage_options": {"client_kwargs": {"endpoint_url": env["AWS_ENDPOINT_URL"]}}} if env else {}
+        whole = pd.read_parquet(output, **options)
+        held = pd.read_parquet(score.quarantine_dataset(output), **options)
     assert first["partitions"][0]["rows"] == second["partitions"][0]["rows"] == len(rows1) == len(rows2) > 0
     assert not rows2.duplicated(["kpi_id", "timestamp"]).any()
     pd.testing.assert_frame_equal(rows1, rows2)
     assert rows1["timestamp"].min() >= start and rows1["timestamp"].max() < end
-    assert list(rows1.columns) == ["kpi_id", "timestamp", "value", "raw_score", "score", "threshold", "is_anomaly"]
+    columns = ["kpi_id", "timestamp", "value", "raw_score", "score", "threshold", "is_anomaly"]
+    assert list(rows1.columns) == columns
     assert first["model"]["model"] == f"serve-score{where}" and first["model"]["version"] == "1"
+
+    # two scored days, one rescored: exactly the score columns (and the partition key), both days' rows once
+    assert list(whole.columns) == [*columns, "date"]
+    days = whole["date"].astype(str)
+    assert days.value_counts().to_dict() == {"2026-01-05": len(rows1), "2026-01-06": next_day["partitions"][0]["rows"]}
+    assert (whole["timestamp"].dt.date.astype(str) == days).all() and not whole.duplicated(["kpi_id", "timestamp"]).any()
+    pd.testing.assert_frame_equal(whole[days == "2026-01-05"][columns].reset_index(drop=True), rows1)
+    assert len(held) == sum(r["partitions"][0]["quarantined"] for r in (second, next_day))
+    # what score --json adds: the anomaly spans it wrote, most severe first
+    spans = report_mod.anomaly_spans(rows1)
+    assert first["spans"] == len(spans) == first["spans_listed"] and first["anomaly_spans"] == report_mod.span_records(spans)
     if where == "local":
-        assert sorted(x.name for x in (tmp_path / "scores").iterdir()) == ["date=2026-01-05"]
-        assert sorted(x.name for x in (tmp_path / "scores" / "date=2026-01-05").iterdir()) == [
-            "_meta.json", "quarantine.parquet", "scores.parquet"]
+        root = tmp_path / "scores"
+        assert sorted(x.name for x in root.iterdir()) == ["date=2026-01-05", "date=2026-01-06"]
+        assert sorted(x.name for x in (root / "date=2026-01-05").iterdir()) == ["_meta.json", "scores.parquet"]
+        assert sorted(str(x.relative_to(tmp_path)) for x in (tmp_path / "scores_quarantine").rglob("*")) == [
+            "scores_quarantine/date=2026-01-05", "scores_quarantine/date=2026-01-05/quarantine.parquet",
+            "scores_quarantine/date=2026-01-06", "scores_quarantine/date=2026-01-06/quarantine.parquet"]
+        # a `**/*.parquet` reader (DuckDB's glob, Spark) finds the same rows in the same schema
+        files = sorted(root.glob("**/*.parquet"))
+        globbed = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+        pd.testing.assert_frame_equal(globbed, whole[columns].reset_index(drop=True))
 
 
 def test_unreachable_server_is_one_clear_error_and_writes_nothing(trained, tmp_path):
