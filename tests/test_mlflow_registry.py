@@ -15,6 +15,7 @@ import pytest
 
 from pipeline.batch import report as report_mod
 from pipeline.batch import score
+from pipeline.eval import selection
 from pipeline.params import parse_params
 from pipeline.serving import gate, registry, tracking
 from pipeline.stages import evaluate as evaluate_stage
@@ -394,3 +395,94 @@ def _params_file(p, tmp_path) -> Path:
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(p.as_dict()))
     return path
+
+
+def test_a_run_shows_its_data_its_training_its_example_and_the_leaderboard_figure(trained, server, tmp_path):
+    """What a person opening a run in the MLflow UI expects (issue 24): the experiment opens on its runs,
+    the Datasets panel names each split with its DVC md5, the run spans the training, the model has an
+    input example, and the gate quotes the leaderboard's figure. Evaluated here with point_f1, which
+    tells these detectors apart on the small validation split (aiops_f1 is 1.0 for most)."""
+    import shutil
+
+    import mlflow
+    from dvc_data.hashfile.hash import file_md5  # DVC's hash function, not ours
+    from dvc_objects.fs.local import LocalFileSystem
+
+    root = tmp_path / "lineage"
+    shutil.copytree(trained, root)
+    p = params_for(root, "lineage", evaluate={"champion_metric": "point_f1",
+                                               "threshold": {"method": "best_f1", "scope": "global", "metric": "point_f1"}})
+    evaluation = evaluate_stage.run(p)
+    report = register.run(p)
+    client = client_for(p)
+    experiment = client.get_experiment_by_name(p.mlflow.experiment)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on runs
+
+    windows = Path(p.paths.windows)
+    board = (Path(p.paths.evaluation) / "leaderboard.md").read_text().splitlines()
+    for name in DETECTORS:
+        run = client.get_run(report["detectors"][name]["run_id"])
+        # one dataset per split: the source spec, the DVC md5 of the split's file, schema, rows and KPIs
+        inputs = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i for i in run.inputs.dataset_inputs}
+        assert set(inputs) == {"train", "validation", "test"}
+        for split, context in (("train", "train"), ("val", "validation"), ("test", "test")):
+            frame = pd.read_parquet(windows / f"{split}.parquet")
+            dataset, tags = inputs[context].dataset, {t.key: t.value for t in inputs[context].tags}
+            assert dataset.name == "synthetic:" and dataset.source_type == "local"
+            assert dataset.digest == file_md5(str(windows / f"{split}.parquet"), LocalFileSystem())  # DVC's own hash
+            assert json.loads(dataset.profile)["num_rows"] == len(frame)
+            assert tags["kpis"] == str(frame["kpi_id"].nunique()) and tags["rows"] == str(len(frame))
+            assert {c["name"] for c in json.loads(dataset.schema)["mlflow_colspec"]} == set(frame.columns)
+        # the run spans the training: created at its start, ended at its end
+        trained_report = json.loads((Path(p.paths.train_reports) / f"{name}.json").read_text())
+        assert run.info.start_time == pd.Timestamp(trained_report["started_at"]).value // 1_000_000
+        assert run.info.end_time - run.info.start_time >= trained_report["train_seconds"] * 1000
+        assert run.info.status == "FINISHED"
+        # the logged model has an input example in the signature's input form
+        model_dir = mlflow.artifacts.download_artifacts(run.data.tags["kpiguard.model_uri"], dst_path=str(tmp_path / name))
+        example = mlflow.models.Model.load(model_dir).load_input_example(model_dir)
+        assert list(example.columns) == ["kpi_id", "timestamp", "value"] and 0 < len(example) <= 288
+        # the gate's description quotes the leaderboard's figure for this very version
+        version = client.get_model_version(f"lineage-{name}", report["detectors"][name]["version"])
+        champion = evaluation["detectors"][name]["champion_metric"]
+        assert float(version.tags["kpiguard.gate.candidate_value"]) == champion["value"]
+        row = next(line for line in board if line.startswith(f"| {name} |")).split(" | ")
+        cell = row[1] if champion["basis"] == "folds" else row[4]
+        assert cell == selection.figure(champion["value"])
+        basis = "mean of 3 folds" if champion["basis"] == "folds" else "one split"
+        assert f"point_f1 on the validation split ({basis}): {cell} -> champion" in version.description
+    best = evaluation["best_on_val"]
+    serving = client.get_model_version("serve-lineage", report["serving"]["version"])
+    assert serving.tags["kpiguard.gate.candidate_value"] == str(evaluation["detectors"][best]["champion_metric"]["value"])
+
+
+def test_a_copied_local_store_still_finds_its_artifacts(trained, tmp_path, monkeypatch):
+    """The local store (sqlite:///mlflow.db, ./mlartifacts) records artifact locations relative to the
+    working directory (pipeline/serving/artifacts.py): a checkout's store copied elsewhere, the original
+    gone, still lists a run's artifacts and loads the champion, by kpiguard's loader and by MLflow's."""
+    import shutil
+
+    import mlflow
+
+    from pipeline.serving import store
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the local default store, no server
+    p = params_for(trained, "copied")
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    original.mkdir()
+    monkeypatch.chdir(original)
+    report = register.run(p)
+    client = client_for(p)
+    location = client.get_experiment_by_name(p.mlflow.experiment).artifact_location
+    assert location == "kpiguard-local:mlartifacts"
+    run_id = report["detectors"]["robust_zscore"]["run_id"]
+    assert client.get_run(run_id).info.artifact_uri.startswith("kpiguard-local:mlartifacts/")
+    shutil.copytree(original, copy)
+    shutil.rmtree(original)
+    monkeypatch.chdir(copy)
+    client = client_for(p)
+    assert {"threshold.json", "train_report.json"} <= {a.path for a in client.list_artifacts(run_id)}
+    bundle = store.load_version(client, "serve-copied", "1").bundle
+    assert bundle.meta["detector"] == report["serving"]["detector"]
+    model = mlflow.pyfunc.load_model("models:/serve-copied@champion")
+    assert model.metadata.get_input_schema().input_names() == ["kpi_id", "timestamp", "value"]
