@@ -77,5 +77,5 @@ airflow: install
 	$(AIRFLOW_ENV) exec $(BIN)/airflow standalone
 
 clean:
-	rm -rf data/raw data/validated data/quarantine data/windows data/scores models/artifacts reports
+	rm -rf data/raw data/validated data/quarantine data/windows data/scores data/scores_quarantine models/artifacts reports
 # The MLflow store (mlflow.db, mlartifacts/) holds the registry's history: remove it by hand if you mean to.

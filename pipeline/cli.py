@@ -1,7 +1,9 @@
 """The ``kpiguard`` command line: one subcommand per pipeline stage, plus tools.
 
 Every subcommand reads params.yaml (``--params``), validated on load, with ``-S section.key=value``
-overrides. Bad input ends with one clear paragraph on stderr and exit code 2, never a traceback.
+overrides. Bad input ends with one clear paragraph on stderr and exit code 2, never a traceback; a
+command that ran but produced nothing usable (no detector scored or tracked, no row scored)
+ends with one line saying why and exit code 1.
 """
 from __future__ import annotations
 
@@ -18,11 +20,10 @@ from pipeline import summary
 # Nothing heavier than the standard library above: `kpiguard --help` answers without pandas or pydantic,
 # and each command imports what it needs (torch, GX, MLflow) only once its params and arguments are good.
 
-# Exit codes: 0 done; 2 something the user can fix (input, params, model, server, disk); 70 an internal
-# error (a bug: -v shows its traceback; 70 is sysexits' EX_SOFTWARE); 130 interrupted.
-EXIT_INTERNAL = 70
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
+# Exit codes: 0 done; 1 ran but produced nothing usable (one line says why); 2 something the user can fix
+# (input, params, model, server, disk); 70 an internal error (a bug: -v shows its traceback; sysexits'
+# EX_SOFTWARE); 130 interrupted.
+EXIT_NOTHING_USABLE, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 2, 70, 130
 
 
 def _params(args, work: str | None = None):
@@ -180,6 +181,36 @@ def _progress(args) -> bool:
     return not args.no_progress and sys.stderr.isatty()
 
 
+def nothing_usable(command: str, data: dict) -> str | None:
+    """Why a command that ran produced nothing to use, in one line; None when it did.
+
+    A skipped detector is not a failure (``train@<supervised>`` on unlabelled data is skipped by design,
+    and the run goes on), but an evaluate that scored none of them, a register that tracked none, a
+    score that scored no row or a bench whose every detector failed is: the exit code says so, to a
+    person, to ``dvc repro`` and to an Airflow task."""
+    if command == "evaluate":
+        detectors = {n: r for n, r in data["detectors"].items() if n != "random"}
+        if not any(r.get("status") == "ok" for r in detectors.values()):
+            return f"0 of {len(detectors)} detectors scored ({_reasons(detectors)})"
+    elif command == "register":
+        detectors = data["detectors"]
+        if not any(r.get("status") == "ok" for r in detectors.values()):
+            return f"0 of {len(detectors)} detectors tracked ({_reasons(detectors)})"
+    elif command == "score":
+        if not sum(p["rows"] for p in data["partitions"]):
+            return f"0 rows scored in {len(data['partitions'])} partition(s): every row was quarantined"
+    elif command == "bench":
+        rows = {n: r for n, r in data["summary"].items() if n != "random"}
+        if not any(r.get("status") == "ok" for r in rows.values()):
+            return f"0 of {len(rows)} detectors benchmarked ({_reasons(rows)})"
+    return None
+
+
+def _reasons(results: dict) -> str:
+    return "; ".join(f"{n}: {r.get('status', 'missing')}" + (f": {r['reason']}" if r.get("reason") else "")
+                     for n, r in results.items()) or "none configured"
+
+
 def cmd_speed(args) -> None:
     from pipeline.tools import speed
 
@@ -190,8 +221,78 @@ def _ours_or_warning(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING or record.name.split(".")[0] in ("pipeline", "models", "__main__")
 
 
+# One line on what each command does (its --help description and its line in `kpiguard --help`) and an
+# example (its --help epilog): plain text, as a terminal shows it.
+COMMANDS = {
+    "ingest": ("Read the train (and test) sources into data/raw as Parquet, with a manifest.",
+               "kpiguard ingest -S data.train=nab:../shared/datasets/nab"),
+    "validate": ("Run the Great Expectations suites; quarantine failing rows and KPIs with the reason.",
+                 "kpiguard validate"),
+    "windows": ("Regularise each KPI, split it chronologically, normalise with train statistics, build windows.",
+                "kpiguard windows -S windows.length=96"),
+    "train": ("Fit detectors on the windows stage's train and validation splits.",
+              "kpiguard train --detector robust_zscore,isolation_forest"),
+    "evaluate": ("Score every trained detector, threshold on validation, write the metrics and the leaderboard.",
+                 "kpiguard evaluate -S evaluate.threshold.method=quantile"),
+    "register": ("Track each detector's run in MLflow, register new versions, gate champion or challenger.",
+                 "kpiguard register"),
+    "promote": ("Make a registered version the champion (records the previous one for rollback).",
+                "kpiguard promote --model kpiguard --version 4"),
+    "rollback": ("Move the champion alias back to the previous champion.",
+                 "kpiguard rollback --model kpiguard"),
+    "score": ("Score a day or a date range with a registered model; one Parquet partition per day.",
+              "kpiguard score --date 2026-01-28 --json"),
+    "bench": ("Run ingest, validate, windows, train and evaluate on any sources, outside DVC.",
+              "kpiguard bench --train nab:../shared/datasets/nab --detectors robust_zscore,diff_z"),
+    "speed": ("Measure how fast each detector trains and scores, on synthetic data.",
+              "kpiguard speed --points 1000000 --detectors all --kpis 10"),
+}
+
+DESCRIPTION = """kpiguard finds anomalies in KPI time series. One command per pipeline stage (ingest, validate,
+windows, train, evaluate, register), the model registry (promote, rollback), batch scoring (score) and
+tools (bench, speed). Each reads params.yaml; -S section.key=value overrides a parameter."""
+
+EPILOG = """examples:
+  kpiguard ingest && kpiguard validate        run the first two stages on params.yaml
+  kpiguard score --date 2026-01-28 --json      score a day with the champion, print the result as JSON
+  kpiguard COMMAND --help                      a command's options and an example
+
+exit codes: 0 done; 1 ran but produced nothing usable (one line says why); 2 bad input, params, model,
+server or disk (one paragraph says what to fix); 70 an internal error (-v shows its traceback); 130 interrupted."""
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("kpiguard")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+class _Version(argparse.Action):
+    """``--version``, looking the version up only when asked."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"kpiguard {version()}")
+        parser.exit()
+
+
+def _command(sub, name: str, **kwargs) -> argparse.ArgumentParser:
+    line, example = COMMANDS[name]
+    return sub.add_parser(name, help=line[0].lower() + line[1:].rstrip("."), description=line,
+                          epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter,
+                          **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kpiguard", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="kpiguard", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=_Version, help="print kpiguard's version and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -201,42 +302,39 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the full result as JSON instead of the one-line summary")
     common.add_argument("--no-progress", action="store_true",
                         help="no progress bars (they show only when stderr is a terminal anyway)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("ingest", parents=[common], help="read the train/test sources into data/raw")
+    p = _command(sub, "ingest", parents=[common])
     p.add_argument("--start", help="first timestamp to read (synthetic: generate from here)")
     p.add_argument("--end", help="end timestamp, exclusive")
     p.set_defaults(func=cmd_ingest)
 
-    p = sub.add_parser("validate", parents=[common], help="Great Expectations checks; quarantine bad rows")
+    p = _command(sub, "validate", parents=[common])
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("windows", parents=[common], help="regularise, split, normalise, window")
+    p = _command(sub, "windows", parents=[common])
     p.set_defaults(func=cmd_windows)
 
-    p = sub.add_parser("train", parents=[common], help="fit detectors on the windows stage's splits")
+    p = _command(sub, "train", parents=[common])
     p.add_argument("--detector", default="all", help="a registered name, a,b,c, or all (train.detectors)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", parents=[common],
-                       help="score, threshold on validation, report test metrics and the leaderboard")
+    p = _command(sub, "evaluate", parents=[common])
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("register", parents=[common],
-                       help="track runs in MLflow, register versions, gate champion / challenger")
+    p = _command(sub, "register", parents=[common])
     p.set_defaults(func=cmd_register)
 
-    p = sub.add_parser("promote", parents=[common], help="make a registered version the champion")
+    p = _command(sub, "promote", parents=[common])
     p.add_argument("--model", default="kpiguard", help="registered model name (default: kpiguard)")
     p.add_argument("--version", required=True, help="version number")
     p.set_defaults(func=cmd_promote)
 
-    p = sub.add_parser("rollback", parents=[common], help="move champion back to the previous champion")
+    p = _command(sub, "rollback", parents=[common])
     p.add_argument("--model", default="kpiguard", help="registered model name (default: kpiguard)")
     p.set_defaults(func=cmd_rollback)
 
-    p = sub.add_parser("score", parents=[common],
-                       help="score a day or a date range with the champion; Parquet partitioned by date")
+    p = _command(sub, "score", parents=[common])
     p.add_argument("--input", help="source spec (default: score.input)")
     when = p.add_mutually_exclusive_group(required=True)
     when.add_argument("--date", help="YYYY-MM-DD: score that UTC day")
@@ -246,8 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-uri", help="default: score.model_uri (models:/kpiguard@champion)")
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("bench", parents=[common],
-                       help="ingest → validate → windows → train → evaluate on any sources, outside DVC")
+    p = _command(sub, "bench", parents=[common])
     p.add_argument("--train", help="source spec, e.g. nab:../shared/datasets/nab (required unless --scores-from)")
     p.add_argument("--scores-from", metavar="DIR", action="append",
                    help="rescore a finished benchmark's saved scores with today's evaluate settings "
@@ -260,8 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: nab for nab: sources without --test, else split")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("speed", help="benchmark training and scoring speed of the detectors",
-                       add_help=False)
+    # `kpiguard speed ...` goes to speed's own parser (main); this entry lists it in `kpiguard --help`.
+    p = _command(sub, "speed", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_speed)
     return parser
@@ -313,6 +410,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result.data, indent=2, default=str))
     elif result.summary:
         print(result.summary)
+    why = nothing_usable(args.command, result.data)
+    if why:  # after the result, which says what each detector or partition did
+        print(f"kpiguard {args.command}: nothing usable: {why}", file=sys.stderr)
+        return EXIT_NOTHING_USABLE
     return 0
 
 

@@ -199,6 +199,7 @@ class ScoreParams(_Section):
     model_uri: str = "models:/kpiguard@champion"
     input: str = "synthetic:"
     output: str = "data/scores"
+    quarantine_output: str | None = None  # the rows scoring quarantined; None: <output>_quarantine
     staging: str = "data/daily"
     shards: int = Field(1, ge=1)
     context: str = "3D"

@@ -98,7 +98,8 @@ def register(report: dict, report_dir: str) -> str:
 
 
 def score(result: dict) -> str:
-    """``result``: what ``pipeline.batch.score.run`` returns (each partition's _meta.json, plus its path)."""
+    """``result``: what ``pipeline.batch.score.run`` returns (each partition's _meta.json plus its paths, and
+    the anomaly spans)."""
     parts = result["partitions"]
     model = result["model"]
     which = f"{model.get('model')} v{model['version']}" if model.get("version") else model.get("uri")
@@ -106,7 +107,8 @@ def score(result: dict) -> str:
     anomalies = sum(p["anomalies"] for p in parts)
     quarantined = sum(p["quarantined"] for p in parts)
     where = parts[0]["path"] if len(parts) == 1 else f"{len(parts)} partitions under {_parent(parts[0]['path'])}"
-    return (f"score: {_n(rows)} rows, {_n(anomalies)} anomalies, {_n(quarantined)} quarantined with {which} "
+    spans = f" in {_n(result['spans'])} spans" if "spans" in result else ""
+    return (f"score: {_n(rows)} rows, {_n(anomalies)} anomalies{spans}, {_n(quarantined)} quarantined with {which} "
             f"{ARROW} {where}")
 
 

@@ -118,3 +118,81 @@ def test_speed_takes_its_own_options(capsys):
     assert main(["speed", "--points", "2000", "--detectors", "diff_z", "--kpis", "2", "--train-points", "400"]) == 0
     table = capsys.readouterr().out
     assert "| diff_z |" in table and "points/s" in table
+
+
+def _commands() -> list[str]:
+    from pipeline.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    return list(sub.choices)
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], *([c, "--help"] for c in _commands())])
+def test_version_and_every_help_answer_quickly_without_torch(argv):
+    """`kpiguard --version` and each command's --help: plain text with a description and an example, in a
+    fresh interpreter that never imports torch. The time is reported and bounded loosely (speed is a
+    benchmark's business, not a test's; README: well under 0.5 s on an idle machine)."""
+    import time
+
+    code = ("import sys\n"
+            "from pipeline.cli import main\n"
+            "try:\n"
+            f"    main({argv!r})\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "print('TORCH', 'torch' in sys.modules)\n")
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    seconds = time.perf_counter() - started
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.strip().splitlines()[-1] == "TORCH False"
+    print(f"kpiguard {' '.join(argv)}: {seconds:.2f} s")
+    assert seconds < 5.0  # loosely: an interpreter start plus argparse, even on a busy 2-core machine
+    assert "``" not in out and ":func:" not in out  # plain text, no RST markup
+    if argv == ["--version"]:
+        from importlib.metadata import version
+
+        assert out.splitlines()[0] == f"kpiguard {version('kpiguard')}"
+    elif argv == ["--help"]:
+        assert all(f"    {c} " in out for c in _commands())  # every command listed with its line
+    else:
+        usage, _, rest = out.partition("\n\n")
+        description = rest.splitlines()[0]
+        assert description.endswith(".") and len(description) > 20, description
+        example = out.split("example:\n", 1)[1].splitlines()[0].strip()
+        assert example.startswith(f"kpiguard {argv[0]}"), example
+
+
+@pytest.mark.parametrize("command,data,why", [
+    ("evaluate", {"detectors": {"a": {"status": "failed", "reason": "ValueError: x"}, "b": {"status": "skipped"},
+                                "random": {"status": "ok"}}}, "0 of 2 detectors scored (a: failed: ValueError: x; b: skipped)"),
+    ("register", {"detectors": {"a": {"status": "failed", "reason": "boom"}}}, "0 of 1 detectors tracked (a: failed: boom)"),
+    ("score", {"partitions": [{"rows": 0}, {"rows": 0}]}, "0 rows scored in 2 partition(s): every row was quarantined"),
+    ("bench", {"summary": {"a": {"status": "failed"}, "random": {"status": "ok"}}}, "0 of 1 detectors benchmarked (a: failed)"),
+])
+def test_a_command_that_produced_nothing_usable_says_why(command, data, why):
+    from pipeline.cli import nothing_usable
+
+    assert nothing_usable(command, data) == why
+    usable = {"evaluate": {"detectors": {"a": {"status": "ok"}, "b": {"status": "failed"}}},
+              "register": {"detectors": {"a": {"status": "ok", "decision": "unchanged"}}},
+              "score": {"partitions": [{"rows": 0}, {"rows": 5}]},
+              "bench": {"summary": {"a": {"status": "ok"}}}}[command]
+    assert nothing_usable(command, usable) is None
+
+
+def test_evaluate_with_no_trained_detector_exits_1_with_one_line(tmp_path):
+    """The real stage: windows built, but no detector trained: evaluate scores 0 of 2 and says so."""
+    params = write_params(tmp_path)
+    raw = yaml.safe_load(open(params))
+    raw["train"]["detectors"] = ["robust_zscore", "diff_z"]
+    open(params, "w").write(yaml.safe_dump(raw))
+    for stage in ("ingest", "validate", "windows"):
+        assert kpiguard(stage, "--params", params).returncode == 0
+    result = kpiguard("evaluate", "--params", params)
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("kpiguard evaluate: nothing usable: 0 of 2 detectors scored (robust_zscore: missing")
+    assert "Traceback" not in result.stderr
+    assert result.stdout.startswith("evaluate: 0/2 detectors scored")

@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.batch import report as report_mod
 from pipeline.batch import score
+from pipeline.eval import selection
 from pipeline.params import parse_params
 from pipeline.serving import gate, registry, tracking
 from pipeline.stages import evaluate as evaluate_stage
@@ -207,15 +209,15 @@ def test_promote_and_rollback(trained, server):
 def test_champion_loads_in_a_fresh_process_and_scores(trained, server):
     p = params_for(trained, "fresh")
     register.run(p)
-    code = f"""
+    code = """
 import json, mlflow, pandas as pd
 from pipeline.params import load_params
 from pipeline.data.sources import read_source
 from pipeline.serving.bundle import to_model_input
 rows = read_source("synthetic:", load_params(), "2026-01-05", "2026-01-07")
 out = mlflow.pyfunc.load_model("models:/serve-fresh@champion").predict(to_model_input(rows))
-print(json.dumps({{"rows": len(rows), "out": len(out), "columns": list(out.columns),
-                  "finite": bool(out["score"].notna().all()), "alarms": int(out["is_anomaly"].sum())}}))
+print(json.dumps({"rows": len(rows), "out": len(out), "columns": list(out.columns),
+                  "finite": bool(out["score"].notna().all()), "alarms": int(out["is_anomaly"].sum())}))
 """
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "MLFLOW_TRACKING_URI": server})
@@ -247,16 +249,40 @@ def test_rescoring_a_date_is_idempotent(trained, server, where, request, tmp_pat
         rows1 = score.read_partition(output, "2026-01-05")
         second = score.run(p, "synthetic:", start, end, output, uri)
         rows2 = score.read_partition(output, "2026-01-05")
+        next_day = score.run(p, "synthetic:", *score.day_range("2026-01-06"), output, uri)
+        # the whole dataset, as pandas reads any Hive-partitioned Parquet dataset
+        options = {"storage_options": {"client_kwargs": {"endpoint_url": env["AWS_ENDPOINT_URL"]}}} if env else {}
+        whole = pd.read_parquet(output, **options)
+        held = pd.read_parquet(score.quarantine_dataset(output), **options)
     assert first["partitions"][0]["rows"] == second["partitions"][0]["rows"] == len(rows1) == len(rows2) > 0
     assert not rows2.duplicated(["kpi_id", "timestamp"]).any()
     pd.testing.assert_frame_equal(rows1, rows2)
     assert rows1["timestamp"].min() >= start and rows1["timestamp"].max() < end
-    assert list(rows1.columns) == ["kpi_id", "timestamp", "value", "raw_score", "score", "threshold", "is_anomaly"]
+    columns = ["kpi_id", "timestamp", "value", "raw_score", "score", "threshold", "is_anomaly"]
+    assert list(rows1.columns) == columns
     assert first["model"]["model"] == f"serve-score{where}" and first["model"]["version"] == "1"
+
+    # two scored days, one rescored: exactly the score columns (and the partition key), both days' rows once
+    assert list(whole.columns) == [*columns, "date"]
+    days = whole["date"].astype(str)
+    assert days.value_counts().to_dict() == {"2026-01-05": len(rows1), "2026-01-06": next_day["partitions"][0]["rows"]}
+    assert (whole["timestamp"].dt.date.astype(str) == days).all() and not whole.duplicated(["kpi_id", "timestamp"]).any()
+    pd.testing.assert_frame_equal(whole[days == "2026-01-05"][columns].reset_index(drop=True), rows1)
+    assert len(held) == sum(r["partitions"][0]["quarantined"] for r in (second, next_day))
+    # what score --json adds: the anomaly spans it wrote, most severe first
+    spans = report_mod.anomaly_spans(rows1)
+    assert first["spans"] == len(spans) == first["spans_listed"] and first["anomaly_spans"] == report_mod.span_records(spans)
     if where == "local":
-        assert sorted(x.name for x in (tmp_path / "scores").iterdir()) == ["date=2026-01-05"]
-        assert sorted(x.name for x in (tmp_path / "scores" / "date=2026-01-05").iterdir()) == [
-            "_meta.json", "quarantine.parquet", "scores.parquet"]
+        root = tmp_path / "scores"
+        assert sorted(x.name for x in root.iterdir()) == ["date=2026-01-05", "date=2026-01-06"]
+        assert sorted(x.name for x in (root / "date=2026-01-05").iterdir()) == ["_meta.json", "scores.parquet"]
+        assert sorted(str(x.relative_to(tmp_path)) for x in (tmp_path / "scores_quarantine").rglob("*")) == [
+            "scores_quarantine/date=2026-01-05", "scores_quarantine/date=2026-01-05/quarantine.parquet",
+            "scores_quarantine/date=2026-01-06", "scores_quarantine/date=2026-01-06/quarantine.parquet"]
+        # a `**/*.parquet` reader (DuckDB's glob, Spark) finds the same rows in the same schema
+        files = sorted(root.glob("**/*.parquet"))
+        globbed = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+        pd.testing.assert_frame_equal(globbed, whole[columns].reset_index(drop=True))
 
 
 def test_unreachable_server_is_one_clear_error_and_writes_nothing(trained, tmp_path):
@@ -370,6 +396,96 @@ def _params_file(p, tmp_path) -> Path:
     path.write_text(yaml.safe_dump(p.as_dict()))
     return path
 
+
+def test_a_run_shows_its_data_its_training_its_example_and_the_leaderboard_figure(trained, server, tmp_path):
+    """What a person opening a run in the MLflow UI expects (issue 24): the experiment opens on its runs,
+    the Datasets panel names each split with its DVC md5, the run spans the training, the model has an
+    input example, and the gate quotes the leaderboard's figure. Evaluated here with point_f1, which
+    tells these detectors apart on the small validation split (aiops_f1 is 1.0 for most)."""
+    import shutil
+
+    import mlflow
+    from dvc_data.hashfile.hash import file_md5  # DVC's hash function, not ours
+    from dvc_objects.fs.local import LocalFileSystem
+
+    root = tmp_path / "lineage"
+    shutil.copytree(trained, root)
+    p = params_for(root, "lineage", evaluate={"champion_metric": "point_f1",
+                                               "threshold": {"method": "best_f1", "scope": "global", "metric": "point_f1"}})
+    evaluation = evaluate_stage.run(p)
+    report = register.run(p)
+    client = client_for(p)
+    experiment = client.get_experiment_by_name(p.mlflow.experiment)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on runs
+
+    windows = Path(p.paths.windows)
+    board = (Path(p.paths.evaluation) / "leaderboard.md").read_text().splitlines()
+    for name in DETECTORS:
+        run = client.get_run(report["detectors"][name]["run_id"])
+        # one dataset per split: the source spec, the DVC md5 of the split's file, schema, rows and KPIs
+        inputs = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i for i in run.inputs.dataset_inputs}
+        assert set(inputs) == {"train", "validation", "test"}
+        for split, context in (("train", "train"), ("val", "validation"), ("test", "test")):
+            frame = pd.read_parquet(windows / f"{split}.parquet")
+            dataset, tags = inputs[context].dataset, {t.key: t.value for t in inputs[context].tags}
+            assert dataset.name == "synthetic:" and dataset.source_type == "local"
+            assert dataset.digest == file_md5(str(windows / f"{split}.parquet"), LocalFileSystem())  # DVC's own hash
+            assert json.loads(dataset.profile)["num_rows"] == len(frame)
+            assert tags["kpis"] == str(frame["kpi_id"].nunique()) and tags["rows"] == str(len(frame))
+            assert {c["name"] for c in json.loads(dataset.schema)["mlflow_colspec"]} == set(frame.columns)
+        # the run spans the training: created at its start, ended at its end
+        trained_report = json.loads((Path(p.paths.train_reports) / f"{name}.json").read_text())
+        assert run.info.start_time == pd.Timestamp(trained_report["started_at"]).value // 1_000_000
+        assert run.info.end_time - run.info.start_time >= trained_report["train_seconds"] * 1000
+        assert run.info.status == "FINISHED"
+        # the logged model has an input example in the signature's input form
+        model_dir = mlflow.artifacts.download_artifacts(run.data.tags["kpiguard.model_uri"], dst_path=str(tmp_path / name))
+        example = mlflow.models.Model.load(model_dir).load_input_example(model_dir)
+        assert list(example.columns) == ["kpi_id", "timestamp", "value"] and 0 < len(example) <= 288
+        # the gate's description quotes the leaderboard's figure for this very version
+        version = client.get_model_version(f"lineage-{name}", report["detectors"][name]["version"])
+        champion = evaluation["detectors"][name]["champion_metric"]
+        assert float(version.tags["kpiguard.gate.candidate_value"]) == champion["value"]
+        row = next(line for line in board if line.startswith(f"| {name} |")).split(" | ")
+        cell = row[1] if champion["basis"] == "folds" else row[4]
+        assert cell == selection.figure(champion["value"])
+        basis = "mean of 3 folds" if champion["basis"] == "folds" else "one split"
+        assert f"point_f1 on the validation split ({basis}): {cell} -> champion" in version.description
+    best = evaluation["best_on_val"]
+    serving = client.get_model_version("serve-lineage", report["serving"]["version"])
+    assert serving.tags["kpiguard.gate.candidate_value"] == str(evaluation["detectors"][best]["champion_metric"]["value"])
+
+
+def test_a_copied_local_store_still_finds_its_artifacts(trained, tmp_path, monkeypatch):
+    """The local store (sqlite:///mlflow.db, ./mlartifacts) records artifact locations relative to the
+    working directory (pipeline/serving/artifacts.py): a checkout's store copied elsewhere, the original
+    gone, still lists a run's artifacts and loads the champion, by kpiguard's loader and by MLflow's."""
+    import shutil
+
+    import mlflow
+
+    from pipeline.serving import store
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the local default store, no server
+    p = params_for(trained, "copied")
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    original.mkdir()
+    monkeypatch.chdir(original)
+    report = register.run(p)
+    client = client_for(p)
+    location = client.get_experiment_by_name(p.mlflow.experiment).artifact_location
+    assert location == "kpiguard-local:mlartifacts"
+    run_id = report["detectors"]["robust_zscore"]["run_id"]
+    assert client.get_run(run_id).info.artifact_uri.startswith("kpiguard-local:mlartifacts/")
+    shutil.copytree(original, copy)
+    shutil.rmtree(original)
+    monkeypatch.chdir(copy)
+    client = client_for(p)
+    assert {"threshold.json", "train_report.json"} <= {a.path for a in client.list_artifacts(run_id)}
+    bundle = store.load_version(client, "serve-copied", "1").bundle
+    assert bundle.meta["detector"] == report["serving"]["detector"]
+    model = mlflow.pyfunc.load_model("models:/serve-copied@champion")
+    assert model.metadata.get_input_schema().input_names() == ["kpi_id", "timestamp", "value"]
 
 
 # Runs the CLI with a file-size limit that starts when the partitions are written (the model's download

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gzip
-import json
 
 import numpy as np
 import pandas as pd
@@ -125,43 +124,86 @@ def _partition(tag: str) -> pd.DataFrame:
     return pd.DataFrame({"kpi_id": ["a", "b"], "tag": [tag, tag]})
 
 
+def _scores(tag: str) -> pd.DataFrame:
+    """Two rows of the scores dataset's schema; the writer's ``tag`` is their kpi_id."""
+    return pd.DataFrame({"kpi_id": [tag, tag], "timestamp": pd.to_datetime(["2026-01-05 00:00", "2026-01-05 00:05"], utc=True),
+                         "value": 1.0, "raw_score": 0.5, "score": 2.0, "threshold": 3.0, "is_anomaly": False})
+
+
 def test_s3_partition_writer_killed_at_every_step(s3):
-    """A reader sees the old or the new partition at every step of a killed write, never a mix or
-    nothing; the rerun cleans up what the killed writer left."""
+    """Each file of a day is one PUT, the quarantine first and ``_meta.json`` last: at every step of a
+    killed write, a reader of either dataset finds the old day or the new one whole, never both and never
+    nothing, and a ``_meta.json`` never describes files that are not there yet. The rerun leaves one data
+    file per partition and removes what the earlier layout left (``run=`` prefixes, the pointer, a
+    quarantine file among the scores), which a dataset reader would otherwise list."""
     from pipeline.batch import score
     from tests.test_outputs import _killed_at
 
     output, date = f"s3://{BUCKET}/scores-fault", "2026-01-05"
     day, target = pd.Timestamp(date, tz="UTC"), f"s3://{BUCKET}/scores-fault/date={date}"
+    held_target = f"s3://{BUCKET}/scores-fault_quarantine/date={date}"
 
     def write(tag):
-        return score.write_partition(output, day, _partition(tag), _partition(tag), {"tag": tag})
+        return score.write_partition(output, day, _scores(tag), _partition(tag), {"tag": tag})
 
     def patch(dying):
         storage._s3_client.cache_clear()  # no connection shared with the parent process
         storage.write_bytes = dying(storage.write_bytes)
         storage.s3_delete = dying(storage.s3_delete)
 
-    def seen() -> set[str]:
-        tags = set(score.read_partition(output, date)["tag"])
-        tags |= set(storage.read_table(score.partition_file(output, date, "quarantine.parquet"))["tag"])
-        tags.add(json.loads(storage.read_bytes(score.partition_file(output, date, "_meta.json")))["tag"])
-        return tags
+    def seen() -> dict[str, set[str]]:
+        return {"scores": set(score.read_partition(output, date)["kpi_id"]),
+                "quarantine": set(storage.read_table(score.partition_file(output, date, score.QUARANTINED))["tag"]),
+                "meta": {score.read_meta(output, date)["tag"]}}
 
-    # a partition in the old flat layout (one PUT per file) is taken over by the first write
-    storage.write_parquet(_partition("flat"), f"{target}/scores.parquet")
+    # the layout before issue 24: every write under run=<id>/, a pointer, the quarantine beside the scores
+    storage.write_parquet(_scores("layout"), f"{target}/run=20260101T000000000000Z-0000abcd/scores.parquet")
+    storage.write_parquet(_partition("layout"), f"{target}/run=20260101T000000000000Z-0000abcd/quarantine.parquet")
+    storage.write_bytes(f"{target}/_partition.json", b'{"run": "run=20260101T000000000000Z-0000abcd"}')
+    storage.write_parquet(_partition("flat"), f"{target}/quarantine.parquet")
+    write("old")
+    assert storage.s3_objects(target) == [f"{target}/_meta.json", f"{target}/scores.parquet"]
+    assert storage.s3_objects(held_target) == [f"{held_target}/quarantine.parquet"]
     k = 0
     while True:
         k += 1
         assert k < 12, "the writer never finished"
         write("old")
         code = _killed_at(k, patch, lambda: write("new"))
-        assert len(seen()) == 1 and seen() <= {"old", "new"}, (k, seen())  # one whole partition
-        run = write("rerun")["run"]
-        assert seen() == {"rerun"}
-        runs = {score._run_of(target, p) for p in storage.s3_objects(target)} - {None}
-        assert run in runs and len(runs) <= 2, (k, runs)  # the new run and the one it superseded, no orphan
-        assert f"{target}/scores.parquet" not in storage.s3_objects(target)
+        now = seen()
+        assert all(len(tags) == 1 and tags <= {"old", "new"} for tags in now.values()), (k, now)  # whole files
+        if now["meta"] == {"new"}:  # _meta.json last: what it describes is in place
+            assert now["scores"] == now["quarantine"] == {"new"}, (k, now)
+        if now["scores"] == {"new"}:
+            assert now["quarantine"] == {"new"}, (k, now)
+        write("rerun")
+        assert seen() == {"scores": {"rerun"}, "quarantine": {"rerun"}, "meta": {"rerun"}}
+        assert storage.s3_objects(target) == [f"{target}/_meta.json", f"{target}/scores.parquet"]
+        assert storage.s3_objects(held_target) == [f"{held_target}/quarantine.parquet"]
         if code == 0:
             break
     assert k > 3
+
+
+def test_the_scores_dataset_reads_whole_from_s3(s3):
+    """On S3 as locally: the scores dataset is one Hive-partitioned table (pandas through s3fs, pyarrow's
+    own S3 filesystem), its quarantine another."""
+    import pyarrow.dataset as ds
+    import pyarrow.fs
+
+    from pipeline.batch import score
+
+    endpoint, _ = s3
+    output = f"s3://{BUCKET}/scores-whole"
+    for date in ("2026-01-05", "2026-01-06"):
+        score.write_partition(output, pd.Timestamp(date, tz="UTC"), _scores(date), _partition(date), {"date": date})
+    options = {"client_kwargs": {"endpoint_url": endpoint}}
+    whole = pd.read_parquet(output, storage_options=options)
+    assert list(whole.columns) == [*score.SCORES_SCHEMA.names, "date"]
+    assert sorted(whole["kpi_id"]) == ["2026-01-05"] * 2 + ["2026-01-06"] * 2
+    assert (whole["kpi_id"] == whole["date"].astype(str)).all()  # each row in its own day's partition
+    fs = pyarrow.fs.S3FileSystem(endpoint_override=endpoint, scheme="http")
+    table = ds.dataset(f"{BUCKET}/scores-whole", filesystem=fs, format="parquet", partitioning="hive").to_table()
+    assert table.num_rows == 4 and table.schema.names == [*score.SCORES_SCHEMA.names, "date"]
+    held = pd.read_parquet(f"{output}_quarantine", storage_options=options)
+    assert list(held.columns) == ["kpi_id", "tag", "date"] and len(held) == 4

@@ -70,6 +70,8 @@ def test_score_line_sums_partitions():
         "score: 2,304 rows, 5 anomalies, 1 quarantined with kpiguard v3 → 2 partitions under data/scores"
     result["partitions"] = result["partitions"][:1]
     assert summary.score(result).endswith("with kpiguard v3 → data/scores/date=2026-01-27")
+    result["spans"] = 2  # what score.run adds: the anomaly spans it wrote
+    assert summary.score(result).startswith("score: 1,152 rows, 3 anomalies in 2 spans, 0 quarantined")
 
 
 def test_bench_line():

@@ -126,7 +126,8 @@ def write(params: Params, day: str, shards: int, output: str | None = None) -> d
     info = json.loads((folder / MODEL).read_text())
     spec = json.loads((folder / "input.json").read_text())["input"]
     partition, = score.write_days(output or params.score.output, start, end, scored,
-                                  pd.read_parquet(folder / QUARANTINE), {"model": info, "input": spec})
+                                  pd.read_parquet(folder / QUARANTINE), {"model": info, "input": spec},
+                                  params.score.quarantine_output)
     return partition
 
 

@@ -83,6 +83,14 @@ def anomaly_spans(scored: pd.DataFrame) -> pd.DataFrame:
             .reset_index(drop=True))
 
 
+def span_records(spans: pd.DataFrame) -> list[dict]:
+    """:func:`anomaly_spans` as JSON-ready records (ISO timestamps)."""
+    return [{"kpi_id": str(s.kpi_id), "start": s.start.isoformat(), "end": s.end.isoformat(),
+             "points": int(s.points), "peak_score": float(s.peak_score), "threshold": float(s.threshold),
+             "severity": float(s.severity)}
+            for s in spans.itertuples(index=False)]
+
+
 def build_report(scored: pd.DataFrame, day: str, champion: dict | None, out_dir: str | Path,
                  max_plots: int = 20) -> dict:
     """Write ``<out_dir>/<day>.html`` and ``<out_dir>/<day>.json``; return the summary with both paths.
@@ -101,10 +109,7 @@ def build_report(scored: pd.DataFrame, day: str, champion: dict | None, out_dir:
         "anomalies": len(spans),
         "anomalous_kpis": len(flagged),
         "champion": champion or {},
-        "spans": [{"kpi_id": str(s.kpi_id), "start": s.start.isoformat(), "end": s.end.isoformat(),
-                   "points": int(s.points), "peak_score": float(s.peak_score), "threshold": float(s.threshold),
-                   "severity": float(s.severity)}
-                  for s in spans.itertuples(index=False)],
+        "spans": span_records(spans),
         "kpis_without_anomalies": quiet,
     }
     ids, span_ids = scored[KPI_ID].astype(str), spans["kpi_id"].astype(str)

@@ -5,13 +5,14 @@
       → score with the model (``models:/kpiguard@champion`` unless told otherwise)
       → keep [start, end) → one partition per day
 
-A partition is ``<output>/date=YYYY-MM-DD/`` with ``scores.parquet`` (``kpi_id, timestamp, value,
-score, threshold, is_anomaly``), ``quarantine.parquet`` (that day's rows that failed validation,
-with rule and reason) and ``_meta.json`` (model, counts). Locally the partition directory is
-replaced in one atomic exchange (:mod:`pipeline.io.outputs`); on S3 the files go to a new
-``run=<time>-<id>/`` prefix and one PUT of ``_partition.json`` switches readers to it (read with
-:func:`read_partition` / :func:`partition_file`). Either way a reader sees the old partition or the
-new one, never a mix, and rerunning a day never duplicates rows.
+The output is a Hive-partitioned Parquet dataset with one schema, read whole by
+``pd.read_parquet(output)``, pyarrow or any ``**/*.parquet`` reader: ``<output>/date=YYYY-MM-DD/``
+holds ``scores.parquet`` (``kpi_id, timestamp, value, raw_score, score, threshold, is_anomaly``) and
+``_meta.json`` (model, input, counts; not a data file). The rows that failed validation, with rule and
+reason, go to a sibling dataset, ``<score.quarantine_output or output_quarantine>/date=YYYY-MM-DD/
+quarantine.parquet``. Locally both partition directories are written, then each swapped in by one
+atomic exchange (:mod:`pipeline.io.outputs`); on S3 each file is one PUT. Either way a reader of a
+dataset sees the old day or the new one, never a mix, and rerunning a day never duplicates rows.
 """
 from __future__ import annotations
 
@@ -21,11 +22,12 @@ import json
 import logging
 import re
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from models.frame import KPI_ID, TIMESTAMP
 from pipeline.data import sources
@@ -33,7 +35,7 @@ from pipeline.data.checks import Validator
 from pipeline.errors import DataError
 from pipeline.eval import metrics as M
 from pipeline.io import storage
-from pipeline.io.outputs import replace_dir_atomic
+from pipeline.io.outputs import replace_dirs_atomic
 from pipeline.params import Params
 from pipeline.serving import tracking
 from pipeline.serving.bundle import IS_ANOMALY, predict_with
@@ -116,8 +118,22 @@ def run(params: Params, input_spec: str, start: pd.Timestamp, end: pd.Timestamp,
     raw = read_input(params, input_spec, start, end)
     outcome = check(params, raw, input_spec, start, end)
     scored = score_rows(loaded, outcome.valid, start, end, progress=progress)
-    return {"model": info, "partitions": write_days(output, start, end, scored, outcome.quarantine,
-                                                    {"model": info, "input": input_spec})}
+    partitions = write_days(output, start, end, scored, outcome.quarantine, {"model": info, "input": input_spec},
+                            params.score.quarantine_output)
+    return {"model": info, "partitions": partitions, **alarm_spans(scored)}
+
+
+MAX_SPANS = 100  # spans listed in score's result (--json); the daily report has them all
+
+
+def alarm_spans(scored: pd.DataFrame, limit: int = MAX_SPANS) -> dict:
+    """The anomaly spans written (:func:`pipeline.batch.report.anomaly_spans`: runs of flagged points
+    per KPI), most severe first: ``spans`` in all, the first ``limit`` of them listed."""
+    from pipeline.batch.report import anomaly_spans, span_records
+
+    spans = anomaly_spans(scored)
+    return {"spans": len(spans), "spans_listed": min(len(spans), limit),
+            "anomaly_spans": span_records(spans.head(limit))}
 
 
 def read_input(params: Params, input_spec: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
@@ -164,8 +180,9 @@ def score_rows(model, valid: pd.DataFrame, start: pd.Timestamp, end: pd.Timestam
 
 
 def write_days(output: str, start: pd.Timestamp, end: pd.Timestamp, scored: pd.DataFrame,
-               quarantine: pd.DataFrame, meta: dict) -> list[dict]:
-    """One partition per day of ``[start, end)``, each replaced whole."""
+               quarantine: pd.DataFrame, meta: dict, quarantine_output: str | None = None) -> list[dict]:
+    """One partition per day of ``[start, end)`` in the scores dataset ``output`` and in the quarantine
+    dataset (:func:`quarantine_dataset`), each replaced whole."""
     partitions = []
     for day in pd.date_range(start, end, freq="D", inclusive="left"):
         rows = scored[_in(scored, day, day + pd.Timedelta(days=1))].reset_index(drop=True)
@@ -173,96 +190,97 @@ def write_days(output: str, start: pd.Timestamp, end: pd.Timestamp, scored: pd.D
         day_meta = {"date": day.date().isoformat(), **meta, "rows": len(rows),
                     "kpis": int(rows[KPI_ID].nunique()), "anomalies": int(rows[IS_ANOMALY].sum()),
                     "quarantined": len(held), "scored_at": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")}
-        partitions.append({**write_partition(output, day, rows, held, day_meta), **day_meta})
+        partitions.append({**write_partition(output, day, rows, held, day_meta, quarantine_output), **day_meta})
     return partitions
 
 
+# -- the datasets ------------------------------------------------------------------------------
+# Two Hive-partitioned Parquet datasets, one schema each, so that `pd.read_parquet(output)`, pyarrow's
+# dataset reader and `**/*.parquet` readers (DuckDB, Spark) read either whole:
+#   <output>/date=YYYY-MM-DD/scores.parquet                  SCORES_SCHEMA
+#   <output>/date=YYYY-MM-DD/_meta.json                      the day's model and counts: not a data file
+#                                                            (not *.parquet; `_` files are hidden to readers)
+#   <quarantine>/date=YYYY-MM-DD/quarantine.parquet          the rows that failed validation, rule and reason
+# <quarantine> is score.quarantine_output, or the sibling <output>_quarantine.
+SCORES, QUARANTINED, META = "scores.parquet", "quarantine.parquet", "_meta.json"
+SCORES_SCHEMA = pa.schema([(KPI_ID, pa.string()), (TIMESTAMP, pa.timestamp("ns", tz="UTC")), ("value", pa.float64()),
+                           ("raw_score", pa.float64()), ("score", pa.float64()), ("threshold", pa.float64()),
+                           (IS_ANOMALY, pa.bool_())])
+
+
+def quarantine_dataset(output: str, configured: str | None = None) -> str:
+    """Where the quarantine dataset of the scores dataset ``output`` lives: ``configured``
+    (``score.quarantine_output``) or the sibling ``<output>_quarantine``."""
+    return configured or str(output).rstrip("/") + "_quarantine"
+
+
 def partition_path(output: str, day: pd.Timestamp) -> str:
-    return storage.join(output, f"date={day.date().isoformat()}")
+    return storage.join(output, f"date={pd.Timestamp(day).date().isoformat()}")
 
 
-def write_partition(output: str, day: pd.Timestamp, rows: pd.DataFrame, held: pd.DataFrame, meta: dict) -> dict:
+def write_partition(output: str, day: pd.Timestamp, rows: pd.DataFrame, held: pd.DataFrame, meta: dict,
+                    quarantine_output: str | None = None) -> dict:
+    """Replace the day's partition of both datasets: ``rows`` (and ``meta``) in ``output``, ``held`` in the
+    quarantine dataset."""
     target = partition_path(output, day)
-    blobs = {"scores.parquet": _parquet(rows), "quarantine.parquet": _parquet(held),
-             "_meta.json": (json.dumps(meta, indent=2, default=str) + "\n").encode()}
-    if storage.is_s3(target):
-        return {"path": target, "run": _write_s3_partition(target, blobs)}
+    held_target = partition_path(quarantine_dataset(output, quarantine_output), day)
+    scores = {SCORES: _parquet(rows, SCORES_SCHEMA), META: (json.dumps(meta, indent=2, default=str) + "\n").encode()}
+    quarantined = {QUARANTINED: _parquet(held)}
+    if storage.is_s3(target) or storage.is_s3(held_target):
+        # S3 has no rename, and a reader of a dataset lists its files: each partition holds one data file,
+        # replaced by one PUT (atomic), so a reader sees the old day or the new one, never both or a mix.
+        # The quarantine goes first and _meta.json last: a _meta.json describes files already in place.
+        for where, blobs in ((held_target, quarantined), (target, scores)):
+            for name, data in blobs.items():
+                storage.write_bytes(storage.join(where, name), data)
+        _delete_others(held_target, quarantined)
+        _delete_others(target, scores)
+        return {"path": target, "quarantine_path": held_target}
 
-    def write(tmp: Path) -> None:
-        for name, data in blobs.items():
-            (tmp / name).write_bytes(data)
+    def write(blobs: dict[str, bytes]):
+        def to(tmp: Path) -> None:
+            for name, data in blobs.items():
+                (tmp / name).write_bytes(data)
+        return to
 
-    replace_dir_atomic(Path(target), write)  # one atomic exchange; writers of a day take turns
-    return {"path": target}
-
-
-# -- S3 partitions -----------------------------------------------------------------------------
-# S3 has no rename: PUTting the files one by one over the old ones would let a reader (or a crash)
-# mix two runs. So each write goes to its own prefix, <partition>/run=<UTC time>-<random>/, and then
-# one small PUT of <partition>/_partition.json (atomic on S3) switches readers to it. The run the
-# pointer named before is kept for readers that have just read it; older runs, and runs of writers
-# that died before their switch, are deleted by the next write.
-POINTER = "_partition.json"
-RUN_PREFIX = "run="
-
-
-def _write_s3_partition(target: str, blobs: dict[str, bytes]) -> str:
-    previous = (_read_pointer(target) or {}).get("run")
-    run = f"{RUN_PREFIX}{pd.Timestamp.now(tz='UTC'):%Y%m%dT%H%M%S%f}Z-{uuid.uuid4().hex[:8]}"
-    for name, data in blobs.items():  # _meta.json last: a run with it is complete
-        storage.write_bytes(storage.join(target, run, name), data)
-    storage.write_bytes(storage.join(target, POINTER), (json.dumps(
-        {"run": run, "files": list(blobs), "written_at": pd.Timestamp.now(tz="UTC").isoformat()}, indent=2)
-        + "\n").encode())
-    keep = {run, previous}
-    stale = [p for p in storage.s3_objects(target) if p != storage.join(target, POINTER)
-             and _run_of(target, p) not in keep and (_run_of(target, p) or "") < run]
-    storage.s3_delete(stale)  # superseded runs, killed writers' runs, files of the old flat layout
-    return run
+    # Both written before either is swapped in, each swap one atomic exchange; writers of a day take turns.
+    replace_dirs_atomic([(Path(target), write(scores)), (Path(held_target), write(quarantined))])
+    return {"path": target, "quarantine_path": held_target}
 
 
-def _run_of(target: str, path: str) -> str | None:
-    rel = path[len(target.rstrip("/")) + 1:]
-    first = rel.split("/", 1)[0]
-    return first if first.startswith(RUN_PREFIX) and "/" in rel else None
+def _delete_others(target: str, keep: dict[str, bytes]) -> None:
+    """Delete every other object of an S3 partition: what an earlier layout left there (``run=<id>/``
+    prefixes, the ``_partition.json`` pointer, a quarantine file among the scores), which a reader of
+    the dataset would otherwise list."""
+    kept = {storage.join(target, name) for name in keep}
+    storage.s3_delete([p for p in storage.s3_objects(target) if p not in kept])
 
 
-def _read_pointer(target: str) -> dict | None:
-    try:
-        return json.loads(storage.read_bytes(storage.join(target, POINTER)))
-    except storage.StorageError as exc:
-        if exc.rule == "file_exists":
-            return None
-        raise
-    except ValueError:
-        return None  # a damaged pointer: the newest complete run is used
-
-
-def partition_file(output: str, date: str, name: str = "scores.parquet") -> str:
-    """Where a partition's file is now: locally the directory; on S3 the run its pointer names (or,
-    when that run is gone or there is no pointer, the newest complete run, then the flat layout)."""
-    target = partition_path(output, pd.Timestamp(date))
-    if not storage.is_s3(target):
-        return storage.join(target, name)
-    pointer = _read_pointer(target)
-    objects = set(storage.s3_objects(target))
-    if pointer and storage.join(target, pointer["run"], name) in objects:
-        return storage.join(target, pointer["run"], name)
-    complete = sorted({_run_of(target, p) for p in objects if p.endswith("/_meta.json") and _run_of(target, p)},
-                      reverse=True)
-    for run in complete:
-        if storage.join(target, run, name) in objects:
-            return storage.join(target, run, name)
-    return storage.join(target, name)
+def partition_file(output: str, date: str, name: str = SCORES, quarantine_output: str | None = None) -> str:
+    """Where a day's file is: ``scores.parquet`` and ``_meta.json`` in the scores dataset,
+    ``quarantine.parquet`` in the quarantine dataset."""
+    dataset = quarantine_dataset(output, quarantine_output) if name == QUARANTINED else output
+    return storage.join(partition_path(dataset, pd.Timestamp(date)), name)
 
 
 def read_partition(output: str, date: str) -> pd.DataFrame:
+    """One day of the scores dataset."""
     return storage.read_table(partition_file(output, date))
 
 
-def _parquet(df: pd.DataFrame) -> bytes:
+def read_meta(output: str, date: str) -> dict:
+    """One day's ``_meta.json``: the model, the input and the counts."""
+    return json.loads(storage.read_bytes(partition_file(output, date, META)))
+
+
+def _parquet(df: pd.DataFrame, schema: pa.Schema | None = None) -> bytes:
+    """Parquet bytes of ``df``; with ``schema``, exactly its columns and types, so every partition of the
+    dataset has one schema (an empty day too)."""
+    if schema is not None and list(df.columns) != schema.names:
+        raise ValueError(f"columns {list(df.columns)} are not the dataset's {schema.names}")
     buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    pq.write_table(table if schema is None else table.cast(schema), buf)
     return buf.getvalue()
 
 

@@ -1,7 +1,7 @@
 """The leaderboard: the evaluate stage's report as the table people read (``leaderboard.md``)."""
 from __future__ import annotations
 
-from pipeline.eval.selection import champion_rank
+from pipeline.eval.selection import champion_rank, figure
 
 LEADERBOARD_COLUMNS = ("aiops_f1", "rpa_f1", "point_f1", "vus_pr", "auc_pr", "auc_roc", "nab_standard",
                        "point_adjusted_f1", "aiops_f1_oracle")  # test metrics
@@ -59,8 +59,9 @@ def transfer_line(transfer: dict, metric: str) -> str:
             f"{metric} short of it.")
 
 
-def _fmt(v, spec: str = ".3f") -> str:
-    return "–" if v is None else format(v, spec)
+def _fmt(v, spec: str | None = None) -> str:
+    """A figure as :func:`pipeline.eval.selection.figure` prints it, or in ``spec`` (the signed gap)."""
+    return figure(v) if spec is None or v is None else format(v, spec)
 
 
 def headline(report: dict, train_seconds: dict[str, float | None]) -> dict[str, dict]:

@@ -89,6 +89,21 @@ def champion_summary(metric: str, single_split: float | None, fold_values: list[
             "fold_std": float(np.std(scored)) if scored else None}
 
 
+def figure(value: float | None) -> str:
+    """A champion figure as every report prints it (the leaderboard, the gate's description): one number
+    to three decimals, the same wherever it is quoted."""
+    return "–" if value is None else f"{value:.3f}"
+
+
+def figure_basis(champion: dict) -> str:
+    """What a champion figure is (:func:`champion_summary`), in words."""
+    if champion.get("basis") == "folds":
+        scored = sum(v is not None for v in (champion.get("fold_values") or {}).values())
+        return f"mean of {scored} of {champion['folds']} folds" if scored < champion["folds"] else \
+            f"mean of {champion['folds']} folds"
+    return "one split"
+
+
 def champion_metric(val: pd.DataFrame, scores: np.ndarray, ev: EvaluateParams, threshold: Threshold | None = None,
                     threshold_rule: dict | None = None, folds: int | None = None) -> dict:
     """The champion figure of one detector or model version (:func:`champion_summary`'s dict) on the

@@ -31,14 +31,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from models import registry
 from models.base import Detector
 from models.calibration import Calibration, NoCalibration
-from models.frame import CLIPPED, KPI_ID, MISSING, RAW_VALUE, TIMESTAMP, VALUE
+from models.frame import CLIPPED, KPI_ID, MISSING, RAW_VALUE, TIMESTAMP, VALUE, kpi_slices
 from pipeline.data.contract import to_canonical
-from pipeline.data.prep import DEFAULT_CLIP_SIGMA, NormStats, load_norm_stats, prepare
+from pipeline.data.prep import DEFAULT_CLIP_SIGMA, NormStats, fit_norm, load_norm_stats, prepare
 from pipeline.eval.thresholds import Threshold
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,23 @@ class Bundle:
         return out[~prepared[MISSING].to_numpy()].reset_index(drop=True)
 
 
+    def score_prepared(self, prepared: pd.DataFrame) -> np.ndarray:
+        """Calibrated scores of every row of a prepared frame (the windows stage's grids, per KPI in time
+        order), computed as the evaluate stage computes them: the same rows, gaps and context, so a
+        version measured here gets the very figure evaluate reported for it. Values are normalised
+        again with this bundle's statistics (an older version was trained under other ones; a KPI it
+        never saw by its own, as :meth:`predict` does)."""
+        frame = prepared.drop(columns="split", errors="ignore").copy()
+        value, clipped = frame[VALUE].to_numpy(dtype=np.float64).copy(), frame[CLIPPED].to_numpy(dtype=bool).copy()
+        raw_values, missing = frame[RAW_VALUE].to_numpy(dtype=np.float64), frame[MISSING].to_numpy(dtype=bool)
+        for kpi, rows in kpi_slices(frame):
+            stats = self.norm.get(kpi) or fit_norm(raw_values[rows], missing[rows], 0.0)
+            value[rows], clipped[rows] = stats.normalise(raw_values[rows], self.clip_sigma)
+        frame[VALUE], frame[CLIPPED] = value, clipped
+        raw = np.asarray(self.detector.score(frame), dtype=np.float64)
+        return self.calibration.transform(raw, frame[KPI_ID].to_numpy())
+
+
 def _empty_output() -> pd.DataFrame:
     return pd.DataFrame({KPI_ID: pd.Series(dtype="str"), TIMESTAMP: pd.Series(dtype="datetime64[ns, UTC]"),
                          VALUE: pd.Series(dtype="float64"), RAW_SCORE: pd.Series(dtype="float64"),
@@ -190,18 +208,21 @@ def pip_requirements() -> list[str]:
     return [f"{p}=={version(p)}" for p in ("torch", "numpy", "pandas", "mlflow", "pyarrow")]
 
 
-def log_bundle(bundle_dir: Path, name: str = "model"):
-    """Log a bundle as a pyfunc model into the active MLflow run; returns MLflow's ModelInfo."""
+def log_bundle(bundle_dir: Path, name: str = "model", input_example: pd.DataFrame | None = None):
+    """Log a bundle as a pyfunc model into the active MLflow run; returns MLflow's ModelInfo.
+
+    ``input_example``: a few rows in the signature's input form (:func:`to_model_input`), shown with the
+    model in the MLflow UI and used by ``mlflow models predict`` / serving as the request example."""
     import warnings
 
     import mlflow
 
     with warnings.catch_warnings():
-        # The signature is explicit; MLflow's advice to add an input example would be one warning per model.
+        # The signature is explicit; without an example MLflow would advise one, once per model.
         warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
         return mlflow.pyfunc.log_model(name=name, python_model=str(Path(__file__).with_name("pyfunc_model.py")),
                                        artifacts={"bundle": str(bundle_dir)}, signature=signature(),
-                                       pip_requirements=pip_requirements())
+                                       input_example=input_example, pip_requirements=pip_requirements())
 
 
 def to_model_input(frame: pd.DataFrame) -> pd.DataFrame:

@@ -1,13 +1,15 @@
 """Where kpiguard tracks runs and keeps its registry: MLflow, local by default.
 
 - ``MLFLOW_TRACKING_URI`` unset: ``sqlite:///mlflow.db`` in the working directory, artifacts in
-  ``./mlartifacts``. No server needed (``make mlflow`` opens the UI on it).
+  ``./mlartifacts``, both relative to it (:mod:`pipeline.serving.artifacts`), so the pair can be copied
+  or moved. No server needed (``make mlflow`` opens the UI on it).
 - ``MLFLOW_TRACKING_URI=http(s)://...``: an ``mlflow server`` (PostgreSQL backend, S3 artifacts in
   production). kpiguard checks ``/health`` first, with bounded retries, so an unreachable server is
   one clear error before anything is written, not a long hang half-way through a stage.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -65,21 +67,38 @@ def wait_healthy(uri: str, retries: int, backoff_s: float, timeout_s: float) -> 
                              f"(last: {last}); start the server or point MLFLOW_TRACKING_URI elsewhere")
 
 
+# MLflow 3's UI opens an experiment by its kind: without this tag it guesses, and an experiment of
+# pyfunc runs opened on the GenAI overview (traces, evaluations) rather than on its runs.
+EXPERIMENT_KIND_TAG, TRAINING_EXPERIMENT = "mlflow.experimentKind", "custom_model_development"
+
+
 def experiment_id(client, name: str) -> str:
-    """The experiment's id, creating it (artifacts in ./mlartifacts for the local store) if needed."""
+    """The experiment's id, creating it (artifacts in ./mlartifacts for the local store) if needed; tagged
+    as a model-training experiment, so the UI opens on its runs."""
     from mlflow.exceptions import MlflowException
 
     found = client.get_experiment_by_name(name)
     if found is not None:
+        if EXPERIMENT_KIND_TAG not in (found.tags or {}):  # created before kpiguard set the kind
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_EXPERIMENT)
         return found.experiment_id
-    location = None if storage.is_http(tracking_uri()) else Path(LOCAL_ARTIFACTS).resolve().as_uri()
+    # The local store's artifacts stay relative to the working directory (pipeline.serving.artifacts), so a
+    # copied checkout's store still finds them; a server decides its own.
+    location = None if storage.is_http(tracking_uri()) else local_artifact_location()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT})
     except MlflowException:  # created meanwhile by a parallel task
         found = client.get_experiment_by_name(name)
         if found is None:
             raise
         return found.experiment_id
+
+
+def local_artifact_location() -> str:
+    from pipeline.serving.artifacts import location
+
+    return location(LOCAL_ARTIFACTS)
 
 
 def run_url(client, run) -> str | None:
@@ -111,6 +130,15 @@ def data_version(params: Params, lock_file: Path = Path("dvc.lock")) -> str | No
         if Path(out.get("path", "")) == Path(params.paths.windows):
             return out.get("md5")
     return None
+
+
+def file_md5(path: Path) -> str:
+    """The md5 DVC 3 records for a file (of its bytes, as in dvc.lock and the cache's .dir listings)."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def flat(prefix: str, obj, out: dict | None = None) -> dict:

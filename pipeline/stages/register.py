@@ -2,9 +2,12 @@
 
 For each detector that trained and evaluated, one MLflow run (experiment ``mlflow.experiment``) with
 its config, a hash of params, the git commit and the DVC hash of its data as params; its per-epoch
-losses and final validation / test metrics as metrics; and the servable pyfunc bundle
-(:mod:`pipeline.serving.bundle`), threshold, calibration, training report and plots as artifacts. A
-bundle that is already tracked (same digest) is not logged again, so rerunning the stage changes nothing.
+losses and final validation / test metrics as metrics; one MLflow dataset per split (the source spec,
+the DVC md5 of the split's file, schema, rows, KPIs); and the servable pyfunc bundle
+(:mod:`pipeline.serving.bundle`, with an input example), threshold, calibration, training report and
+plots as artifacts. The run carries the training's start and end (from the train report), not the few
+seconds this stage spends logging it. A bundle that is already tracked (same digest) is not logged
+again, so rerunning the stage changes nothing.
 
 Each new bundle becomes a version of ``kpiguard-<detector>``, and the evaluate report's
 ``best_on_val`` a version of the served model; the gate (:mod:`pipeline.serving.gate`) decides which
@@ -12,18 +15,23 @@ becomes champion. The registry scheme: :mod:`pipeline.serving.registry`.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import math
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+
+from models.frame import KPI_ID, LABEL
 
 from pipeline.io.outputs import write_json_atomic
 from pipeline.params import Params
 from pipeline.serving import tracking
-from pipeline.serving.bundle import log_bundle, write_bundle
+from pipeline.serving.bundle import log_bundle, observed_rows, to_model_input, write_bundle
 from pipeline.serving.gate import Gate
 from pipeline.serving.registry import TAG, register_version
 
@@ -101,10 +109,15 @@ def log_detector_run(client, experiment: str, params: Params, name: str, evaluat
 
         train_report = _read_json(Path(params.paths.train_reports) / f"{name}.json")
         commit = tracking.git_commit() or "unknown"
-        with mlflow.start_run(experiment_id=experiment, run_name=name) as active:
-            run_id = active.info.run_id
-            mlflow.set_tags({TAG + "detector": name, TAG + "bundle_digest": meta["digest"],
-                             "mlflow.source.git.commit": commit})
+        span = training_span(train_report)
+        tags = {TAG + "detector": name, TAG + "bundle_digest": meta["digest"], "mlflow.source.git.commit": commit}
+        # Created with the training's start (from the train report), ended with its end below: the run's
+        # start and duration in the UI are the training's, not this stage's few seconds of logging.
+        created = client.create_run(experiment, start_time=span[0] if span else None, run_name=name,
+                                    tags=resolve_tags(tags))
+        run_id = created.info.run_id
+        splits = split_inputs(params)
+        with mlflow.start_run(run_id=run_id):
             mlflow.log_params({
                 **tracking.flat("detector", train_report.get("config") or {}),
                 **tracking.flat("train", params.train.model_dump(exclude={"detectors"})),
@@ -114,21 +127,101 @@ def log_detector_run(client, experiment: str, params: Params, name: str, evaluat
                 "detector_name": name, "params_digest": params.digest(),
                 "git_commit": commit,
                 "data_dvc_md5": tracking.data_version(params) or "unknown (no dvc.lock)"})
-            _log_history(client, run_id, train_report.get("history") or [])
+            log_datasets(splits)
+            _log_history(client, run_id, train_report.get("history") or [], span[1] if span else None)
             mlflow.log_metrics(_final_metrics(evaluation, train_report))
-            info = log_bundle(bundle)
+            info = log_bundle(bundle, input_example=input_example(splits))
             mlflow.log_dict(evaluation["threshold"], "threshold.json")
             mlflow.log_dict(calibration, "calibration.json")
             mlflow.log_dict(train_report, "train_report.json")
             _log_plots(params, name)
             mlflow.set_tag(TAG + "model_uri", info.model_uri)
+        if span:
+            client.set_terminated(run_id, "FINISHED", end_time=span[1])
         return run_id, info.model_uri, False
 
 
-def _log_history(client, run_id: str, history: list[dict]) -> None:
+def resolve_tags(tags: dict) -> dict:
+    """``tags`` plus the source and user tags ``mlflow.start_run`` would have set on a run it created."""
+    from mlflow.tracking.context import registry as context
+
+    return context.resolve_tags(tags)
+
+
+def training_span(train_report: dict) -> tuple[int, int] | None:
+    """(start, end) of the detector's fit in epoch milliseconds, from its train report; None for a report
+    written before the train stage recorded them. The end is at least ``train_seconds`` after the start
+    (the report's times are to the millisecond, its seconds rounded)."""
+    try:
+        start = pd.Timestamp(train_report["started_at"])
+        end = pd.Timestamp(train_report["finished_at"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    start_ms = int(start.value // 1_000_000)
+    end_ms = max(int(end.value // 1_000_000), start_ms + math.ceil(float(train_report.get("train_seconds") or 0) * 1000))
+    return start_ms, end_ms
+
+
+# -- datasets: what each run trained, was thresholded and was tested on --------------------------
+SPLIT_CONTEXTS = {"train": "train", "val": "validation", "test": "test"}
+EXAMPLE_ROWS = 288  # the input example: a day of 5-minute points of one KPI
+
+
+def split_inputs(params: Params) -> dict[str, dict]:
+    """Each split of the windows stage: its frame, file, DVC md5 and the source spec it came from."""
+    windows = Path(params.paths.windows)
+    specs = {"train": params.data.train, "val": params.data.train, "test": params.data.test or params.data.train}
+    out = {}
+    for split, spec in specs.items():
+        path = windows / f"{split}.parquet"
+        out[split] = {"frame": _read_split(str(path), path.stat().st_mtime_ns), "path": path, "spec": spec,
+                      "md5": tracking.file_md5(path)}
+    return out
+
+
+@functools.lru_cache(maxsize=3)
+def _read_split(path: str, mtime_ns: int) -> pd.DataFrame:  # mtime: a rewritten split is read again
+    return pd.read_parquet(path)
+
+
+def log_datasets(splits: dict[str, dict]) -> None:
+    """One MLflow dataset per split in the active run (its Datasets panel): name = the source spec,
+    digest = the DVC md5 of the split's file, the schema and the row count (profile), the KPI count
+    (a tag), context train / validation / test."""
+    import warnings
+
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+    datasets, contexts, tags = [], [], []
+    for split, part in splits.items():
+        frame = part["frame"]
+        with warnings.catch_warnings():  # a local path fits MLflow's "" and "file" local sources alike
+            warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways", category=UserWarning)
+            source = resolve_dataset_source(str(part["path"]))
+        datasets.append(mlflow.data.from_pandas(frame, source=source, name=part["spec"], digest=part["md5"],
+                                                targets=LABEL if LABEL in frame.columns else None))
+        contexts.append(SPLIT_CONTEXTS[split])
+        tags.append({"kpis": str(frame[KPI_ID].nunique()), "rows": str(len(frame)), "split": split,
+                     "dvc_md5": part["md5"]})
+    mlflow.log_inputs(datasets=datasets, contexts=contexts, tags_list=tags)
+
+
+def input_example(splits: dict[str, dict]) -> pd.DataFrame | None:
+    """The model's input example: the last observed validation (else train) rows of one KPI, raw."""
+    for split in ("val", "train"):
+        frame = splits[split]["frame"]
+        if len(frame):
+            first = frame[frame[KPI_ID] == frame[KPI_ID].iloc[0]]
+            return to_model_input(observed_rows(first).tail(EXAMPLE_ROWS).reset_index(drop=True))
+    return None
+
+
+def _log_history(client, run_id: str, history: list[dict], at_ms: int | None = None) -> None:
+    """Per-epoch losses with the epoch as step, time-stamped at the end of training when it is known."""
     from mlflow.entities import Metric
 
-    now = int(time.time() * 1000)
+    now = at_ms or int(time.time() * 1000)
     rows = [Metric(key, float(h[key]), now, int(h.get("epoch", i)))
             for i, h in enumerate(history) for key in ("train_loss", "val_loss")
             if isinstance(h.get(key), (int, float)) and np.isfinite(h[key])]

@@ -1,13 +1,14 @@
 """train stage: fit one registered detector on the windows stage's train/val splits.
 
 Writes ``<paths.artifacts>/<name>/`` (the detector's ``config.json`` + ``weights.pt``, and the
-``norm_stats.json`` it was trained under) and ``<paths.train_reports>/<name>.json`` (status, timings,
-per-epoch losses) as DVC metrics. A supervised detector on unlabelled data is recorded as skipped,
+``norm_stats.json`` it was trained under) and ``<paths.train_reports>/<name>.json`` (status, timings:
+``train_seconds`` and the fit's ``started_at`` / ``finished_at`` in UTC, per-epoch losses) as DVC metrics. A supervised detector on unlabelled data is recorded as skipped,
 not failed: the run goes on.
 """
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import shutil
 import time
@@ -34,16 +35,19 @@ def fit_detector(name: str, params: Params, train: pd.DataFrame, val: pd.DataFra
                  progress: bool = True):
     """Create and fit one detector. Returns (detector or None, report)."""
     detector = registry.create(name, params.detector_config(name), train_config(params, progress))
-    started = time.perf_counter()
+    started_at, started = time.time(), time.perf_counter()
     try:
         detector.fit(train, val)
     except SkipDetector as exc:
         log.warning("%s", exc)
         return None, {"detector": name, "status": "skipped", "reason": str(exc)}
+    seconds, finished_at = time.perf_counter() - started, time.time()
     return detector, {
         "detector": name,
         "status": "ok",
-        "train_seconds": round(time.perf_counter() - started, 3),
+        "train_seconds": round(seconds, 3),
+        # When the fit ran (UTC), so the register stage's MLflow run spans the training, not its own logging.
+        "started_at": _utc(started_at), "finished_at": _utc(max(finished_at, started_at + seconds)),
         "device": str(getattr(detector, "device", "cpu")),
         **threads.current(),
         "epochs": len(detector.history),
@@ -52,6 +56,10 @@ def fit_detector(name: str, params: Params, train: pd.DataFrame, val: pd.DataFra
                              default=None),
         "config": detector.config.to_dict(),
     }
+
+
+def _utc(epoch_s: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch_s, datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def run(params: Params, name: str, progress: bool = True) -> dict:
