@@ -2,14 +2,16 @@
 
     read [start - score.context, end) from the input source
       → validate (the pipeline's GX suites; failing rows are quarantined with their reason)
+      → place on each KPI's trained grid (rows that cannot sit on it are quarantined too)
       → score with the model (``models:/kpiguard@champion`` unless told otherwise)
       → keep [start, end) → one partition per day
 
 A partition is ``<output>/date=YYYY-MM-DD/`` with ``scores.parquet`` (``kpi_id, timestamp, value,
 score, threshold, is_anomaly``), ``quarantine.parquet`` (that day's rows that failed validation,
-with rule and reason) and ``_meta.json`` (model, counts). Locally the partition directory is
-replaced in one atomic exchange (:mod:`pipeline.io.outputs`); on S3 the files go to a new
-``run=<time>-<id>/`` prefix and one PUT of ``_partition.json`` switches readers to it (read with
+or that cannot sit on their KPI's trained grid, with rule and reason) and ``_meta.json`` (model,
+counts, quarantine by rule, rows snapped to the grid, KPIs whose sampling interval changed). Locally
+the partition directory is replaced in one atomic exchange (:mod:`pipeline.io.outputs`); on S3 the
+files go to a new ``run=<time>-<id>/`` prefix and one PUT of ``_partition.json`` switches readers to it (read with
 :func:`read_partition` / :func:`partition_file`). Either way a reader sees the old partition or the
 new one, never a mix, and rerunning a day never duplicates rows.
 """
@@ -28,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from models.frame import KPI_ID, TIMESTAMP
-from pipeline.data import sources
+from pipeline.data import prep, sources
 from pipeline.data.checks import Validator
 from pipeline.errors import DataError
 from pipeline.eval import metrics as M
@@ -114,9 +116,13 @@ def run(params: Params, input_spec: str, start: pd.Timestamp, end: pd.Timestamp,
     loaded, info = model or load_model(params, model_uri)
     raw = read_input(params, input_spec, start, end)
     outcome = check(params, raw, input_spec, start, end)
-    scored = score_rows(loaded, outcome.valid, start, end, progress=progress)
-    return {"model": info, "partitions": write_days(output, start, end, scored, outcome.quarantine,
-                                                    {"model": info, "input": input_spec})}
+    placed = place_rows(loaded, outcome.valid)
+    scored = score_rows(loaded, placed.rows, start, end, progress=progress)
+    quarantine = pd.concat([outcome.quarantine, placed.quarantine], ignore_index=True)
+    grid = {day.date().isoformat(): placed.summary(day, day + pd.Timedelta(days=1))
+            for day in pd.date_range(start, end, freq="D", inclusive="left")}
+    return {"model": info, "partitions": write_days(output, start, end, scored, quarantine,
+                                                    {"model": info, "input": input_spec}, grid)}
 
 
 def read_input(params: Params, input_spec: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
@@ -143,6 +149,14 @@ def check(params: Params, raw: pd.DataFrame, input_spec: str, start: pd.Timestam
     return outcome
 
 
+def place_rows(model, valid: pd.DataFrame) -> prep.Placement:
+    """Valid rows against the grid each KPI was trained on (the bundle's norm_stats.json): those that
+    cannot sit on it (a KPI that now arrives more finely) go to quarantine, rule ``on_trained_grid``,
+    rather than vanish in the regular grid (:func:`pipeline.data.prep.place_on_grid`)."""
+    bundle = getattr(model, "bundle", None)
+    return prep.place_on_grid(valid, bundle.norm if bundle is not None else {})
+
+
 PROGRESS_GROUPS = 20  # KPI groups a progress bar advances over
 
 
@@ -163,15 +177,20 @@ def score_rows(model, valid: pd.DataFrame, start: pd.Timestamp, end: pd.Timestam
 
 
 def write_days(output: str, start: pd.Timestamp, end: pd.Timestamp, scored: pd.DataFrame,
-               quarantine: pd.DataFrame, meta: dict) -> list[dict]:
-    """One partition per day of ``[start, end)``, each replaced whole."""
+               quarantine: pd.DataFrame, meta: dict, grid: dict[str, dict] | None = None) -> list[dict]:
+    """One partition per day of ``[start, end)``, each replaced whole. ``grid``: per day (ISO date), its
+    :meth:`pipeline.data.prep.Placement.summary` (rows snapped to the trained grid, KPIs whose interval
+    changed), recorded with the day's quarantine counts by rule."""
     partitions = []
     for day in pd.date_range(start, end, freq="D", inclusive="left"):
         rows = scored[_in(scored, day, day + pd.Timedelta(days=1))].reset_index(drop=True)
         held = quarantine[_in(quarantine, day, day + pd.Timedelta(days=1))].reset_index(drop=True)
+        by_rule = held["rule"].astype(str).value_counts().sort_index() if len(held) else pd.Series(dtype=int)
         day_meta = {"date": day.date().isoformat(), **meta, "rows": len(rows),
                     "kpis": int(rows[KPI_ID].nunique()), "anomalies": int(rows[IS_ANOMALY].sum()),
-                    "quarantined": len(held), "scored_at": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")}
+                    "quarantined": len(held), "quarantined_by_rule": {k: int(v) for k, v in by_rule.items()},
+                    **prep.merge_summaries([(grid or {}).get(day.date().isoformat(), {})]),
+                    "scored_at": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")}
         partitions.append({**write_partition(output, day, rows, held, day_meta), **day_meta})
     return partitions
 
@@ -257,6 +276,11 @@ def partition_file(output: str, date: str, name: str = "scores.parquet") -> str:
 
 def read_partition(output: str, date: str) -> pd.DataFrame:
     return storage.read_table(partition_file(output, date))
+
+
+def read_partition_meta(output: str, date: str) -> dict:
+    """A partition's ``_meta.json``: model, counts, quarantine by rule, grid changes."""
+    return json.loads(storage.read_bytes(partition_file(output, date, "_meta.json")))
 
 
 def _parquet(df: pd.DataFrame) -> bytes:
