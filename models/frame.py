@@ -15,8 +15,9 @@ timestamp   datetime  timezone-aware UTC, regular per KPI
 value       float64   normalised value (train-split statistics of that KPI), gaps interpolated
 raw_value   float64   the value in its original units, gaps interpolated
 missing     bool      True where the point was absent from the source and interpolated
-clipped     bool      True where the normalised value was beyond +-``windows.clip_sigma`` and was
-                      clipped to it (an extreme value: always an alarm when scored)
+clipped     bool      True where the normalised value was beyond +-``windows.clip_sigma`` (an extreme
+                      value: always an alarm when scored); its ``value`` is the median of the KPI's
+                      observed values before it, so it does not dominate its neighbours' windows
 label       int8      1 = anomalous; absent for unlabelled data
 =========== ========= ===================================================================
 """

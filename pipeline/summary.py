@@ -109,7 +109,22 @@ def score(result: dict) -> str:
     where = parts[0]["path"] if len(parts) == 1 else f"{len(parts)} partitions under {_parent(parts[0]['path'])}"
     spans = f" in {_n(result['spans'])} spans" if "spans" in result else ""
     return (f"score: {_n(rows)} rows, {_n(anomalies)} anomalies{spans}, {_n(quarantined)} quarantined with {which} "
-            f"{ARROW} {where}")
+            f"{ARROW} {where}{_grid(parts)}")
+
+
+def _grid(parts: list[dict]) -> str:
+    """What the trained grid did to the rows (pipeline.data.prep.place_on_grid); empty when nothing."""
+    off = sum((p.get("quarantined_by_rule") or {}).get("on_trained_grid", 0) for p in parts)
+    snapped = sum(p.get("off_grid_snapped", 0) for p in parts)
+    changed = {c["kpi_id"]: c for p in parts for c in p.get("interval_changed") or []}
+    notes = [f"{_n(off)} of the quarantined not on their KPI's trained grid (on_trained_grid)"] if off else []
+    if changed:
+        notes.append("interval changed: " + ", ".join(
+            f"{k} (trained {c['trained_interval_s']:g} s, arrives {c['observed_interval_s']:g} s)"
+            for k, c in sorted(changed.items())))
+    if snapped:
+        notes.append(f"{_n(snapped)} rows off the grid scored at its nearest point")
+    return "".join(f"; {n}" for n in notes)
 
 
 def _parent(path: str) -> str:

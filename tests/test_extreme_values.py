@@ -11,17 +11,21 @@ import torch
 
 from models import registry
 from models.base import TrainConfig
-from models.frame import CLIPPED, VALUE
+from models.frame import CLIPPED, MISSING, VALUE
 from pipeline.batch import score
 from pipeline.data import prep, sources
 from pipeline.params import parse_params
-from pipeline.serving.bundle import Bundle, BundleModel, write_bundle
+from pipeline.serving.bundle import Bundle, BundleModel, predict_with, write_bundle
 from pipeline.stages import evaluate, ingest, train, validate, windows
 from tests.conftest import small_params_dict
 from tests.detector_data import make_splits
 
 DAY = "2026-01-06"
 DETECTORS = ["robust_zscore", "dense_autoencoder"]
+# Detectors whose score of a point reads a window of its neighbours: an autoencoder over windows (one
+# clipped value spoils the reconstruction of every window holding it) and NAB's windowed Gaussian
+# (one clipped value inflates the trailing std and hides what follows).
+WINDOWED = ["conv1d_autoencoder", "windowed_gaussian"]
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +33,13 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("extreme")
     raw = small_params_dict()
     raw["paths"] = {k: str(root / v) for k, v in raw["paths"].items()}
-    raw["train"].update({"detectors": DETECTORS, "max_epochs": 2})
+    raw["train"].update({"detectors": DETECTORS + WINDOWED, "max_epochs": 2})
     p = parse_params(raw)
     ingest.run(p, Path(p.paths.raw))
     validate.run(p, Path(p.paths.raw), Path(p.paths.validated), Path(p.paths.quarantine),
                  Path(p.paths.validation_report))
     windows.run(p, Path(p.paths.validated), Path(p.paths.windows))
-    for name in DETECTORS:
+    for name in DETECTORS + WINDOWED:
         train.run(p, name, progress=False)
     evaluate.run(p)
     return root, p
@@ -44,8 +48,9 @@ def trained(tmp_path_factory):
 def _model(root: Path, p, name: str):
     thresholds = Path(p.paths.evaluation) / "thresholds" / f"{name}.json"
     calibration = Path(p.paths.evaluation) / "calibration" / f"{name}.json"
-    write_bundle(root / f"bundle-{name}", Path(p.paths.artifacts) / name, json.loads(thresholds.read_text()),
-                 json.loads(calibration.read_text()), p.windows.clip_sigma)
+    if not (root / f"bundle-{name}").exists():  # one bundle per detector for the module
+        write_bundle(root / f"bundle-{name}", Path(p.paths.artifacts) / name, json.loads(thresholds.read_text()),
+                     json.loads(calibration.read_text()), p.windows.clip_sigma)
     return BundleModel(Bundle.load(root / f"bundle-{name}")), {"uri": f"test:{name}"}
 
 
@@ -73,6 +78,65 @@ def test_extreme_values_on_the_scored_day_are_flagged(trained, tmp_path, name):
         assert bool(row["is_anomaly"]), (i, row.to_dict())
     normal = out[(out["value"].abs() < 1e100)]
     assert normal["is_anomaly"].mean() < 0.5  # the rest of the day is scored as before
+
+
+@pytest.mark.parametrize("name", WINDOWED)
+def test_a_clipped_point_neither_raises_nor_hides_alarms_around_it(trained, name):
+    """One 1e200 is flagged, and its windows see a local median instead of the clip bound: the alarms of
+    every other point are those of the same day without it, including a real spike half an hour later
+    (on 5c9dee7: conv1d_autoencoder raised ~70 extra alarms around it; windowed_gaussian's inflated std
+    hid the spike)."""
+    root, p = trained
+    model, _ = _model(root, p, name)
+    start, end = score.day_range(DAY)
+    rows = sources.read_source("synthetic:", p, start - pd.Timedelta(p.score.context), end)
+    day_rows = rows.index[(rows["timestamp"] >= start) & (rows["timestamp"] < end)]
+    kpi = rows.loc[day_rows[0], "kpi_id"]
+    mine = [i for i in day_rows if rows.loc[i, "kpi_id"] == kpi]
+    extreme, spike = mine[100], mine[106]
+    values = rows.loc[rows["kpi_id"] == kpi, "value"]
+    rows.loc[spike, "value"] += 12 * (values.quantile(0.75) - values.quantile(0.25))
+
+    def alarms(frame: pd.DataFrame) -> pd.Series:
+        return predict_with(model, frame).set_index(["kpi_id", "timestamp"])["is_anomaly"]
+
+    without = alarms(rows)
+    with_extreme = alarms(rows.assign(value=rows["value"].where(rows.index != extreme, 1e200)))
+    at, real = (str(kpi), rows.loc[extreme, "timestamp"]), (str(kpi), rows.loc[spike, "timestamp"])
+    assert bool(with_extreme.loc[at])
+    assert bool(without.loc[real]) and bool(with_extreme.loc[real])  # a real alarm, not hidden by the extreme
+    others = with_extreme.drop(index=[at]), without.drop(index=[at])
+    changed = int((others[0] != others[1]).sum())
+    assert changed <= 1, f"{changed} points around the extreme value changed alarm"
+
+
+def test_a_clipped_point_keeps_its_flag_and_an_alarm_score(trained):
+    """The windows see a local median at a clipped point, so its detector score is ordinary; it is
+    still an alarm, and its calibrated score is at least its KPI's threshold (the report ranks it)."""
+    root, p = trained
+    model, _ = _model(root, p, "conv1d_autoencoder")
+    start, end = score.day_range(DAY)
+    rows = sources.read_source("synthetic:", p, start - pd.Timedelta(p.score.context), end)
+    i = rows.index[(rows["timestamp"] >= start)][50]
+    rows.loc[i, "value"] = -1e250
+    out = predict_with(model, rows).set_index(["kpi_id", "timestamp"])
+    row = out.loc[(str(rows.loc[i, "kpi_id"]), rows.loc[i, "timestamp"])]
+    assert bool(row["is_anomaly"]) and row["score"] >= row["threshold"]
+    prepared = prep.prepare(rows, model.bundle.norm, model.bundle.clip_sigma)
+    hit = prepared[prepared[CLIPPED] & ~prepared[MISSING]]
+    assert len(hit) == 1 and abs(hit[VALUE].iloc[0]) < 10  # a typical normalised value, not the bound
+
+
+def test_damp_clipped_uses_only_earlier_unclipped_values():
+    values = np.array([1.0, 2.0, 3.0, 1e6, 1e6, 4.0, -1e6])
+    clipped = np.abs(values) >= 1e6
+    missing = np.zeros(len(values), dtype=bool)
+    assert prep.damp_clipped(values, clipped, missing).tolist() == [1.0, 2.0, 3.0, 2.0, 2.0, 4.0, 2.5]
+    # a gap beside a clipped point is interpolated from the damped value, not from the bound
+    gap = np.array([1.0, 1e6, 500_000.0, 3.0])
+    assert prep.damp_clipped(gap, gap >= 1e6, np.array([False, False, True, False])).tolist() == [1.0, 1.0, 2.0, 3.0]
+    # nothing before it: the KPI's train median (0 in normalised units)
+    assert prep.damp_clipped(np.array([1e6, 1.0]), np.array([True, False]), np.zeros(2, bool)).tolist() == [0.0, 1.0]
 
 
 def test_normalisation_clips_and_marks(trained):

@@ -141,6 +141,24 @@ def test_build_report_empty_and_quiet_days(tmp_path):
     assert "javascript:" not in page and "No validation metrics recorded." in page
 
 
+def test_build_report_shows_rows_not_scored_and_kpis_whose_interval_changed(tmp_path):
+    partition = {"quarantined": 1153, "off_grid_snapped": 2,
+                 "quarantined_by_rule": {"on_trained_grid": 1152, "expect_column_values_to_not_be_null": 1},
+                 "interval_changed": [{"kpi_id": "cpu<1>", "trained_interval_s": 300.0, "observed_interval_s": 60.0,
+                                       "rows_quarantined": 1152}]}
+    result = build_report(day_frame(), DAY, CHAMPION, tmp_path, partition=partition)
+    written = json.loads(Path(result["json"]).read_text())
+    assert {k: written[k] for k in partition} == partition
+    page = Path(result["html"]).read_text()
+    assert '<tr><td>Rows quarantined (not scored)</td><td class="num">1153</td></tr>' in page
+    changed = page.split('<table class="interval-changed">')[1].split("</table>")[0]
+    assert [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", changed)] == \
+        ["cpu&lt;1&gt;", "300", "60", "1152"]
+    assert "<td>on_trained_grid</td>" in page and "2 rows off their KPI's grid" in page
+    quiet = build_report(day_frame(), DAY, CHAMPION, tmp_path / "plain")  # no partition: nothing to say
+    assert "Rows not scored" not in Path(quiet["html"]).read_text() and quiet["quarantined"] == 0
+
+
 def test_build_report_rejects_non_date_day(tmp_path):
     with pytest.raises(ValueError):
         build_report(day_frame(), "../escape", CHAMPION, tmp_path)

@@ -74,6 +74,20 @@ def test_score_line_sums_partitions():
     assert summary.score(result).startswith("score: 1,152 rows, 3 anomalies in 2 spans, 0 quarantined")
 
 
+def test_score_line_names_rows_off_the_trained_grid_and_kpis_whose_interval_changed():
+    changed = {"kpi_id": "cpu", "trained_interval_s": 300.0, "observed_interval_s": 60.0, "rows_quarantined": 1152}
+    result = {"model": {"model": "kpiguard", "version": "3"}, "partitions": [
+        {"path": "s/date=2026-01-27", "rows": 1152, "anomalies": 3, "quarantined": 1153, "off_grid_snapped": 2,
+         "quarantined_by_rule": {"on_trained_grid": 1152, "expect_column_values_to_not_be_null": 1},
+         "interval_changed": [changed]},
+        {"path": "s/date=2026-01-28", "rows": 1152, "anomalies": 0, "quarantined": 1152, "off_grid_snapped": 0,
+         "quarantined_by_rule": {"on_trained_grid": 1152}, "interval_changed": [changed]}]}
+    assert summary.score(result) == (
+        "score: 2,304 rows, 3 anomalies, 2,305 quarantined with kpiguard v3 → 2 partitions under s; "
+        "2,304 of the quarantined not on their KPI's trained grid (on_trained_grid); "
+        "interval changed: cpu (trained 300 s, arrives 60 s); 2 rows off the grid scored at its nearest point")
+
+
 def test_bench_line():
     report = {"summary": {"a": {"status": "ok", "aiops_f1": 0.5}, "b": {"status": "ok", "aiops_f1": 0.6},
                           "c": {"status": "failed"}, "random": {"status": "ok", "aiops_f1": 0.9}},

@@ -22,6 +22,7 @@ import pandas as pd
 from models.frame import KPI_ID
 from pipeline.batch import report as report_mod
 from pipeline.batch import score
+from pipeline.data import prep
 from pipeline.errors import DataError
 from pipeline.io import storage
 from pipeline.io.outputs import replace_dir_atomic, write_json_atomic
@@ -30,6 +31,9 @@ from pipeline.params import Params
 log = logging.getLogger(__name__)
 
 RAW, VALID, QUARANTINE, VALIDATION, MODEL = "raw.parquet", "valid.parquet", "quarantine.parquet", "validation.json", "model.json"
+# Beside each shard's scores: its rows that cannot sit on their KPI's trained grid, and the summary
+# (rows snapped, KPIs whose interval changed) that the day's partition metadata records.
+GRID_QUARANTINE, GRID_SUMMARY = ".grid-quarantine.parquet", ".grid.json"
 
 
 def staging(params: Params, day: str) -> Path:
@@ -107,10 +111,15 @@ def score_shard(params: Params, day: str, shard: int, shards: int, model_uri: st
     valid = pd.read_parquet(folder / VALID)
     mine = valid[shard_of(valid[KPI_ID].astype(str), shards) == shard]
     model, info = score.load_model(params, model_uri or params.score.model_uri)  # never runs stored code
-    scored = score.score_rows(model, mine, start, end) if len(mine) else mine.iloc[:0]
-    storage.write_parquet(scored, folder / "shards" / f"{shard:04d}-of-{shards:04d}.parquet")
+    placed = score.place_rows(model, mine)  # rows off the KPI's trained grid: this shard's quarantine
+    scored = score.score_rows(model, placed.rows, start, end) if len(placed.rows) else mine.iloc[:0]
+    stem = folder / "shards" / f"{shard:04d}-of-{shards:04d}"
+    storage.write_parquet(placed.quarantine, stem.with_name(stem.name + GRID_QUARANTINE))
+    write_json_atomic(stem.with_name(stem.name + GRID_SUMMARY), placed.summary(start, end))
+    storage.write_parquet(scored, stem.with_name(stem.name + ".parquet"))  # last: the shard is complete
     write_json_atomic(folder / MODEL, info)
-    return {"shard": shard, "kpis": int(mine[KPI_ID].nunique()), "rows": len(scored)}
+    return {"shard": shard, "kpis": int(mine[KPI_ID].nunique()), "rows": len(scored),
+            "quarantined": len(placed.quarantine)}
 
 
 def write(params: Params, day: str, shards: int, output: str | None = None) -> dict:
@@ -118,25 +127,31 @@ def write(params: Params, day: str, shards: int, output: str | None = None) -> d
     start, end = score.day_range(day)
     folder = staging(params, day)
     parts = [folder / "shards" / f"{i:04d}-of-{shards:04d}.parquet" for i in range(shards)]
-    absent = [p.name for p in parts if not p.exists()]
+    absent = [q.name for p in parts for q in (p, p.with_name(p.stem + GRID_QUARANTINE),
+                                              p.with_name(p.stem + GRID_SUMMARY)) if not q.exists()]
     if absent:
         raise DataError(str(folder), "all_shards_scored", f"missing shard outputs: {absent}")
     scored = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
     scored = scored.sort_values([KPI_ID, "timestamp"], kind="stable").reset_index(drop=True)
     info = json.loads((folder / MODEL).read_text())
     spec = json.loads((folder / "input.json").read_text())["input"]
+    held = [pd.read_parquet(folder / QUARANTINE), *(pd.read_parquet(p.with_name(p.stem + GRID_QUARANTINE))
+                                                    for p in parts)]
+    grid = prep.merge_summaries([json.loads(p.with_name(p.stem + GRID_SUMMARY).read_text()) for p in parts])
     partition, = score.write_days(output or params.score.output, start, end, scored,
-                                  pd.read_parquet(folder / QUARANTINE), {"model": info, "input": spec},
-                                  params.score.quarantine_output)
+                                  pd.concat(held, ignore_index=True), {"model": info, "input": spec},
+                                  params.score.quarantine_output, {_iso(day): grid})
     return partition
 
 
 def report(params: Params, day: str, output: str | None = None) -> dict:
     """The daily anomaly report from the written partition."""
     scored = score.read_partition(output or params.score.output, _iso(day))
+    meta = score.read_meta(output or params.score.output, _iso(day))
     info = json.loads((staging(params, day) / MODEL).read_text())
-    summary = report_mod.build_report(scored, _iso(day), info, params.score.reports)
-    return {k: summary[k] for k in ("day", "kpis_scored", "anomalies", "anomalous_kpis", "html", "json")}
+    summary = report_mod.build_report(scored, _iso(day), info, params.score.reports, partition=meta)
+    return {k: summary[k] for k in ("day", "kpis_scored", "anomalies", "anomalous_kpis", "quarantined",
+                                    "interval_changed", "html", "json")}
 
 
 def publish(params: Params, day: str, bucket: str | None = None) -> dict:

@@ -92,10 +92,13 @@ def span_records(spans: pd.DataFrame) -> list[dict]:
 
 
 def build_report(scored: pd.DataFrame, day: str, champion: dict | None, out_dir: str | Path,
-                 max_plots: int = 20) -> dict:
+                 max_plots: int = 20, partition: dict | None = None) -> dict:
     """Write ``<out_dir>/<day>.html`` and ``<out_dir>/<day>.json``; return the summary with both paths.
 
-    Plots are drawn for the ``max_plots`` KPIs whose worst span is most severe.
+    Plots are drawn for the ``max_plots`` KPIs whose worst span is most severe. ``partition``: the
+    day's partition metadata (:func:`pipeline.batch.score.read_meta`), whose counts of rows
+    not scored (quarantined, by rule), snapped to the grid, and KPIs whose interval changed the
+    report shows, so the on-call engineer sees what was not looked at.
     """
     day = dt.date.fromisoformat(day).isoformat()  # also keeps the file names inside out_dir
     scored = scored.assign(**{TIMESTAMP: pd.to_datetime(scored[TIMESTAMP], utc=True)})
@@ -111,6 +114,7 @@ def build_report(scored: pd.DataFrame, day: str, champion: dict | None, out_dir:
         "champion": champion or {},
         "spans": span_records(spans),
         "kpis_without_anomalies": quiet,
+        **_not_scored(partition or {}),
     }
     ids, span_ids = scored[KPI_ID].astype(str), spans["kpi_id"].astype(str)
     plots = {kpi: plot_kpi(scored[ids == kpi], spans[span_ids == kpi]) for kpi in flagged[:max_plots]}
@@ -118,6 +122,13 @@ def build_report(scored: pd.DataFrame, day: str, champion: dict | None, out_dir:
     html_path = write_text_atomic(out_dir / f"{day}.html", render_html(summary, plots))
     json_path = write_json_atomic(out_dir / f"{day}.json", summary)
     return {**summary, "html": str(html_path), "json": str(json_path)}
+
+
+def _not_scored(partition: dict) -> dict:
+    return {"quarantined": int(partition.get("quarantined") or 0),
+            "quarantined_by_rule": dict(partition.get("quarantined_by_rule") or {}),
+            "off_grid_snapped": int(partition.get("off_grid_snapped") or 0),
+            "interval_changed": list(partition.get("interval_changed") or [])}
 
 
 def plot_kpi(part: pd.DataFrame, spans: pd.DataFrame) -> str:
@@ -174,7 +185,9 @@ def render_html(summary: dict, plots: dict[str, str]) -> str:
         f'<tr><td>KPIs scored</td><td class="num">{summary["kpis_scored"]}</td></tr>',
         f'<tr><td>Anomaly spans</td><td class="num">{summary["anomalies"]}</td></tr>',
         f'<tr><td>KPIs flagged</td><td class="num">{summary["anomalous_kpis"]}</td></tr>',
+        f'<tr><td>Rows quarantined (not scored)</td><td class="num">{summary.get("quarantined", 0)}</td></tr>',
         "</table>",
+        *_not_scored_html(summary),
         *_champion_html(summary["champion"]),
         "<h2>Anomalies</h2>",
     ]
@@ -217,6 +230,35 @@ def render_html(summary: dict, plots: dict[str, str]) -> str:
     return "\n".join(parts)
 
 
+def _not_scored_html(summary: dict) -> list[str]:
+    """Rows the scorer held back, by rule, and the KPIs whose sampling interval is not the trained one."""
+    e = html.escape
+    by_rule, changed = summary.get("quarantined_by_rule") or {}, summary.get("interval_changed") or []
+    snapped = summary.get("off_grid_snapped") or 0
+    if not (by_rule or changed or snapped):
+        return []
+    out = ["<h2>Rows not scored as they arrived</h2>"]
+    if by_rule:
+        out += ['<p class="quiet">Quarantined rows (in the partition\'s quarantine file, each with its reason), '
+                "by rule:</p>", '<table class="quarantine"><thead><tr><th>rule</th><th>rows</th></tr></thead><tbody>',
+                *(f'<tr><td>{e(str(rule))}</td><td class="num">{int(n)}</td></tr>' for rule, n in by_rule.items()),
+                "</tbody></table>"]
+    if changed:
+        out += ['<p class="quiet">KPIs that arrive at another interval than the model was trained on: scored on '
+                "their trained grid; rows between its points are quarantined (<code>on_trained_grid</code>). "
+                "Retrain to score them at the new interval.</p>",
+                '<table class="interval-changed"><thead><tr><th>KPI</th><th>trained interval (s)</th>'
+                "<th>observed interval (s)</th><th>rows quarantined</th></tr></thead><tbody>",
+                *(f'<tr><td>{e(str(c.get("kpi_id")))}</td><td class="num">{_seconds(c.get("trained_interval_s"))}</td>'
+                  f'<td class="num">{_seconds(c.get("observed_interval_s"))}</td>'
+                  f'<td class="num">{int(c.get("rows_quarantined") or 0)}</td></tr>' for c in changed),
+                "</tbody></table>"]
+    if snapped:
+        out.append(f'<p class="quiet">{int(snapped)} rows off their KPI\'s grid were scored at its nearest '
+                   "point.</p>")
+    return out
+
+
 def _champion_html(champion: dict) -> list[str]:
     e = html.escape
     if not champion:
@@ -251,6 +293,10 @@ def _anchors(kpis) -> dict[str, str]:
             anchor = f"{base}-{n}"
         out[kpi] = anchor
     return out
+
+
+def _seconds(v) -> str:
+    return f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "–"
 
 
 def _time(iso: str) -> str:

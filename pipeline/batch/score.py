@@ -2,14 +2,16 @@
 
     read [start - score.context, end) from the input source
       → validate (the pipeline's GX suites; failing rows are quarantined with their reason)
+      → place on each KPI's trained grid (rows that cannot sit on it are quarantined too)
       → score with the model (``models:/kpiguard@champion`` unless told otherwise)
       → keep [start, end) → one partition per day
 
 The output is a Hive-partitioned Parquet dataset with one schema, read whole by
 ``pd.read_parquet(output)``, pyarrow or any ``**/*.parquet`` reader: ``<output>/date=YYYY-MM-DD/``
 holds ``scores.parquet`` (``kpi_id, timestamp, value, raw_score, score, threshold, is_anomaly``) and
-``_meta.json`` (model, input, counts; not a data file). The rows that failed validation, with rule and
-reason, go to a sibling dataset, ``<score.quarantine_output or output_quarantine>/date=YYYY-MM-DD/
+``_meta.json`` (model, input, counts, quarantine by rule, rows snapped to the grid, KPIs whose
+sampling interval changed; not a data file). The rows that failed validation or cannot sit on their KPI's trained grid,
+with rule and reason, go to a sibling dataset, ``<score.quarantine_output or output_quarantine>/date=YYYY-MM-DD/
 quarantine.parquet``. Locally both partition directories are written, then each swapped in by one
 atomic exchange (:mod:`pipeline.io.outputs`); on S3 each file is one PUT. Either way a reader of a
 dataset sees the old day or the new one, never a mix, and rerunning a day never duplicates rows.
@@ -30,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from models.frame import KPI_ID, TIMESTAMP
-from pipeline.data import sources
+from pipeline.data import prep, sources
 from pipeline.data.checks import Validator
 from pipeline.errors import DataError
 from pipeline.eval import metrics as M
@@ -117,9 +119,13 @@ def run(params: Params, input_spec: str, start: pd.Timestamp, end: pd.Timestamp,
     loaded, info = model or load_model(params, model_uri)
     raw = read_input(params, input_spec, start, end)
     outcome = check(params, raw, input_spec, start, end)
-    scored = score_rows(loaded, outcome.valid, start, end, progress=progress)
-    partitions = write_days(output, start, end, scored, outcome.quarantine, {"model": info, "input": input_spec},
-                            params.score.quarantine_output)
+    placed = place_rows(loaded, outcome.valid)
+    scored = score_rows(loaded, placed.rows, start, end, progress=progress)
+    quarantine = pd.concat([outcome.quarantine, placed.quarantine], ignore_index=True)
+    grid = {day.date().isoformat(): placed.summary(day, day + pd.Timedelta(days=1))
+            for day in pd.date_range(start, end, freq="D", inclusive="left")}
+    partitions = write_days(output, start, end, scored, quarantine, {"model": info, "input": input_spec},
+                            params.score.quarantine_output, grid)
     return {"model": info, "partitions": partitions, **alarm_spans(scored)}
 
 
@@ -160,6 +166,14 @@ def check(params: Params, raw: pd.DataFrame, input_spec: str, start: pd.Timestam
     return outcome
 
 
+def place_rows(model, valid: pd.DataFrame) -> prep.Placement:
+    """Valid rows against the grid each KPI was trained on (the bundle's norm_stats.json): those that
+    cannot sit on it (a KPI that now arrives more finely) go to quarantine, rule ``on_trained_grid``,
+    rather than vanish in the regular grid (:func:`pipeline.data.prep.place_on_grid`)."""
+    bundle = getattr(model, "bundle", None)
+    return prep.place_on_grid(valid, bundle.norm if bundle is not None else {})
+
+
 PROGRESS_GROUPS = 20  # KPI groups a progress bar advances over
 
 
@@ -180,16 +194,22 @@ def score_rows(model, valid: pd.DataFrame, start: pd.Timestamp, end: pd.Timestam
 
 
 def write_days(output: str, start: pd.Timestamp, end: pd.Timestamp, scored: pd.DataFrame,
-               quarantine: pd.DataFrame, meta: dict, quarantine_output: str | None = None) -> list[dict]:
+               quarantine: pd.DataFrame, meta: dict, quarantine_output: str | None = None,
+               grid: dict[str, dict] | None = None) -> list[dict]:
     """One partition per day of ``[start, end)`` in the scores dataset ``output`` and in the quarantine
-    dataset (:func:`quarantine_dataset`), each replaced whole."""
+    dataset (:func:`quarantine_dataset`), each replaced whole. ``grid``: per day (ISO date), its
+    :meth:`pipeline.data.prep.Placement.summary` (rows snapped to the trained grid, KPIs whose interval
+    changed), recorded with the day's quarantine counts by rule."""
     partitions = []
     for day in pd.date_range(start, end, freq="D", inclusive="left"):
         rows = scored[_in(scored, day, day + pd.Timedelta(days=1))].reset_index(drop=True)
         held = quarantine[_in(quarantine, day, day + pd.Timedelta(days=1))].reset_index(drop=True)
+        by_rule = held["rule"].astype(str).value_counts().sort_index() if len(held) else pd.Series(dtype=int)
         day_meta = {"date": day.date().isoformat(), **meta, "rows": len(rows),
                     "kpis": int(rows[KPI_ID].nunique()), "anomalies": int(rows[IS_ANOMALY].sum()),
-                    "quarantined": len(held), "scored_at": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")}
+                    "quarantined": len(held), "quarantined_by_rule": {k: int(v) for k, v in by_rule.items()},
+                    **prep.merge_summaries([(grid or {}).get(day.date().isoformat(), {})]),
+                    "scored_at": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")}
         partitions.append({**write_partition(output, day, rows, held, day_meta, quarantine_output), **day_meta})
     return partitions
 
@@ -269,7 +289,7 @@ def read_partition(output: str, date: str) -> pd.DataFrame:
 
 
 def read_meta(output: str, date: str) -> dict:
-    """One day's ``_meta.json``: the model, the input and the counts."""
+    """One day's ``_meta.json``: the model, the input, the counts, quarantine by rule, grid changes."""
     return json.loads(storage.read_bytes(partition_file(output, date, META)))
 
 

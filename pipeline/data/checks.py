@@ -137,7 +137,7 @@ class Validator:
         failed[list(reason_of)] = True
         ok_rows = frame[~failed]
         bad_rows = frame[failed]
-        quarantined = [_quarantine(bad_rows, pd.Series([reason_of[i] for i in np.flatnonzero(failed)],
+        quarantined = [quarantine_frame(bad_rows, pd.Series([reason_of[i] for i in np.flatnonzero(failed)],
                                                        index=bad_rows.index, dtype="object"))]
 
         stats = kpi_statistics(ok_rows)
@@ -154,7 +154,7 @@ class Validator:
                                              "kpi", _kpi_reason(stats.loc[kpi], res.expectation_config)))
         bad_kpi = ok_rows[KPI_ID].astype(str).isin(failed_kpis.keys())
         kpi_rows = ok_rows[bad_kpi]
-        quarantined.append(_quarantine(kpi_rows, kpi_rows[KPI_ID].astype(str).map(failed_kpis)))
+        quarantined.append(quarantine_frame(kpi_rows, kpi_rows[KPI_ID].astype(str).map(failed_kpis)))
         valid = ok_rows[~bad_kpi].sort_values([KPI_ID, TIMESTAMP], kind="stable").reset_index(drop=True)
         quarantine = pd.concat(quarantined, ignore_index=True)
         return Outcome(source, valid, quarantine, stats, records)
@@ -238,7 +238,8 @@ def _kpi_reason(stats_row: pd.Series, cfg) -> str:
     return f"{col} = {stats_row[col]:.4g}; must be {bound}"
 
 
-def _quarantine(rows: pd.DataFrame, reasons: pd.Series) -> pd.DataFrame:
+def quarantine_frame(rows: pd.DataFrame, reasons: pd.Series) -> pd.DataFrame:
+    """``rows`` with :data:`QUARANTINE_COLUMNS`: ``reasons`` holds one (rule, column, level, reason) per row."""
     out = rows.copy()
     if out.empty:
         for c in QUARANTINE_COLUMNS:

@@ -120,13 +120,17 @@ class Bundle:
         raw = self.detector.score(prepared)
         ids = prepared[KPI_ID].to_numpy()
         scores = self.calibration.transform(raw, ids)  # the same fitted transform as the evaluate stage
-        # An extreme value (normalised beyond clip_sigma) is always an alarm, whatever its score.
-        alarms = self.threshold.apply(scores, ids) | prepared[CLIPPED].to_numpy(dtype=bool)
         per_kpi = {str(k): self.threshold.value_for(k) for k in pd.unique(ids)}
+        thresholds = prepared[KPI_ID].astype(str).map(per_kpi).astype("float64")
+        # An extreme value (normalised beyond clip_sigma) is always an alarm. The detector saw a local
+        # median in its place (prep.damp_clipped), so its own score says nothing: it scores at least its
+        # KPI's threshold, and the report does not rank it below the threshold it is flagged over.
+        clipped = prepared[CLIPPED].to_numpy(dtype=bool)
+        scores = np.where(clipped, np.fmax(scores, thresholds.to_numpy()), scores)
+        alarms = self.threshold.apply(scores, ids) | clipped
         out = pd.DataFrame({KPI_ID: prepared[KPI_ID].astype(str), TIMESTAMP: prepared[TIMESTAMP],
                             VALUE: prepared[RAW_VALUE], RAW_SCORE: raw, SCORE: scores,
-                            THRESHOLD: prepared[KPI_ID].astype(str).map(per_kpi).astype("float64"),
-                            IS_ANOMALY: alarms})
+                            THRESHOLD: thresholds, IS_ANOMALY: alarms})
         # Grid points that were interpolated into gaps were never observed: they get no output row.
         return out[~prepared[MISSING].to_numpy()].reset_index(drop=True)
 
