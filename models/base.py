@@ -58,15 +58,15 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
 REQUIRED_COLUMNS = (KPI_ID, TIMESTAMP, VALUE, MISSING)
 
-
-def read_config(directory: str | Path) -> dict[str, Any]:
-    """A saved detector's ``config.json`` as a JSON object (:class:`models.checks.StateError` otherwise)."""
-    return read_json_object(Path(directory) / CONFIG_FILE)
-
 if TYPE_CHECKING:
     import torch
 # torch is imported where tensors are saved or loaded, not here: the configs below (and models.configs)
 # are read by params validation, which must not pay for a torch import (see models/configs/__init__.py).
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    """A saved detector's ``config.json`` as a JSON object (:class:`models.checks.StateError` otherwise)."""
+    return read_json_object(Path(directory) / CONFIG_FILE)
 
 
 class SkipDetector(Exception):
