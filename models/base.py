@@ -34,6 +34,8 @@ Persistence
 ``save(dir)`` writes ``config.json`` (detector name, detector config, train config, small fitted
 scalars, history) and ``weights.pt`` (a ``state_dict``: a flat mapping of names to tensors, nothing
 else). ``load`` reads the tensors back with ``torch.load(weights_only=True)``; no object is pickled.
+``load`` checks both files before the detector may score (:mod:`models.checks`): what it cannot use
+raises :class:`models.checks.StateError` naming the file and the field.
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Union
 import numpy as np
 import pandas as pd
 
+from models.checks import StateError, blame, check_finite, mapping, number, read_json_object, read_state_dict
 from models.frame import KPI_ID, LABEL, MISSING, TIMESTAMP, VALUE, has_labels, kpi_codes, kpi_slices
 
 CONFIG_FILE = "config.json"
@@ -59,6 +62,11 @@ if TYPE_CHECKING:
     import torch
 # torch is imported where tensors are saved or loaded, not here: the configs below (and models.configs)
 # are read by params validation, which must not pay for a torch import (see models/configs/__init__.py).
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    """A saved detector's ``config.json`` as a JSON object (:class:`models.checks.StateError` otherwise)."""
+    return read_json_object(Path(directory) / CONFIG_FILE)
 
 
 class SkipDetector(Exception):
@@ -184,7 +192,12 @@ def check_frame(frame: Any, what: str, need_rows: bool = True) -> None:
 
 
 def fill_uncovered(scores: np.ndarray, frame: pd.DataFrame) -> np.ndarray:
-    """The one place NaN (= no window covered the point) becomes a score: the KPI's minimum."""
+    """The one place NaN (= no window covered the point) becomes a score: the KPI's minimum.
+
+    NaN means that and nothing else: the scores of covered points are checked finite where windows are
+    scored (:func:`models.windowing.finite_window_scores`, the networks' ``_infer``), and a loaded
+    detector's weights and fitted values are finite (:mod:`models.checks`), so broken weights raise
+    there instead of passing for points no window covers (and filling a whole day with 0)."""
     scores = np.asarray(scores, dtype=np.float64).copy()
     if np.isinf(scores).any():
         raise RuntimeError(f"{int(np.isinf(scores).sum())} infinite score(s); this is a detector bug")
@@ -290,24 +303,39 @@ class Detector:
     @classmethod
     def load(cls, directory: str | Path, device: str | None = None) -> "Detector":
         """Rebuild a saved detector; ``device`` overrides the saved one (a CUDA-trained model on a CPU box
-        falls back to CPU when no device is given)."""
+        falls back to CPU when no device is given).
+
+        Every part is checked before the detector is returned (:mod:`models.checks`): a file that is not
+        what ``save`` writes, or a value that could not score (not finite, a scale <= 0, a tree that is
+        not a tree), raises :class:`models.checks.StateError` naming the file and the field."""
         import torch
 
         directory = Path(directory)
-        meta = json.loads((directory / CONFIG_FILE).read_text())
-        if meta.get("detector") != cls.name:
-            raise ValueError(f"{directory}: holds a {meta.get('detector')!r} detector, not {cls.name!r}")
-        train_config = TrainConfig.from_dict(meta["train_config"])
-        if device is not None:
-            train_config.device = device
-        elif train_config.device.startswith("cuda") and not torch.cuda.is_available():
-            train_config.device = "cpu"
-        detector = cls(meta["config"], train_config)
-        state = torch.load(directory / WEIGHTS_FILE, weights_only=True, map_location=detector.device)
-        detector._load_fitted_scalars(meta.get("fitted") or {})
-        detector._load_state_dict(state)
-        detector.history = list(meta.get("history") or [])
-        detector.fit_seconds = float(meta.get("fit_seconds") or 0.0)
+        meta = read_config(directory)
+        with blame(file=CONFIG_FILE):
+            absent = [k for k in ("detector", "config", "train_config") if k not in meta]
+            if absent:
+                raise StateError(absent[0], f"is missing: {CONFIG_FILE} must hold what save() writes")
+            if meta.get("detector") != cls.name:
+                raise StateError("detector", f"holds a {meta.get('detector')!r} detector, not {cls.name!r}")
+            with blame("train_config"):
+                train_config = TrainConfig.from_dict(mapping(meta.get("train_config"), "train_config"))
+            if device is not None:
+                train_config.device = device
+            elif train_config.device.startswith("cuda") and not torch.cuda.is_available():
+                train_config.device = "cpu"
+            with blame("config"):
+                detector = cls(mapping(meta.get("config"), "config"), train_config)
+            with blame("fitted"):
+                fitted = mapping(meta.get("fitted"), "fitted")
+                check_finite(fitted)
+                detector._load_fitted_scalars(fitted)
+            with blame("history"):
+                detector.history = list(meta.get("history") or [])
+            detector.fit_seconds = number(meta.get("fit_seconds") or 0.0, "fit_seconds")
+        state = read_state_dict(directory / WEIGHTS_FILE, detector.device)
+        with blame(file=WEIGHTS_FILE):
+            detector._load_state_dict(state)
         detector._fitted = True
         return detector
 

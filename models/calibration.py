@@ -52,6 +52,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from models.checks import StateError, integer, mapping, number
 from models.frame import id_runs
 from models.jsonable import to_jsonable
 
@@ -160,6 +161,8 @@ class Calibration:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Calibration":
+        if not isinstance(d, dict):
+            raise CalibrationError(f"a saved calibration must be an object, got {type(d).__name__}")
         d = dict(d)
         method = d.pop("method", None)
         if method not in METHODS:
@@ -168,7 +171,16 @@ class Calibration:
         unknown = sorted(set(d) - {"min_points", "pooled", "per_kpi", *cls.params})
         if unknown:
             raise CalibrationError(f"unknown key(s) for calibration method {method!r}: {unknown}")
-        return cls(**d)
+        out = cls(**d)
+        # A saved state is applied as it is: check it now, not when a NaN knot turns every score NaN.
+        if out.pooled is not None:
+            out._check_state(mapping(out.pooled, "pooled"), "pooled")
+        for kpi, state in mapping(out.per_kpi, "per_kpi").items():
+            out._check_state(mapping(state, f"per_kpi.{kpi}"), f"per_kpi.{kpi}")
+        return out
+
+    def _check_state(self, state: dict[str, Any], field: str) -> None:
+        """Raise :class:`models.checks.StateError` unless ``state`` is one this method can apply."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,6 +225,11 @@ class LikelihoodCalibration(Calibration):
             raise CalibrationError(f"likelihood needs 0 <= yellow <= red, got yellow={self.yellow}, red={self.red}")
         if int(self.suppress_window) < 0:
             raise CalibrationError(f"likelihood suppress_window must be >= 0, got {self.suppress_window}")
+
+    def _check_state(self, state: dict[str, Any], field: str) -> None:
+        number(state.get("mean"), f"{field}.mean")
+        number(state.get("std"), f"{field}.std", minimum=0.0)
+        integer(state.get("n"), f"{field}.n", minimum=1)  # the fitted Gaussian's weight: 0 divides by zero
 
     def _short_means(self, scores: np.ndarray) -> np.ndarray:
         return pd.Series(scores).rolling(int(self.short_window), min_periods=1).mean().to_numpy()
@@ -279,6 +296,23 @@ class EcdfCalibration(Calibration):
             spread = float(values[-1] - values[0])
             scale = spread / max(scores.size, 1) if spread > 0 else 1e-12
         return {"levels": levels.tolist(), "values": values.tolist(), "tail_scale": scale, "n": int(scores.size)}
+
+    def _check_state(self, state: dict[str, Any], field: str) -> None:
+        # np.interp needs increasing knots, and the tail's probability 1 - levels[-1] must be > 0.
+        knots = {}
+        for key in ("levels", "values"):
+            v = state.get(key)
+            if not isinstance(v, list) or len(v) < 2:
+                raise StateError(f"{field}.{key}", f"must be a list of at least 2 numbers, got {v!r:.80}")
+            knots[key] = np.array([number(x, f"{field}.{key}[{i}]") for i, x in enumerate(v)])
+            if (np.diff(knots[key]) < 0).any():
+                raise StateError(f"{field}.{key}", "must not decrease")
+        if len(knots["levels"]) != len(knots["values"]):
+            raise StateError(f"{field}.values", f"has {len(knots['values'])} knots, levels {len(knots['levels'])}")
+        if knots["levels"][0] < 0 or not knots["levels"][-1] < 1:
+            raise StateError(f"{field}.levels", "must lie in [0, 1)")
+        number(state.get("tail_scale"), f"{field}.tail_scale", positive=True)
+        integer(state.get("n"), f"{field}.n", minimum=0)
 
     def _apply_one(self, scores: np.ndarray, state: dict[str, Any]) -> np.ndarray:
         levels, values = np.asarray(state["levels"]), np.asarray(state["values"])

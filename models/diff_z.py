@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from models.base import Detector
+from models.checks import number, positive_scales
 from models.configs.diff_z import DiffZConfig
 from models.frame import MAD_TO_STD, MISSING, VALUE, kpi_slices
 
@@ -68,5 +69,6 @@ class DiffZ(Detector):
         return {"scales": dict(self.scales), "global_scale": self.global_scale}
 
     def _load_fitted_scalars(self, scalars: dict[str, Any]) -> None:
-        self.scales = {str(k): float(v) for k, v in (scalars.get("scales") or {}).items()}
-        self.global_scale = float(scalars.get("global_scale", self.config.min_scale))
+        # Every score is divided by one of these: a scale <= 0 would flip or blow up all of them.
+        self.scales = positive_scales(scalars.get("scales"), "scales")
+        self.global_scale = number(scalars.get("global_scale", self.config.min_scale), "global_scale", positive=True)

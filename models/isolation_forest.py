@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from models.base import Detector, arrays_from_state, arrays_to_state
+from models.checks import StateError, check_trees, integer, table
 from models.configs.isolation_forest import IsolationForestConfig
 from models.frame import VALUE, kpi_slices
 from models.windowing import covering_windows_by_kpi, scores_at_window_ends, spread_to_points, windows_by_kpi
@@ -60,11 +61,44 @@ def export_forest(forest) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(v) for k, v in out.items()}
 
 
+def max_tree_depth(max_samples: int) -> int:
+    """The depth sklearn's IsolationForest grows its trees to: ``ceil(log2(max_samples))``."""
+    return int(np.ceil(np.log2(max(max_samples, 2))))
+
+
+def check_forest_arrays(arrays: dict[str, np.ndarray], max_samples: int, n_features: int) -> None:
+    """Check exported trees (:func:`export_forest`' tables) before anything walks them.
+
+    One ``(trees, nodes)`` shape for every table; a node is a leaf where ``children_left < 0``, and the
+    child links of the others are in range and form trees no deeper than sklearn grows them
+    (:func:`models.checks.check_trees`); each split reads one of the window's ``n_features`` features
+    at a finite threshold; sample counts are not negative.
+    """
+    table(arrays, TREE_ARRAYS)
+    left = arrays["children_left"]
+    if not np.issubdtype(left.dtype, np.integer):
+        raise StateError("children_left", f"must hold integer node indices, got dtype {left.dtype}")
+    leaf = left < 0
+    check_trees(left, arrays["children_right"], leaf, max_tree_depth(max_samples),
+                names=("children_left", "children_right"))
+    feature, threshold = arrays["feature"], np.asarray(arrays["threshold"], dtype=np.float64)
+    if not np.issubdtype(feature.dtype, np.integer):
+        raise StateError("feature", f"must hold integer feature indices, got dtype {feature.dtype}")
+    for key, bad, what in (("feature", ~leaf & ((feature < 0) | (feature >= n_features)),
+                            f"is not one of the window's {n_features} features"),
+                           ("threshold", ~leaf & ~np.isfinite(threshold), "is not a finite split threshold"),
+                           ("n_node_samples", arrays["n_node_samples"] < 0, "is a negative sample count")):
+        if bad.any():
+            tree, node = (int(i[0]) for i in np.nonzero(bad))
+            raise StateError(f"{key}[{tree}, {node}]", f"{arrays[key][tree, node]!r} {what}")
+
+
 class CompiledForest:
     """Flat lookup tables for the level-by-level traversal of all trees at once."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], max_samples: int):
+    def __init__(self, arrays: dict[str, np.ndarray], max_samples: int, n_features: int):
         left, right = arrays["children_left"], arrays["children_right"]
+        check_forest_arrays(arrays, max_samples, n_features)  # the level loop below trusts the links
         n_trees, size = left.shape
         base = (np.arange(n_trees) * size)[:, None]
         node = base + np.arange(size)[None, :]
@@ -159,10 +193,12 @@ class IsolationForest(Detector):
 
     def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.arrays = arrays_from_state(self.name, state, TREE_ARRAYS)
-        self._compiled = CompiledForest(self.arrays, self.max_samples)
+        self._compiled = CompiledForest(self.arrays, self.max_samples,
+                                        self.config.window * len(self.config.features))
 
     def _fitted_scalars(self) -> dict[str, float]:
         return {"max_samples": self.max_samples}
 
     def _load_fitted_scalars(self, scalars: dict[str, float]) -> None:
-        self.max_samples = int(scalars["max_samples"])
+        # c(max_samples) normalises every path length: below 2 samples it is 0, and every score NaN.
+        self.max_samples = integer(scalars.get("max_samples"), "max_samples", minimum=2)

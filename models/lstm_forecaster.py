@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from models.base import values_of
+from models.checks import number
 from models.configs.lstm_forecaster import LstmForecasterConfig
 from models.frame import MAD_TO_STD, VALUE, kpi_slices
 from models.torch_base import Tensors, TorchDetector, masked_mse, masked_windows
@@ -135,5 +136,5 @@ class LstmForecaster(TorchDetector):
         return {"error_median": self.error_median, "error_scale": self.error_scale}
 
     def _load_fitted_scalars(self, scalars: dict[str, float]) -> None:
-        self.error_median = float(scalars["error_median"])
-        self.error_scale = float(scalars["error_scale"])
+        self.error_median = number(scalars.get("error_median"), "error_median")
+        self.error_scale = number(scalars.get("error_scale"), "error_scale", positive=True)  # every score divides by it

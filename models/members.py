@@ -30,6 +30,7 @@ import pandas as pd
 from models import registry
 from models.base import Detector, TrainConfig
 from models.calibration import Calibration, CalibrationError, make_calibration
+from models.checks import blame, mapping
 from models.frame import KPI_ID, MISSING
 
 
@@ -81,17 +82,24 @@ class CalibratedMembers:
                 "calibrations": {name: c.to_dict() for name, c in self.calibrations.items()}}
 
     def from_scalars(self, scalars: dict[str, Any], train_config: TrainConfig) -> None:
-        saved = scalars.get("members") or {}
+        saved = mapping(scalars.get("members"), "members")
         if list(saved) != list(self.names):
             raise ValueError(f"{self.owner}: the saved members {list(saved)} are not the config's {list(self.names)}")
         self.detectors = {}
         for name, state in saved.items():
-            member = registry.create(name, state["config"], train_config)
-            member._load_fitted_scalars(state.get("fitted") or {})
-            member.history = list(state.get("history") or [])
-            member.fit_seconds = float(state.get("fit_seconds") or 0.0)
+            with blame(f"members.{name}"):
+                state = mapping(state, "")
+                with blame("config"):
+                    member = registry.create(name, mapping(state.get("config"), ""), train_config)
+                with blame("fitted"):
+                    member._load_fitted_scalars(mapping(state.get("fitted"), ""))
+                member.history = list(state.get("history") or [])
+                member.fit_seconds = float(state.get("fit_seconds") or 0.0)
             self.detectors[name] = member
-        self.calibrations = {name: Calibration.from_dict(d) for name, d in (scalars.get("calibrations") or {}).items()}
+        self.calibrations = {}
+        for name, d in mapping(scalars.get("calibrations"), "calibrations").items():
+            with blame(f"calibrations.{name}"):
+                self.calibrations[name] = Calibration.from_dict(mapping(d, ""))
         if set(self.calibrations) != set(self.detectors):
             raise ValueError(f"{self.owner}: calibrations saved for {sorted(self.calibrations)}, members are "
                              f"{sorted(self.detectors)}")
@@ -107,5 +115,6 @@ class CalibratedMembers:
             raise ValueError(f"{self.owner}: weights {unknown} belong neither to it nor to a member")
         for name, member in self.detectors.items():
             prefix = f"{name}."
-            member._load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+            with blame(name):  # a member's tensor "<key>" is "<member>.<key>" in the owner's weights.pt
+                member._load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
             member._fitted = True

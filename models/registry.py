@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 from pathlib import Path
 
-from models.base import CONFIG_FILE, Detector, DetectorConfig, TrainConfig
+from models.base import CONFIG_FILE, Detector, DetectorConfig, TrainConfig, read_config
+from models.checks import StateError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,8 +121,7 @@ def create(name: str, config: DetectorConfig | dict | None = None,
 
 def load(directory: str | Path, device: str | None = None) -> Detector:
     """Load a detector saved with ``Detector.save``; the detector's name is read from its config.json."""
-    path = Path(directory) / CONFIG_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: not found; is {directory} a saved detector?")
-    name = json.loads(path.read_text()).get("detector")
+    name = read_config(directory).get("detector")
+    if not isinstance(name, str) or name not in DETECTORS:
+        raise StateError("detector", f"names no known detector ({name!r}); known: {', '.join(DETECTORS)}", CONFIG_FILE)
     return get(name).load(directory, device=device)

@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from models.base import Detector
+from models.checks import StateError, blame, mapping, number
 from models.calibration import MAX_SURPRISE, Calibration, make_calibration
 from models.configs.sequence_novelty import SequenceNoveltyConfig
 from models.frame import KPI_ID, MISSING, TIMESTAMP, VALUE, kpi_slices
@@ -181,8 +182,18 @@ class SequenceNovelty(Detector):
                 "calibrations": {name: c.to_dict() for name, c in self.calibrations.items()}}
 
     def _load_fitted_scalars(self, scalars: dict[str, Any]) -> None:
-        self.ranges = {str(k): (float(v[0]), float(v[1])) for k, v in (scalars.get("ranges") or {}).items()}
-        self.calibrations = {name: Calibration.from_dict(d) for name, d in (scalars.get("calibrations") or {}).items()}
+        self.ranges = {}
+        for kpi, pair in mapping(scalars.get("ranges"), "ranges").items():
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise StateError(f"ranges.{kpi}", f"must be a [low, high] pair, got {pair!r}")
+            low, high = (number(v, f"ranges.{kpi}") for v in pair)
+            if low > high:
+                raise StateError(f"ranges.{kpi}", f"low {low} is above high {high}")
+            self.ranges[str(kpi)] = (low, high)
+        self.calibrations = {}
+        for name, d in mapping(scalars.get("calibrations"), "calibrations").items():
+            with blame(f"calibrations.{name}"):
+                self.calibrations[name] = Calibration.from_dict(d)
         if set(self.calibrations) != set(self.config.channels):
             raise ValueError(f"sequence_novelty: saved calibrations {sorted(self.calibrations)}, the config's "
                              f"channels are {sorted(self.config.channels)}")

@@ -53,6 +53,7 @@ import pandas as pd
 import torch
 
 from models.base import Detector, arrays_from_state, arrays_to_state, labels_of
+from models.checks import StateError, check_trees, mapping, number, positive_scales, table
 from models.configs.stacked_gbdt import StackedGbdtConfig
 from models.diff_z import diff_mad_scale
 from models.frame import KPI_ID, MAD_TO_STD, MISSING, TIMESTAMP, VALUE, kpi_slices
@@ -86,6 +87,35 @@ def kpi_features(x: np.ndarray, step: pd.Timedelta | None, scale: float, cfg: St
     return np.stack(columns, axis=1)
 
 
+def check_tree_arrays(arrays: dict[str, np.ndarray], n_features: int, max_depth: int) -> int:
+    """Check exported trees (:func:`export_trees`' tables) before anything walks them; returns their depth.
+
+    One ``(trees, nodes)`` shape for every table and one ``baseline``; child links in range forming trees
+    no deeper than ``max_depth`` (:func:`models.checks.check_trees`); the feature of each split node one
+    of the ``n_features`` columns; split thresholds not NaN and not ``-inf`` (sklearn writes ``+inf`` for
+    a split that sends only the missing values right). Leaf values and the baseline are finite (every
+    floating tensor of a loaded state is, :func:`models.checks.read_state_dict`).
+    """
+    table(arrays, ("left", "right", "is_leaf", "missing_left", "feature", "threshold", "value"))
+    if np.size(arrays["baseline"]) != 1:
+        raise StateError("baseline", f"must hold one value, got shape {tuple(np.shape(arrays['baseline']))}")
+    leaf = arrays["is_leaf"].astype(bool)
+    levels = check_trees(arrays["left"], arrays["right"], leaf, max_depth)
+    feature, threshold = arrays["feature"], np.asarray(arrays["threshold"], dtype=np.float64)
+    if not np.issubdtype(feature.dtype, np.integer):
+        raise StateError("feature", f"must hold integer column indices, got dtype {feature.dtype}")
+    for key, bad, what in (("feature", ~leaf & ((feature < 0) | (feature >= n_features)),
+                            f"is not one of the config's {n_features} feature columns"),
+                           ("threshold", ~leaf & (np.isnan(threshold) | (threshold == -np.inf)),
+                            "is NaN or -inf: not a split")):
+        if bad.any():
+            tree, node = (int(i[0]) for i in np.nonzero(bad))
+            raise StateError(f"{key}[{tree}, {node}]", f"{arrays[key][tree, node]!r} {what}")
+    if not np.isfinite(np.asarray(arrays["value"], dtype=np.float64)[leaf]).all():
+        raise StateError("value", "leaf values must be finite")
+    return levels
+
+
 class CompiledTrees:
     """The trees as lookup tables for a vectorised traversal of all trees at once, in two steps per
     block of rows:
@@ -106,7 +136,9 @@ class CompiledTrees:
     tree order onto the baseline, as sklearn's ``decision_function`` does.
     """
 
-    def __init__(self, arrays: dict[str, np.ndarray]):
+    def __init__(self, arrays: dict[str, np.ndarray], n_features: int, max_depth: int):
+        # Checked first: the traversal below runs a fixed number of levels, which only a checked table bounds.
+        levels = check_tree_arrays(arrays, n_features, max_depth)
         n_trees, size = arrays["left"].shape
         base = (np.arange(n_trees) * size)[:, None]
         leaf = arrays["is_leaf"].astype(bool).ravel()
@@ -133,13 +165,7 @@ class CompiledTrees:
         stops = np.r_[starts[1:], len(split)]
         self.groups = [(int(keys[a, 0]), bool(keys[a, 1]), int(a), int(b)) for a, b in zip(starts, stops)]
         self.baseline = float(arrays["baseline"].reshape(-1)[0])
-        depth, frontier = 0, roots  # the deepest leaf: one traversal step per level
-        while True:
-            inner = frontier[~leaf[frontier]]
-            if not len(inner):
-                break
-            frontier, depth = np.concatenate([left[inner], right[inner]]), depth + 1
-        self.levels = depth
+        self.levels = levels  # the deepest leaf: one traversal step per level
 
     def raw_predict(self, x: np.ndarray, batch: int = 4096) -> np.ndarray:
         """sklearn's ``decision_function`` for feature rows ``x (n, n_features)``, float64 as sklearn,
@@ -308,7 +334,7 @@ class StackedGbdt(Detector):
 
     def _use_trees(self, state: dict[str, torch.Tensor]) -> None:
         self.arrays = arrays_from_state(self.name, state, TREE_ARRAYS)
-        self._compiled = CompiledTrees(self.arrays)
+        self._compiled = CompiledTrees(self.arrays, len(self.config.feature_names()), self.config.max_depth)
 
     def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self._use_trees(state)
@@ -321,8 +347,9 @@ class StackedGbdt(Detector):
                 **(self.members.to_scalars() if self.config.members else {})}
 
     def _load_fitted_scalars(self, scalars: dict[str, Any]) -> None:
-        self.scales = {str(k): float(v) for k, v in (scalars.get("scales") or {}).items()}
-        self.global_scale = float(scalars.get("global_scale", 1.0))
-        self.fit_info = dict(scalars.get("fit_info") or {})
+        # The own features divide by these: a scale <= 0 would flip or blow up every difference.
+        self.scales = positive_scales(scalars.get("scales"), "scales")
+        self.global_scale = number(scalars.get("global_scale", 1.0), "global_scale", positive=True)
+        self.fit_info = dict(mapping(scalars.get("fit_info"), "fit_info"))
         if self.config.members:
             self.members.from_scalars(scalars, self.train_config)

@@ -33,8 +33,8 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, T
 from models.base import Detector, SkipDetector, labels_of, observed_of, values_of
 from models.configs.shared import ClassifierConfig, ReconstructorConfig, TorchConfig
 from models.frame import kpi_slices
-from models.windowing import (covering_windows_by_kpi, last_position, scores_at_window_ends, spread_to_points,
-                              windows_by_kpi)
+from models.windowing import (covering_windows_by_kpi, finite_window_scores, last_position, scores_at_window_ends,
+                              spread_to_points, windows_by_kpi)
 
 try:
     from tqdm.auto import tqdm
@@ -237,7 +237,10 @@ class TorchDetector(Detector):
         for i in range(0, len(arrays[0]), size):
             batch = [to_tensor(a[i:i + size]).to(self.device, non_blocking=True) for a in arrays]
             outputs.append(fn(*batch).float().cpu().numpy())
-        return np.concatenate(outputs)
+        out = np.concatenate(outputs)
+        # Every input here is a full window: a NaN out of the network is broken weights, never "not covered".
+        finite_window_scores(out, f"{self.name} network output(s)")
+        return out
 
     def _infer_at_window_ends(self, values: np.ndarray, slices, length: int,
                               fn: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:

@@ -7,6 +7,11 @@ A series of ``n`` points with window ``length`` and ``stride`` gives
 Causal scoring (``Detector.score(frame, causal=True)``) goes through :func:`scores_at_window_ends`:
 row ``t`` is scored from the stride-1 window of its KPI that *ends* at ``t``, and a detector that
 scores every point of a window reads out :func:`last_position`, the row the window ends at.
+
+NaN in a detector's output means "no window covers this point", and only that (the base class fills
+those points, :func:`models.base.fill_uncovered`). So the scores of windows, which by construction cover
+their points, must be finite: :func:`finite_window_scores` refuses NaN or infinity there (broken weights
+or fitted values), rather than let them pass for points no window covers.
 """
 from __future__ import annotations
 
@@ -56,6 +61,16 @@ def windows_by_kpi(values: np.ndarray, slices, length: int, stride: int = 1):
     return np.concatenate(parts), np.concatenate(starts).astype(np.int64)
 
 
+def finite_window_scores(scores, what: str = "window score(s)") -> np.ndarray:
+    """``scores`` as float64, every one finite; a ``RuntimeError`` saying how many are not."""
+    scores = np.asarray(scores)
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        raise RuntimeError(f"{int(bad.sum())} of {scores.size} {what} are not finite (NaN or inf) on points that a "
+                           "full window covers: the detector's weights or fitted values are broken")
+    return scores.astype(np.float64, copy=False)
+
+
 def spread_to_points(window_scores: np.ndarray, starts: np.ndarray, n: int, length: int,
                      reduce: str = "mean") -> np.ndarray:
     """Map per-point scores of windows ``(n_windows, length)`` back onto ``n`` points.
@@ -63,7 +78,7 @@ def spread_to_points(window_scores: np.ndarray, starts: np.ndarray, n: int, leng
     Each point gets the mean (or max) of the scores that windows covering it assigned to it;
     points no window covers get NaN. Vectorised with ``np.add.at`` / ``np.maximum.at``.
     """
-    window_scores = np.asarray(window_scores, dtype=np.float64)
+    window_scores = finite_window_scores(window_scores)
     if window_scores.ndim == 1:
         window_scores = np.repeat(window_scores[:, None], length, axis=1)
     idx = (starts[:, None] + np.arange(length)[None, :]).ravel()
@@ -167,7 +182,7 @@ def scores_at_window_ends(values: np.ndarray, slices, length: int,
         view = sliding_windows(values[sl], length)
         if not len(view):
             continue
-        scores = np.asarray(score_fn(view))
+        scores = finite_window_scores(score_fn(view))
         if out is None:
             out = np.full((len(values), *scores.shape[1:]), np.nan)
         out[sl.start + length - 1: sl.stop] = scores

@@ -12,6 +12,10 @@ A bundle holds everything needed to turn raw KPI rows into alarms, and nothing p
 ``bundle.json``        detector name, digest of the above, ``clip_sigma``, and where it came from
 =====================  =====================================================================
 
+:meth:`Bundle.load` checks every part before the bundle serves, and :meth:`Bundle.predict` guards the
+model's part of scoring: a bundle that cannot serve raises :class:`BundleError` (rule ``model_loadable``,
+exit 2 from the CLI) naming the file and the field, never a traceback, a hang or unchecked scores.
+
 :class:`KpiguardModel` is the MLflow ``PythonModel`` around a bundle, logged as "models from code"
 (``pipeline/serving/pyfunc_model.py``): nothing is pickled, and ``mlflow.pyfunc.load_model(
 "models:/kpiguard@champion")`` in a fresh process needs only the project installed.
@@ -24,12 +28,13 @@ calibrated scale), ``is_anomaly`` (``score >= threshold``).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -37,9 +42,11 @@ import pandas as pd
 from models import registry
 from models.base import Detector
 from models.calibration import Calibration, NoCalibration
+from models.checks import StateError, mapping, number, read_json_object
 from models.frame import CLIPPED, KPI_ID, MISSING, RAW_VALUE, TIMESTAMP, VALUE, kpi_slices
 from pipeline.data.contract import to_canonical
-from pipeline.data.prep import DEFAULT_CLIP_SIGMA, NormStats, fit_norm, load_norm_stats, prepare
+from pipeline.data.prep import DEFAULT_CLIP_SIGMA, NormStats, fit_norm, normalised, prepare
+from pipeline.errors import KpiguardError
 from pipeline.eval.thresholds import Threshold
 
 log = logging.getLogger(__name__)
@@ -88,46 +95,158 @@ def bundle_digest(directory: Path, clip_sigma: float) -> str:
     return h.hexdigest()
 
 
+class BundleError(KpiguardError):
+    """A bundle that cannot serve (rule ``model_loadable``): names the bundle, the file and the field."""
+
+    def __init__(self, bundle: str, file: str, detail: str, field: str | None = None):
+        self.bundle, self.file, self.field = bundle, file, field
+        super().__init__(f"bundle {bundle}, file {file}", "model_loadable",
+                         f"field '{field}': {detail}" if field else detail)
+
+
+@contextlib.contextmanager
+def _part(bundle: str, file: str, what: str = "does not load") -> Iterator[None]:
+    """What goes wrong while reading (or scoring with) one file of a bundle becomes one :class:`BundleError`.
+
+    The checks raise :class:`models.checks.StateError` naming the field. Anything else that escapes is
+    caught too, as the last line of defence: a bundle is data from the registry, and no byte of it may
+    turn into a traceback (or into scores nobody checked) instead of a refusal naming the file. Errors
+    about the rows being scored (:class:`pipeline.errors.KpiguardError`) pass through.
+    """
+    try:
+        yield
+    except KpiguardError:
+        raise
+    except StateError as exc:
+        inner = f"{file}{exc.file}" if file.endswith("/") and exc.file else file  # detector/ + weights.pt
+        raise BundleError(bundle, inner, exc.problem, exc.field) from None
+    except Exception as exc:  # noqa: BLE001 - see the docstring: the last line of defence
+        raise BundleError(bundle, file, f"{what} ({type(exc).__name__}: {exc})") from None
+
+
+def _read(directory: Path, name: str, bundle: str) -> dict:
+    with _part(bundle, name):
+        return read_json_object(directory / name)
+
+
+MAX_INTERVAL_S = 1e9  # ~32 years: a grid step pandas can still add to a timestamp
+
+
+def _norm_stats(raw: dict) -> dict[str, NormStats]:
+    """``norm_stats.json``: per KPI a finite ``center``, a finite ``scale`` above 0 and a sampling
+    ``interval_s`` that is a time step at all (1 ns to :data:`MAX_INTERVAL_S`; how many grid points an
+    interval makes of the input rows is bounded where the grid is built)."""
+    out = {}
+    for kpi, stats in raw.items():
+        stats = mapping(stats, kpi)
+        if set(stats) != {"center", "scale", "interval_s"}:
+            raise StateError(kpi, f"must hold exactly center, scale and interval_s, got {sorted(stats)}")
+        interval = number(stats["interval_s"], f"{kpi}.interval_s", minimum=1e-9)
+        if interval > MAX_INTERVAL_S:
+            raise StateError(f"{kpi}.interval_s", f"must be at most {MAX_INTERVAL_S:g} s, got {interval!r}")
+        out[str(kpi)] = NormStats(number(stats["center"], f"{kpi}.center"),
+                                  number(stats["scale"], f"{kpi}.scale", positive=True), interval)
+    return out
+
+
+def _calibration(raw: dict) -> Calibration:
+    calibration = Calibration.from_dict(raw)  # checks each fitted state (models.calibration)
+    if not isinstance(calibration, NoCalibration) and not calibration.fitted:
+        raise StateError("pooled", "is missing: the calibration was never fitted")
+    return calibration
+
+
+def _threshold(raw: dict) -> Threshold:
+    threshold = Threshold.from_dict(raw)
+    if threshold.global_value is None:
+        raise StateError("global_value", "is missing: the threshold was never fitted")
+    # A NaN threshold never alarms, -inf always does: both switch alarms off or on for every KPI.
+    number(threshold.global_value, "global_value")
+    for kpi, value in threshold.per_kpi.items():
+        number(value, f"per_kpi.{kpi}")
+    return threshold
+
+
+def _clip_sigma(meta: dict) -> float:
+    # Bundles from before clip_sigma was recorded clip at the default, as they did when they were gated.
+    value = meta.get("clip_sigma")
+    return DEFAULT_CLIP_SIGMA if value is None else number(value, "clip_sigma", positive=True)
+
+
 class Bundle:
     """A loaded bundle: scores raw KPI rows."""
 
     def __init__(self, detector: Detector, norm: dict[str, NormStats], calibration: Calibration,
-                 threshold: Threshold, meta: dict):
+                 threshold: Threshold, meta: dict, label: str = "(in memory)"):
         self.detector, self.norm, self.calibration, self.threshold, self.meta = (
             detector, norm, calibration, threshold, meta)
         # windows.clip_sigma the model was trained under (bundle.json); older bundles: the default
         self.clip_sigma = float(meta.get("clip_sigma") or DEFAULT_CLIP_SIGMA)
+        self.label = label  # how errors name the bundle: its directory, or the registered version
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | None = None) -> "Bundle":
+    def load(cls, directory: str | Path, device: str | None = None, label: str | None = None) -> "Bundle":
+        """Read and check every part of a bundle before it serves (see docs/deploy.md, "Who can change what
+        is served"): JSON objects with finite numbers, positive scales and ``clip_sigma``, tensors read with
+        ``torch.load(weights_only=True)``, every floating one finite, shapes as the detector's config says,
+        trees whose links are in range and acyclic. Anything else raises :class:`BundleError` (rule
+        ``model_loadable``) naming ``label`` (default: the directory), the file and the field."""
         d = Path(directory)
+        label = label or str(d)
+        meta = _read(d, "bundle.json", label)
+        with _part(label, "bundle.json"):
+            clip_sigma = _clip_sigma(meta)
+        with _part(label, "detector/"):
+            detector = registry.load(d / "detector", device=device)
+        with _part(label, "bundle.json"):
+            if meta.get("detector") != detector.name:
+                raise StateError("detector", f"names {meta.get('detector')!r}, the detector/ directory holds "
+                                             f"{detector.name!r}")
+        with _part(label, "norm_stats.json"):
+            norm = _norm_stats(_read(d, "norm_stats.json", label))
         # Bundles logged before calibration existed score raw, as they did when they were gated.
-        calibration = (Calibration.from_dict(json.loads((d / "calibration.json").read_text()))
-                       if (d / "calibration.json").exists() else NoCalibration().fit([], []))
-        return cls(registry.load(d / "detector", device=device), load_norm_stats(d / "norm_stats.json"),
-                   calibration, Threshold.from_dict(json.loads((d / "threshold.json").read_text())),
-                   json.loads((d / "bundle.json").read_text()))
+        if (d / "calibration.json").exists():
+            raw_calibration = _read(d, "calibration.json", label)
+            with _part(label, "calibration.json"):
+                calibration = _calibration(raw_calibration)
+        else:
+            calibration = NoCalibration().fit([], [])
+        raw_threshold = _read(d, "threshold.json", label)
+        with _part(label, "threshold.json"):
+            threshold = _threshold(raw_threshold)
+        return cls(detector, norm, calibration, threshold, {**meta, "clip_sigma": clip_sigma}, label)
 
     def predict(self, rows: pd.DataFrame) -> pd.DataFrame:
-        """Score raw rows of any number of KPIs; each KPI should carry its detector's context first."""
-        frame = to_canonical(rows[[KPI_ID, TIMESTAMP, VALUE]], "model input")
+        """Score raw rows of any number of KPIs; each KPI should carry its detector's context first.
+
+        An error of the model while scoring (of its detector, calibration or threshold: the input rows
+        were checked before) is a :class:`BundleError` naming the part, never a traceback."""
+        # Only the input columns (a label is not the model's business); an absent one: the contract's error.
+        frame = to_canonical(rows[[c for c in (KPI_ID, TIMESTAMP, VALUE) if c in rows.columns]], "model input")
         if frame.empty:
             return _empty_output()
         prepared = prepare(frame, self.norm, self.clip_sigma)
         if prepared.attrs.get("unseen_kpis"):
             log.warning("KPIs without training statistics, normalised by their own: %s",
                         ", ".join(prepared.attrs["unseen_kpis"]))
-        raw = self.detector.score(prepared)
         ids = prepared[KPI_ID].to_numpy()
-        scores = self.calibration.transform(raw, ids)  # the same fitted transform as the evaluate stage
-        per_kpi = {str(k): self.threshold.value_for(k) for k in pd.unique(ids)}
-        thresholds = prepared[KPI_ID].astype(str).map(per_kpi).astype("float64")
-        # An extreme value (normalised beyond clip_sigma) is always an alarm. The detector saw a local
-        # median in its place (prep.damp_clipped), so its own score says nothing: it scores at least its
-        # KPI's threshold, and the report does not rank it below the threshold it is flagged over.
-        clipped = prepared[CLIPPED].to_numpy(dtype=bool)
-        scores = np.where(clipped, np.fmax(scores, thresholds.to_numpy()), scores)
-        alarms = self.threshold.apply(scores, ids) | clipped
+        with _part(self.label, "detector/ (config.json, weights.pt)", "fails while scoring"):
+            raw = self.detector.score(prepared)
+        with _part(self.label, "calibration.json", "fails while scoring"):
+            scores = self.calibration.transform(raw, ids)  # the same fitted transform as the evaluate stage
+            bad = int((~np.isfinite(scores)).sum())
+            if bad:
+                raise StateError(None, f"turns {bad} finite raw score(s) into NaN or inf: no threshold could "
+                                       "judge them")
+        with _part(self.label, "threshold.json", "fails while scoring"):
+            per_kpi = {str(k): self.threshold.value_for(k) for k in pd.unique(ids)}
+            thresholds = prepared[KPI_ID].astype(str).map(per_kpi).astype("float64")
+            # An extreme value (normalised beyond clip_sigma) is always an alarm. The detector saw a local
+            # median in its place (prep.damp_clipped), so its own score says nothing: it scores at least its
+            # KPI's threshold, and the report does not rank it below the threshold it is flagged over.
+            clipped = prepared[CLIPPED].to_numpy(dtype=bool)
+            scores = np.where(clipped, np.fmax(scores, thresholds.to_numpy()), scores)
+            alarms = self.threshold.apply(scores, ids) | clipped
         out = pd.DataFrame({KPI_ID: prepared[KPI_ID].astype(str), TIMESTAMP: prepared[TIMESTAMP],
                             VALUE: prepared[RAW_VALUE], RAW_SCORE: raw, SCORE: scores,
                             THRESHOLD: thresholds, IS_ANOMALY: alarms})
@@ -146,7 +265,7 @@ class Bundle:
         raw_values, missing = frame[RAW_VALUE].to_numpy(dtype=np.float64), frame[MISSING].to_numpy(dtype=bool)
         for kpi, rows in kpi_slices(frame):
             stats = self.norm.get(kpi) or fit_norm(raw_values[rows], missing[rows], 0.0)
-            value[rows], clipped[rows] = stats.normalise(raw_values[rows], self.clip_sigma)
+            value[rows], clipped[rows] = normalised(frame.iloc[rows], stats, self.clip_sigma)  # as prepare() does
         frame[VALUE], frame[CLIPPED] = value, clipped
         raw = np.asarray(self.detector.score(frame), dtype=np.float64)
         return self.calibration.transform(raw, frame[KPI_ID].to_numpy())

@@ -13,7 +13,9 @@ daily DAG) and the champion gate never call it. Instead they:
    ``model_code_digest``), even though it would not be run, because it is not a kpiguard model;
 3. download only the ``bundle`` artifact and load it with kpiguard's installed
    :meth:`pipeline.serving.bundle.Bundle.load`: config JSON, ``torch.load(weights_only=True)`` state_dict,
-   JSON normalisation statistics and threshold.
+   JSON normalisation statistics and threshold, each checked before it serves (finite numbers, positive
+   scales, shapes, acyclic trees); a bundle that fails is refused with rule ``model_loadable``, naming the
+   file and the field.
 
 The result has the pyfunc's ``predict(model_input)``, so :func:`pipeline.serving.bundle.predict_with`
 returns the same columns either way.
@@ -28,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.serving import tracking
-from pipeline.serving.bundle import Bundle, BundleModel
+from pipeline.serving.bundle import Bundle, BundleError, BundleModel
 
 CODE_FILE = Path(__file__).with_name("pyfunc_model.py")
 CODE_LOADER = "mlflow.pyfunc.loaders.code_model"
@@ -88,8 +90,10 @@ def load_version(client, name: str, version: str) -> BundleModel:
             raise _refuse(name, version, "model_flavor", f"no '{BUNDLE_ARTIFACT}' artifact inside the model")
         bundle_dir = _download(uri, rel, tmp / "bundle", name, version)
         try:
-            bundle = Bundle.load(bundle_dir)  # reads everything into memory: the temp dir can go
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise _refuse(name, version, "model_loadable", f"the bundle does not load: {type(exc).__name__}: {exc}") \
-                from None
+            # Reads and checks everything into memory: the temp dir can go. Named by its version, not
+            # the temp dir, also in errors raised later while it scores.
+            bundle = Bundle.load(bundle_dir, label=f"of registered model '{name}' version {version}")
+        except BundleError as exc:
+            raise _refuse(name, version, "model_loadable",
+                          f"the bundle does not load: file {exc.file}: {exc.detail}") from None
     return BundleModel(bundle)
