@@ -284,14 +284,14 @@ def test_kpiguard_score_refuses_a_damaged_registered_bundle_with_exit_2(bundles,
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     damaged = {"nan-weights": ("dense_autoencoder", _nan_weight, "field 'encoder.0.weight'"),
                "cyclic-tree": ("stacked_gbdt", _cycle_to_root, "cycle")}
-    mlflow.set_experiment("bundle-checks")
+    # No mlflow.set_experiment / set_tracking_uri: process-wide state that would outlive this test.
+    experiment = mlflow.MlflowClient().create_experiment("bundle-checks")
     for model, (name, change, _) in damaged.items():
         bundle = copy_of(bundles, name, tmp_path / model)
         edit_weights(bundle / "detector/weights.pt", change)
-        with mlflow.start_run():
+        with mlflow.start_run(experiment_id=experiment):
             info = log_bundle(bundle)
         mlflow.register_model(info.model_uri, model)
     rows = bundles[1]

@@ -117,6 +117,9 @@ def log_detector_run(client, experiment: str, params: Params, name: str, evaluat
                                     tags=resolve_tags(tags))
         run_id = created.info.run_id
         splits = split_inputs(params)
+        # Resuming a run by id fails when the process's active experiment (mlflow.set_experiment, by whoever
+        # called it before) is another one: this stage logs to its own.
+        mlflow.set_experiment(experiment_id=experiment)
         with mlflow.start_run(run_id=run_id):
             mlflow.log_params({
                 **tracking.flat("detector", train_report.get("config") or {}),
