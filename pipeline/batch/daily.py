@@ -112,7 +112,7 @@ def score_shard(params: Params, day: str, shard: int, shards: int, model_uri: st
     mine = valid[shard_of(valid[KPI_ID].astype(str), shards) == shard]
     model, info = score.load_model(params, model_uri or params.score.model_uri)  # never runs stored code
     placed = score.place_rows(model, mine)  # rows off the KPI's trained grid: this shard's quarantine
-    scored = score.score_rows(model, placed.rows, start, end) if len(placed.rows) else mine.iloc[:0]
+    scored = score.score_rows(model, placed.rows, start, end)  # an empty shard: no rows, the scores' columns
     stem = folder / "shards" / f"{shard:04d}-of-{shards:04d}"
     storage.write_parquet(placed.quarantine, stem.with_name(stem.name + GRID_QUARANTINE))
     write_json_atomic(stem.with_name(stem.name + GRID_SUMMARY), placed.summary(start, end))
