@@ -27,14 +27,25 @@ def test_regularise_interpolates_gaps_and_marks_them_missing():
                      "collisions_dropped": 0}
 
 
-def test_a_gap_inside_a_labelled_event_stays_in_the_event():
-    """Interpolated points take label 1 only between two labelled observations, so a gap never
-    splits one anomaly into two events (NAB windows, AIOps segments); at an event's edge they are 0."""
+def test_a_gap_is_label_0_and_only_the_aiops_rule_splits_an_event_there():
+    """Interpolated points are label 0, as the AIOps evaluation inserts absent timestamps, so under
+    its rule a gap splits a segment; rpa/PA/NAB/VUS bridge a gap between two labelled observations
+    themselves, and a gap at an event's edge is outside the event for every metric. (Until the
+    published rule, the gaps 3, 5, 6 here were labelled 1 so that no metric split the event.)"""
+    from pipeline.eval import metrics as M
+
     frame = kpi_frame("a", 12, drop=(3, 5, 6, 9))
     frame[LABEL] = frame[TIMESTAMP].dt.minute.isin([10, 20, 35, 40]).astype(np.int8)  # points 2, 4, 7, 8
     grid, _ = prep.regularise(frame)
-    assert grid[LABEL].tolist() == [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]
+    assert grid[LABEL].tolist() == [0, 0, 1, 0, 1, 0, 0, 1, 1, 0, 0, 0]
     assert grid[MISSING].tolist() == [False] * 3 + [True, False, True, True, False, False, True, False, False]
+    lab, miss = grid[LABEL].to_numpy(), grid[MISSING].to_numpy()
+    alarm = np.zeros(12, bool)
+    alarm[2] = True
+    # AIOps: segments [2], [4], [7, 8]; only [2] detected -> 2 / (2 + 3) = 0.4
+    assert M.aiops_f1(lab, alarm, miss) == pytest.approx(0.4)
+    # bridged: one event [2..8] of 4 observed points, detected -> 1.0
+    assert M.rpa_f1(lab, alarm, miss) == M.point_adjusted_f1(lab, alarm, miss) == 1.0
 
 
 def test_regularise_sorts_and_counts_off_grid_points():

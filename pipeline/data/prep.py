@@ -69,7 +69,17 @@ class NormStats:
 
 
 def infer_interval(timestamps: pd.Series) -> pd.Timedelta:
-    """The KPI's sampling interval: the most common step between consecutive timestamps."""
+    """The KPI's sampling interval: the most common step between consecutive timestamps.
+
+    The AIOps challenge's evaluation re-grids each KPI at its *smallest* step. On its 29 KPIs
+    (phase2_train) the two agree: every KPI's most common step is its smallest (60 s or 300 s) and
+    every step is a multiple of it, so this grid is the evaluation's. The most common step is kept
+    because the smallest breaks elsewhere: 10 of NAB's 58 series have a few steps shorter than their
+    sampling (TravelTime_387 samples every 600 s with some 60 s steps; the smallest step would make a
+    99,527-point grid of 2,500 rows, 97 % interpolated; ec2_disk_write_bytes_1ef3de's smallest,
+    240 s, is no divisor of its 300 s), and one jittered pair of timestamps would do the same to any
+    feed.
+    """
     steps = timestamps.diff().dropna()
     steps = steps[steps > pd.Timedelta(0)]
     if steps.empty:
@@ -111,7 +121,8 @@ def grid_slots(timestamps: pd.Series, interval: pd.Timedelta, kpi_id, interval_f
 
 def regularise(kpi: pd.DataFrame, interval: pd.Timedelta | None = None,
                interval_from: str = "given") -> tuple[pd.DataFrame, dict]:
-    """One KPI onto its regular grid: absent points are interpolated in time and marked ``missing``.
+    """One KPI onto its regular grid: absent points are interpolated in time, marked ``missing`` and,
+    when the rows carry labels, labelled 0 (as the AIOps evaluation inserts them).
 
     Timestamps off the grid are snapped to the nearest grid point; when two land on one grid point
     the first is kept. Both are counted in the returned stats, so nothing disappears silently (scoring
@@ -139,12 +150,12 @@ def regularise(kpi: pd.DataFrame, interval: pd.Timedelta | None = None,
     grid[RAW_VALUE] = raw
     grid[MISSING] = ~present
     if LABEL in kpi.columns:
-        observed = np.full(n, np.nan)
-        observed[slot] = kpi[LABEL].to_numpy(dtype=np.float64)
-        # A gap inside a labelled event belongs to it (labelled, and masked as missing), so that the
-        # event stays one event: metrics then neither split it nor score the unobserved points.
-        before, after = pd.Series(observed).ffill().to_numpy(), pd.Series(observed).bfill().to_numpy()
-        grid[LABEL] = np.where(present, observed, (before == 1) & (after == 1)).astype(np.int8)
+        # An inserted timestamp is label 0, as the AIOps challenge's evaluation inserts it: under its
+        # rule a gap splits a segment. Metrics that keep an event whole across a gap do so themselves
+        # (pipeline.eval.metrics), so no label is invented for a point nobody observed.
+        labels = np.zeros(n, dtype=np.int8)
+        labels[slot] = kpi[LABEL].to_numpy(dtype=np.int8)
+        grid[LABEL] = labels
     stats = {"interval_s": interval.total_seconds(), "points": n, "missing": int(n - present.sum()),
              "off_grid_snapped": off_grid, "collisions_dropped": int(collided.sum())}
     return grid, stats
