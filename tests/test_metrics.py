@@ -184,6 +184,47 @@ def test_point_adjusted_and_rpa_hand_case():
     assert M.rpa_f1(LAB, ALM, miss) == pytest.approx(2 / 3)
 
 
+def test_event_recall_and_precision_hand_case():
+    # LAB/ALM: segments A (alarm 4 inside) and B (none) -> recall 1/2; alarm spans [4] (in A) and
+    # [11] (outside) -> precision 1/2
+    assert M.event_recall(LAB, ALM) == 0.5
+    assert M.event_precision(LAB, ALM) == 0.5
+    #   index   0 1 2 3 4 5 6 7 8 9
+    #   label   0 1 1 0 1 1 0 0 1 0     point 3 missing; KPIs a = 0..6, b = 7..9
+    #   alarm   0 1 1 1 1 0 1 1 1 0
+    lab = np.array([0, 1, 1, 0, 1, 1, 0, 0, 1, 0])
+    alm = np.array([0, 1, 1, 1, 1, 0, 1, 1, 1, 0], bool)
+    miss = np.zeros(10, bool)
+    miss[3] = True
+    ids = np.repeat(["a", "b"], [7, 3])
+    # segments [1, 2], [4, 5] (the gap splits them), [8]: all hold an alarm -> recall 1
+    assert M.event_recall(lab, alm, miss, ids) == 1.0
+    # spans: [1, 2] and [4] (the missing 3 never alarms, so it ends a span), [6] (end of a) and
+    # [7, 8] (b): 3 of 4 overlap a segment -> 0.75. Without the KPI boundary [6..8] is one span
+    # overlapping [8]: 3 of 3.
+    assert M.event_precision(lab, alm, miss, ids) == 0.75
+    assert M.event_precision(lab, alm, miss) == 1.0
+    # alarms inside the delay window are not required: the late alarm 5 still recalls [4, 5]
+    late = np.zeros(10, bool)
+    late[5] = True
+    assert M.event_recall(lab, late, miss, ids) == pytest.approx(1 / 3)
+    assert M.event_precision(lab, late, miss, ids) == 1.0
+
+
+def test_event_recall_and_precision_undefined_is_none():
+    assert M.event_recall(np.zeros(5, int), np.ones(5, bool)) is None  # no segment
+    assert M.event_precision(np.zeros(5, int), np.ones(5, bool)) == 0.0  # one span, outside
+    assert M.event_precision(LAB, np.zeros(12, bool)) is None  # no alarm span
+    assert M.event_recall(LAB, np.zeros(12, bool)) == 0.0
+    # a segment wholly missing is no segment; an alarm on a missing point is none
+    miss = np.zeros(12, bool)
+    miss[8:10] = True
+    alm = np.zeros(12, bool)
+    alm[9] = True
+    assert M.event_recall(LAB, alm, miss) == 0.0  # only A left, no alarm in it
+    assert M.event_precision(LAB, alm, miss) is None
+
+
 def test_point_adjusted_f1_inflation_on_random_scores():
     # 10 000 points, 10 anomalies of 200 points (20 % anomalous), uniform random scores, alarm
     # at the 99th percentile: about 1 % random alarms. Each 200-point event catches one with
@@ -443,6 +484,7 @@ def test_metrics_table_and_evaluate_all():
     assert out["point_f1"] == pytest.approx(0.25)
     assert out["aiops_f1"] == pytest.approx(8 / 11)
     assert out["rpa_f1"] == pytest.approx(0.5)
+    assert out["event_recall"] == out["event_precision"] == 0.5
     assert out["vus_pr"] == pytest.approx(M.vus_pr(LAB, scores, sliding_window=2))
     # probation = floor(0.15 * 12) = 1; window A detected at offset 2 of 4
     # (reward sigma(-0.5)/sigma(-1)), B missed (-1), FP at 11 after B:

@@ -12,7 +12,7 @@ Conventions shared by every metric
   missing point is never read, and a missing point never alarms: it is neither a true nor a false
   positive nor a false negative. Where it sits relative to events depends on the metric:
 
-  - the AIOps rule (:func:`aiops_f1`): a missing
+  - the AIOps rule (:func:`aiops_f1`, :func:`event_recall`, :func:`event_precision`): a missing
     point is label 0 and prediction 0, as in the challenge's published evaluation, which re-grids
     each KPI at its smallest timestamp step and inserts every absent timestamp so. A gap therefore
     splits a segment, and each piece is scored as a segment of its own;
@@ -46,7 +46,7 @@ __all__ = [
     "point_precision", "point_recall", "point_f1", "aiops_f1", "rpa_f1", "point_adjusted_f1",
     "auc_roc", "auc_pr", "vus_pr", "vus_roc", "range_auc_volumes",
     "nab_standard", "nab_raw_scores", "nab_best_threshold", "nab_probation_length",
-    "best_f1_threshold", "evaluate_all", "events",
+    "best_f1_threshold", "evaluate_all", "events", "event_recall", "event_precision",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -208,7 +208,7 @@ def point_f1(labels, alarms, missing=None) -> float | None:
 
 
 # --------------------------------------------------------------------------------------------
-# event-adjusted F1 scores (AIOps 2018, point-adjusted, revised point-adjusted)
+# event-adjusted F1 scores (AIOps 2018, point-adjusted, revised point-adjusted), event P/R
 # --------------------------------------------------------------------------------------------
 
 
@@ -294,6 +294,26 @@ def rpa_f1(labels, alarms, missing=None, series_ids=None) -> float | None:
     ev = _event_table(labels, alarms, missing, series_ids, "bridged", None)
     tp = int(ev.detected.sum())
     return _f1(tp, ev.fp, int(ev.detected.size - tp))
+
+
+def event_recall(labels, alarms, missing=None, series_ids=None) -> float | None:
+    """Share of the labelled segments (AIOps rule: a gap splits a segment) holding at least one
+    alarm anywhere in them: of the real incidents, how many were raised. None without segments."""
+    ev = _event_table(labels, alarms, missing, series_ids, "aiops", None)
+    return None if ev.detected.size == 0 else float(ev.detected.mean())
+
+
+def event_precision(labels, alarms, missing=None, series_ids=None) -> float | None:
+    """Share of the alarm spans (maximal runs of consecutive alarms of one KPI on the grid) that
+    overlap a labelled segment (AIOps rule): of the incidents raised, how many were real. None
+    without alarms."""
+    lab, al, obs = _prep_alarms(labels, alarms, missing)
+    start = _series_starts(series_ids, lab.size)
+    a_s, a_e = _events(al, start)  # a missing point never alarms, so it ends a span
+    if a_s.size == 0:
+        return None
+    c_true = _prefix(al & _aiops_labels(lab, obs))  # alarmed points of a segment
+    return float(np.mean(c_true[a_e] - c_true[a_s] > 0))
 
 
 # --------------------------------------------------------------------------------------------
@@ -801,6 +821,12 @@ METRICS: dict[str, MetricSpec] = {
     "point_adjusted_f1": MetricSpec(point_adjusted_f1, "alarms", True,
                                     "legacy PA-F1 (inflated; comparison only)",
                                     _with_series(point_adjusted_f1)),
+    "event_recall": MetricSpec(event_recall, "alarms", True,
+                               "share of labelled segments holding an alarm",
+                               _with_series(event_recall)),
+    "event_precision": MetricSpec(event_precision, "alarms", True,
+                                  "share of alarm spans overlapping a labelled segment",
+                                  _with_series(event_precision)),
     "nab_standard": MetricSpec(nab_standard, "alarms", True, "NAB score, standard profile",
                                _nab_from_arrays),
     "auc_roc": MetricSpec(auc_roc, "scores", False, "ROC AUC", _plain(auc_roc)),
