@@ -115,7 +115,7 @@ def test_build_report_writes_summary_and_page(report, tmp_path):
     incident_rows = page.split('<table class="incidents">')[1].split("</tbody>")[0].split("</tr>")[1:-1]
     assert len(incident_rows) == 4
     cells = [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", incident_rows[2])]
-    assert cells[:6] == [summary["incidents"][2]["id"], "2026-03-01 08:20:00", "25 min", "cpu/host-1", "2.500", "2.50"]
+    assert cells[:6] == [summary["incidents"][2]["id"], "08:20", "25 min", "cpu/host-1", "2.500", "2.50"]
     assert re.fullmatch(r"[\d.]+ vs [\d.]+ \([\d.]+ – [\d.]+\) day quantiles", cells[6]), cells[6]
     assert '<a href="#kpi-cpu-host-1">cpu/host-1</a>' in incident_rows[2]
     rows = page.split('<table class="spans">')[1].split("<tbody>")[1].split("</tbody>")[0].split("</tr>")[:-1]

@@ -52,7 +52,7 @@ img.kpi-plot { max-width: 100%; height: auto; border: 1px solid #eee; }
 .quiet { color: #555; }
 .banner { background: #fff3cd; border: 1px solid #e0b84c; border-radius: 4px; padding: .6em 1em; margin: 1em 0; }
 .banner strong { color: #7a4b00; }
-td.band, table.incidents td:nth-child(-n+3) { white-space: nowrap; } .from { color: #777; font-size: .85em; }
+table.incidents td:nth-child(-n+3) { white-space: nowrap; } .from { color: #777; font-size: .85em; }
 details summary { cursor: pointer; margin: .5em 0; }
 """
 
@@ -257,13 +257,13 @@ def _incidents_html(summary: dict, anchors: dict[str, str]) -> list[str]:
            "model's, or, marked <span class=\"from\">day quantiles</span>, the "
            f"{_q(low)}–{_q(high)} % range (median: expected) of the KPI's unflagged values of the "
            f"{e(_duration(incidents_mod.BAND_WINDOW.total_seconds()))} before it.</p>",
-           '<table class="incidents"><thead><tr><th>incident</th><th>start</th><th>duration</th><th>KPIs</th>'
+           '<table class="incidents"><thead><tr><th>incident</th><th>start (UTC)</th><th>duration</th><th>KPIs</th>'
            "<th>peak score</th><th>severity</th><th>observed vs expected (band)</th></tr></thead><tbody>"]
     for inc in found:
         kpis = ", ".join(_kpi_link(k, anchors) for k in inc["kpis"])
         bands = "<br>".join(_band_html(k, len(inc["kpis"]) > 1) for k in inc["per_kpi"])
         row = '<tr class="severe">' if inc["severity"] >= 2 else "<tr>"
-        out.append(f"{row}<td><code>{e(inc['id'])}</code></td><td>{e(_time(inc['start']))}</td>"
+        out.append(f"{row}<td><code>{e(inc['id'])}</code></td><td>{e(_clock(inc['start']))}</td>"
                    f'<td class="num">{e(_duration(inc["duration_s"]))}</td><td>{kpis}</td>'
                    f'<td class="num">{_fmt(inc["peak_score"])}</td><td class="num">{_fmt(inc["severity"], 2)}</td>'
                    f'<td class="band">{bands}</td></tr>')
@@ -403,6 +403,11 @@ def _seconds(v) -> str:
 
 def _time(iso: str) -> str:
     return pd.Timestamp(iso).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _clock(iso: str) -> str:
+    """The time of day: an incident of a day's report starts on that day."""
+    return pd.Timestamp(iso).strftime("%H:%M")
 
 
 def _time_or_dash(iso) -> str:
