@@ -1,7 +1,7 @@
 """Incidents: what the on-call engineer triages, built from one day's scored points.
 
-An anomaly span (:func:`pipeline.batch.report.anomaly_spans`) is a run of consecutive flagged points of
-one KPI, and one real anomaly shows as many of them: a score that dips under its threshold for a point
+An anomaly span (:func:`anomaly_spans`) is a run of consecutive flagged points of one KPI, and one real
+anomaly shows as many of them: a score that dips under its threshold for a point
 splits a span in two, and KPIs that share a cause spike at the same minute. So:
 
 - spans of one KPI at most ``gap`` apart (the next span's first flagged point at most ``gap`` after the
@@ -28,6 +28,7 @@ import pandas as pd
 from models.frame import KPI_ID, TIMESTAMP, VALUE
 
 SCORE, THRESHOLD, IS_ANOMALY = "score", "threshold", "is_anomaly"
+SPAN_COLUMNS = ("kpi_id", "start", "end", "points", "peak_score", "threshold", "severity")
 EXPECTED = ("expected", "expected_low", "expected_high")
 # The fallback band (partitions without EXPECTED): long enough to hold a couple of dozen points at the
 # usual 5-minute interval, short enough that a daily cycle has not moved far in it.
@@ -37,8 +38,54 @@ BAND_MIN_POINTS = 6
 KPI_INCIDENT_COLUMNS = ("kpi_id", "start", "end", "spans", "points", "peak_score", "severity")
 
 
+def anomaly_spans(scored: pd.DataFrame) -> pd.DataFrame:
+    """Contiguous runs of flagged points per KPI, most severe first.
+
+    A span is a maximal run of consecutive rows of one KPI (in timestamp order) with ``is_anomaly``;
+    runs never continue across KPIs. Columns: ``kpi_id``, ``start`` / ``end`` (timestamps of the first
+    and last flagged point), ``points``, ``peak_score`` (highest calibrated score in the span),
+    ``threshold`` (the KPI's threshold at that point, on the same calibrated scale) and ``severity``:
+    how many times over its threshold the peak is, ``peak_score / threshold`` with the threshold in
+    force at the peak point (1 = exactly at threshold). Ratios are meaningless for a threshold <= 0,
+    so there severity is ``peak_score - threshold + 1``, which also reads 1 at the threshold.
+    Ties in severity are ordered by KPI and start.
+    """
+    if scored.empty or not scored[IS_ANOMALY].any():
+        return pd.DataFrame({c: pd.Series(dtype=_span_dtype(c)) for c in SPAN_COLUMNS})
+    frame = scored.sort_values([KPI_ID, TIMESTAMP], kind="stable").reset_index(drop=True)
+    flag = frame[IS_ANOMALY].to_numpy(dtype=bool)
+    ids = frame[KPI_ID].to_numpy()
+    new_kpi = np.r_[True, ids[1:] != ids[:-1]]
+    starts = flag & (new_kpi | ~np.r_[False, flag[:-1]])
+    flagged = frame[flag].assign(span=np.cumsum(starts)[flag])
+    by_span = flagged.groupby("span", sort=True)
+    peaks = flagged.loc[by_span[SCORE].idxmax().to_numpy()]
+    peak, threshold = peaks[SCORE].to_numpy(float), peaks[THRESHOLD].to_numpy(float)
+    with np.errstate(divide="ignore", invalid="ignore"):  # np.where computes the ratio for threshold 0 too
+        severity = np.where(threshold > 0, peak / threshold, peak - threshold + 1)
+    spans = pd.DataFrame({
+        "kpi_id": peaks[KPI_ID].to_numpy(),
+        "start": by_span[TIMESTAMP].min().array,
+        "end": by_span[TIMESTAMP].max().array,
+        "points": by_span.size().to_numpy(),
+        "peak_score": peak,
+        "threshold": threshold,
+        "severity": severity,
+    })
+    return (spans.sort_values(["severity", "kpi_id", "start"], ascending=[False, True, True], kind="stable")
+            .reset_index(drop=True))
+
+
+def span_records(spans: pd.DataFrame) -> list[dict]:
+    """:func:`anomaly_spans` as JSON-ready records (ISO timestamps)."""
+    return [{"kpi_id": str(s.kpi_id), "start": s.start.isoformat(), "end": s.end.isoformat(),
+             "points": int(s.points), "peak_score": float(s.peak_score), "threshold": float(s.threshold),
+             "severity": float(s.severity)}
+            for s in spans.itertuples(index=False)]
+
+
 def kpi_incidents(spans: pd.DataFrame, gap: str | pd.Timedelta) -> pd.DataFrame:
-    """Spans (:func:`~pipeline.batch.report.anomaly_spans`) of one KPI at most ``gap`` apart, joined.
+    """Spans (:func:`anomaly_spans`) of one KPI at most ``gap`` apart, joined.
 
     Columns: ``kpi_id``, ``start`` / ``end`` (first and last flagged point), ``spans`` and ``points``
     joined, ``peak_score`` and ``severity`` (the highest of its spans'); ordered by KPI, then start.
@@ -66,7 +113,7 @@ def incidents(scored: pd.DataFrame, gap: str | pd.Timedelta, detector: str | Non
               spans: pd.DataFrame | None = None) -> list[dict]:
     """The incidents of ``scored`` (one day's scored rows), most severe first, as JSON-ready records.
 
-    ``spans``: :func:`~pipeline.batch.report.anomaly_spans` of ``scored``, when the caller has them.
+    ``spans``: :func:`anomaly_spans` of ``scored``, when the caller has them.
     Each record: ``id`` (``inc-YYYYMMDD-HHMM-`` and 8 hex digits of a hash of its start and KPIs, so
     the same scores give the same ids on every run), ``start`` / ``end`` (ISO, first and last flagged
     point of any of its KPIs), ``duration_s`` (end - start: 0 for one point in time), ``peak_score``
@@ -79,8 +126,6 @@ def incidents(scored: pd.DataFrame, gap: str | pd.Timedelta, detector: str | Non
     """
     gap = pd.Timedelta(gap)
     if spans is None:
-        from pipeline.batch.report import anomaly_spans
-
         spans = anomaly_spans(scored)
     per_kpi = kpi_incidents(spans, gap)
     if per_kpi.empty:
@@ -164,3 +209,8 @@ def _num(v) -> float | None:
 def _dtype(column: str) -> str:
     return {"kpi_id": "object", "start": "datetime64[ns, UTC]", "end": "datetime64[ns, UTC]",
             "spans": "int64", "points": "int64"}.get(column, "float64")
+
+
+def _span_dtype(column: str) -> str:
+    return {"kpi_id": "object", "start": "datetime64[ns, UTC]", "end": "datetime64[ns, UTC]",
+            "points": "int64"}.get(column, "float64")

@@ -27,13 +27,11 @@ import pandas as pd
 
 from models.frame import KPI_ID, TIMESTAMP, VALUE
 from pipeline.batch import incidents as incidents_mod
+# Spans are what incidents are made of, so they live there; SPAN_COLUMNS is imported from here too.
+from pipeline.batch.incidents import IS_ANOMALY, SCORE, SPAN_COLUMNS, THRESHOLD, anomaly_spans, span_records  # noqa: F401
 from pipeline.io.outputs import write_json_atomic, write_text_atomic
 from pipeline.params import ScoreParams
 
-SCORE = "score"
-THRESHOLD = "threshold"
-IS_ANOMALY = "is_anomaly"
-SPAN_COLUMNS = ("kpi_id", "start", "end", "points", "peak_score", "threshold", "severity")
 INCIDENT_GAP = ScoreParams.model_fields["incident_gap"].default
 # Keys of the partition's _meta.json copied into the report as they are: the scorer's checks of the day.
 CHECKS = ("alarm_check", "training_range")
@@ -55,52 +53,6 @@ img.kpi-plot { max-width: 100%; height: auto; border: 1px solid #eee; }
 table.incidents td:nth-child(-n+3) { white-space: nowrap; } .from { color: #777; font-size: .85em; }
 details summary { cursor: pointer; margin: .5em 0; }
 """
-
-
-def anomaly_spans(scored: pd.DataFrame) -> pd.DataFrame:
-    """Contiguous runs of flagged points per KPI, most severe first.
-
-    A span is a maximal run of consecutive rows of one KPI (in timestamp order) with ``is_anomaly``;
-    runs never continue across KPIs. Columns: ``kpi_id``, ``start`` / ``end`` (timestamps of the first
-    and last flagged point), ``points``, ``peak_score`` (highest calibrated score in the span),
-    ``threshold`` (the KPI's threshold at that point, on the same calibrated scale) and ``severity``:
-    how many times over its threshold the peak is, ``peak_score / threshold`` with the threshold in
-    force at the peak point (1 = exactly at threshold). Ratios are meaningless for a threshold <= 0,
-    so there severity is ``peak_score - threshold + 1``, which also reads 1 at the threshold.
-    Ties in severity are ordered by KPI and start.
-    """
-    if scored.empty or not scored[IS_ANOMALY].any():
-        return pd.DataFrame({c: pd.Series(dtype=_span_dtype(c)) for c in SPAN_COLUMNS})
-    frame = scored.sort_values([KPI_ID, TIMESTAMP], kind="stable").reset_index(drop=True)
-    flag = frame[IS_ANOMALY].to_numpy(dtype=bool)
-    ids = frame[KPI_ID].to_numpy()
-    new_kpi = np.r_[True, ids[1:] != ids[:-1]]
-    starts = flag & (new_kpi | ~np.r_[False, flag[:-1]])
-    flagged = frame[flag].assign(span=np.cumsum(starts)[flag])
-    by_span = flagged.groupby("span", sort=True)
-    peaks = flagged.loc[by_span[SCORE].idxmax().to_numpy()]
-    peak, threshold = peaks[SCORE].to_numpy(float), peaks[THRESHOLD].to_numpy(float)
-    with np.errstate(divide="ignore", invalid="ignore"):  # np.where computes the ratio for threshold 0 too
-        severity = np.where(threshold > 0, peak / threshold, peak - threshold + 1)
-    spans = pd.DataFrame({
-        "kpi_id": peaks[KPI_ID].to_numpy(),
-        "start": by_span[TIMESTAMP].min().array,
-        "end": by_span[TIMESTAMP].max().array,
-        "points": by_span.size().to_numpy(),
-        "peak_score": peak,
-        "threshold": threshold,
-        "severity": severity,
-    })
-    return (spans.sort_values(["severity", "kpi_id", "start"], ascending=[False, True, True], kind="stable")
-            .reset_index(drop=True))
-
-
-def span_records(spans: pd.DataFrame) -> list[dict]:
-    """:func:`anomaly_spans` as JSON-ready records (ISO timestamps)."""
-    return [{"kpi_id": str(s.kpi_id), "start": s.start.isoformat(), "end": s.end.isoformat(),
-             "points": int(s.points), "peak_score": float(s.peak_score), "threshold": float(s.threshold),
-             "severity": float(s.severity)}
-            for s in spans.itertuples(index=False)]
 
 
 def build_report(scored: pd.DataFrame, day: str, champion: dict | None, out_dir: str | Path,
@@ -447,8 +399,3 @@ def _fmt(v, digits: int = 3) -> str:
     if v is None:
         return "–"
     return f"{v:.{digits}f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
-
-
-def _span_dtype(column: str) -> str:
-    return {"kpi_id": "object", "start": "datetime64[ns, UTC]", "end": "datetime64[ns, UTC]",
-            "points": "int64"}.get(column, "float64")

@@ -134,19 +134,18 @@ MAX_SPANS = 100  # spans (and incidents) listed in score's result (--json); the 
 
 
 def alarm_spans(scored: pd.DataFrame, gap: str, detector: str | None = None, limit: int = MAX_SPANS) -> dict:
-    """The anomaly spans written (:func:`pipeline.batch.report.anomaly_spans`: runs of flagged points
+    """The anomaly spans written (:func:`pipeline.batch.incidents.anomaly_spans`: runs of flagged points
     per KPI) and the incidents they make (:func:`pipeline.batch.incidents.incidents`, spans at most
     ``gap`` apart, found day by day as each day's report finds them, with the same ids), each most
     severe first: ``spans`` and ``incidents`` in all, the first ``limit`` of each listed."""
     from pipeline.batch import incidents as incidents_mod
-    from pipeline.batch.report import anomaly_spans, span_records
 
-    spans = anomaly_spans(scored)
+    spans = incidents_mod.anomaly_spans(scored)
     days = scored[TIMESTAMP].dt.floor("D") if len(scored) else pd.Series(dtype=object)
     found = incidents_mod.most_severe_first(
         [i for _, rows in scored.groupby(days, sort=True) for i in incidents_mod.incidents(rows, gap, detector)])
     return {"spans": len(spans), "spans_listed": min(len(spans), limit),
-            "anomaly_spans": span_records(spans.head(limit)),
+            "anomaly_spans": incidents_mod.span_records(spans.head(limit)),
             "incidents": len(found), "incidents_listed": min(len(found), limit), "anomaly_incidents": found[:limit]}
 
 
