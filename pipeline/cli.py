@@ -124,6 +124,19 @@ def cmd_score(args) -> Output:
     return Output(summary.score(result), result)
 
 
+def cmd_report(args) -> Output:
+    p = _params(args)
+    from pipeline.batch import daily, score
+    from pipeline.errors import DataError
+
+    try:
+        day, _ = score.day_range(args.date)
+    except DataError as exc:  # the rule and detail are score's; the option is report's
+        raise DataError("kpiguard report --date", exc.rule, exc.detail) from None
+    result = daily.build_day_report(p, day.date().isoformat(), args.output)
+    return Output(summary.report(result), result)
+
+
 def cmd_bench(args) -> Output:
     from models import registry
 
@@ -242,6 +255,8 @@ COMMANDS = {
                  "kpiguard rollback --model kpiguard"),
     "score": ("Score a day or a date range with a registered model; one Parquet partition per day.",
               "kpiguard score --date 2026-01-28 --json"),
+    "report": ("Build a scored day's anomaly report (HTML and JSON): its incidents, most severe first.",
+               "kpiguard report --date 2026-01-28"),
     "bench": ("Run ingest, validate, windows, train and evaluate on any sources, outside DVC.",
               "kpiguard bench --train nab:../shared/datasets/nab --detectors robust_zscore,diff_z"),
     "speed": ("Measure how fast each detector trains and scores, on synthetic data.",
@@ -249,12 +264,13 @@ COMMANDS = {
 }
 
 DESCRIPTION = """kpiguard finds anomalies in KPI time series. One command per pipeline stage (ingest, validate,
-windows, train, evaluate, register), the model registry (promote, rollback), batch scoring (score) and
-tools (bench, speed). Each reads params.yaml; -S section.key=value overrides a parameter."""
+windows, train, evaluate, register), the model registry (promote, rollback), batch scoring and its daily
+report (score, report) and tools (bench, speed). Each reads params.yaml; -S section.key=value overrides a parameter."""
 
 EPILOG = """examples:
   kpiguard ingest && kpiguard validate        run the first two stages on params.yaml
   kpiguard score --date 2026-01-28 --json      score a day with the champion, print the result as JSON
+  kpiguard report --date 2026-01-28            that day's report: reports/daily/2026-01-28.html
   kpiguard COMMAND --help                      a command's options and an example
 
 exit codes: 0 done; 1 ran but produced nothing usable (one line says why); 2 bad input, params, model,
@@ -343,6 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="local directory or s3:// prefix (default: score.output)")
     p.add_argument("--model-uri", help="default: score.model_uri (models:/kpiguard@champion)")
     p.set_defaults(func=cmd_score)
+
+    p = _command(sub, "report", parents=[common])
+    p.add_argument("--date", required=True, help="YYYY-MM-DD: the scored UTC day to report")
+    p.add_argument("--output", help="the scores dataset it was written to (default: score.output)")
+    p.set_defaults(func=cmd_report)
 
     p = _command(sub, "bench", parents=[common])
     p.add_argument("--train", help="source spec, e.g. nab:../shared/datasets/nab (required unless --scores-from)")

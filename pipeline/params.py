@@ -206,6 +206,7 @@ class ScoreParams(_Section):
     max_quarantined_fraction: float = Field(0.05, ge=0, le=1)
     reports: str = "reports/daily"
     report_bucket: str | None = None
+    incident_gap: str = "30min"  # spans at most this far apart are one incident (pipeline.batch.incidents)
     allowed_inputs: list[str] = Field(default_factory=list)
     threads: int | None = Field(None, ge=1)  # CPU threads for scoring (score, evaluate, register); None: auto
 
@@ -216,6 +217,15 @@ class ScoreParams(_Section):
 
         if pd.Timedelta(v) < pd.Timedelta(0):
             raise ValueError(f"context must not be negative, got {v!r}")
+        return v
+
+    @field_validator("incident_gap")
+    @classmethod
+    def _incident_gap(cls, v: str) -> str:
+        import pandas as pd
+
+        if pd.Timedelta(v) < pd.Timedelta(0):
+            raise ValueError(f"incident_gap must be a duration >= 0 (e.g. 30min), got {v!r}")
         return v
 
 

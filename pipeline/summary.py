@@ -99,7 +99,7 @@ def register(report: dict, report_dir: str) -> str:
 
 def score(result: dict) -> str:
     """``result``: what ``pipeline.batch.score.run`` returns (each partition's _meta.json plus its paths, and
-    the anomaly spans)."""
+    the anomaly spans and incidents)."""
     parts = result["partitions"]
     model = result["model"]
     which = f"{model.get('model')} v{model['version']}" if model.get("version") else model.get("uri")
@@ -108,8 +108,34 @@ def score(result: dict) -> str:
     quarantined = sum(p["quarantined"] for p in parts)
     where = parts[0]["path"] if len(parts) == 1 else f"{len(parts)} partitions under {_parent(parts[0]['path'])}"
     spans = f" in {_n(result['spans'])} spans" if "spans" in result else ""
+    if "incidents" in result:
+        spans += f" ({_plural(result['incidents'], 'incident')})"
     return (f"score: {_n(rows)} rows, {_n(anomalies)} anomalies{spans}, {_n(quarantined)} quarantined with {which} "
             f"{ARROW} {where}{_grid(parts)}")
+
+
+def report(summary: dict) -> str:
+    """``summary``: what ``pipeline.batch.daily.build_day_report`` returns (the report's JSON plus its paths)."""
+    flagged = f"{summary['anomalous_kpis']} of {summary['kpis_scored']} KPIs flagged"
+    notes = []
+    alarm = summary.get("alarm_check") or {}
+    if alarm.get("mismatch"):
+        ratio = alarm.get("ratio")
+        times = f"{ratio:.0f}" if isinstance(ratio, (int, float)) and ratio >= 10 else _f1(ratio)
+        notes.append(f"alarm rate {times}× the budget: likely a model/data mismatch")
+    if (summary.get("training_range") or {}).get("outside"):
+        notes.append("the day is outside the model's training range")
+    return (f"report {summary['day']}: {_plural(summary['incident_count'], 'incident')}, {flagged} "
+            f"({_plural(summary['anomalies'], 'anomaly span')}) {ARROW} {summary['html']} "
+            f"(json: {summary['json']})" + "".join(f"; {n}" for n in notes))
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{_n(count)} {noun}{'' if count == 1 else 's'}"
+
+
+def _f1(value) -> str:
+    return f"{value:.1f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "–"
 
 
 def _grid(parts: list[dict]) -> str:

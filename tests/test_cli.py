@@ -83,6 +83,7 @@ HEAVY = ("torch", "great_expectations", "mlflow", "airflow", "sklearn", "scipy",
     ["train", "-S", "detectors.lstm_forecaster.hidden_size=0"],  # a detector's own rule
     ["train", "--detector", "nope"],                           # a bad argument
     ["score"],                                                 # argparse: --date or --start is required
+    ["report"],                                                # argparse: --date is required
 ])
 def test_help_and_usage_errors_import_nothing_heavy(argv):
     """They answer before any work starts, so they must not pay for torch, GX, MLflow or Airflow."""

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from pipeline.batch import report as report_mod
+from pipeline.batch.incidents import incidents
 from pipeline.batch import score
 from pipeline.eval import selection
 from pipeline.params import parse_params
@@ -272,6 +273,9 @@ def test_rescoring_a_date_is_idempotent(trained, server, where, request, tmp_pat
     # what score --json adds: the anomaly spans it wrote, most severe first
     spans = report_mod.anomaly_spans(rows1)
     assert first["spans"] == len(spans) == first["spans_listed"] and first["anomaly_spans"] == report_mod.span_records(spans)
+    # and the incidents they make, as the day's report finds them (the same ids)
+    found = incidents(rows1, p.score.incident_gap, first["model"]["detector"])
+    assert first["incidents"] == len(found) == first["incidents_listed"] and first["anomaly_incidents"] == found
     if where == "local":
         root = tmp_path / "scores"
         assert sorted(x.name for x in root.iterdir()) == ["date=2026-01-05", "date=2026-01-06"]

@@ -24,6 +24,8 @@ def test_repo_params_load():
     ({"train": {"device": "tpu"}}, None, "train.device"),
     ({"bogus": {}}, None, "bogus"),
     ({"train": {"detectors": ["nope"]}}, None, "unknown detector 'nope'"),
+    ({"score": {"incident_gap": "-5min"}}, None, "score.incident_gap"),
+    ({"score": {"incident_gap": "soon"}}, None, "score.incident_gap"),
 ])
 def test_bad_params_are_named(section, value, needle):
     raw = small_params_dict()

@@ -1,6 +1,7 @@
 """The daily anomaly report: span extraction, the written files, and the page in a real headless Chromium."""
 from __future__ import annotations
 
+import html
 import json
 import re
 import struct
@@ -98,9 +99,25 @@ def test_build_report_writes_summary_and_page(report, tmp_path):
         [("cpu/host-1", 6), ("latency<p99>", 2), ("mem host 2", 3), ("mem host 2", 31)]  # all 2.5x: by KPI, start
     assert summary["spans"][0]["start"] == "2026-03-01T08:20:00+00:00"
     assert summary["spans"][1]["severity"] == pytest.approx(2.5)
+    # incidents: mem host 2's spans are 15 h apart, latency's is 100 min after mem's second: four of them,
+    # all at 2.5x, latency's peak (2.5 x its 1.5 threshold) the highest, then by start
+    assert summary["incident_count"] == 4 and summary["incident_gap"] == "30min"
+    assert [(i["kpis"], i["start"][11:16], i["peak_score"], i["severity"]) for i in summary["incidents"]] == [
+        (["latency<p99>"], "20:50", 3.75, 2.5), (["mem host 2"], "01:40", 2.5, 2.5),
+        (["cpu/host-1"], "08:20", 2.5, 2.5), (["mem host 2"], "16:40", 2.5, 2.5)]
+    assert {i["detector"] for i in summary["incidents"]} == {"vae_lstm"}  # the champion's
+    peak = summary["incidents"][2]["per_kpi"][0]
+    assert peak["expected_from"] == "day_quantiles" and peak["expected_low"] < peak["expected"] < peak["expected_high"]
 
     page = Path(report["html"]).read_text()
     assert "<title>kpiguard daily anomaly report — 2026-03-01</title>" in page
+    assert page.index('<table class="incidents">') < page.index('<table class="spans">')  # incidents first
+    incident_rows = page.split('<table class="incidents">')[1].split("</tbody>")[0].split("</tr>")[1:-1]
+    assert len(incident_rows) == 4
+    cells = [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", incident_rows[2])]
+    assert cells[:6] == [summary["incidents"][2]["id"], "08:20", "25 min", "cpu/host-1", "2.500", "2.50"]
+    assert re.fullmatch(r"[\d.]+ vs [\d.]+ \([\d.]+ – [\d.]+\) day quantiles", cells[6]), cells[6]
+    assert '<a href="#kpi-cpu-host-1">cpu/host-1</a>' in incident_rows[2]
     rows = page.split('<table class="spans">')[1].split("<tbody>")[1].split("</tbody>")[0].split("</tr>")[:-1]
     assert len(rows) == 4
     assert [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", rows[0])] == \
@@ -159,6 +176,31 @@ def test_build_report_shows_rows_not_scored_and_kpis_whose_interval_changed(tmp_
     assert "Rows not scored" not in Path(quiet["html"]).read_text() and quiet["quarantined"] == 0
 
 
+def test_build_report_shows_the_scorers_checks_as_banners_and_copies_them(tmp_path):
+    checks = {"alarm_check": {"alarm_fraction": 0.5, "budget_fraction": 0.0069, "ratio": 72.4, "factor": 10,
+                              "mismatch": True},
+              "training_range": {"start": "2026-01-01T00:00:00+00:00", "end": "2026-01-22T00:00:00+00:00",
+                                 "outside": True, "days_outside": 38}}
+    result = build_report(day_frame(), DAY, CHAMPION, tmp_path / "bad", partition=checks)
+    assert {k: json.loads(Path(result["json"]).read_text())[k] for k in checks} == checks
+    page = Path(result["html"]).read_text()
+    banners = re.findall(r'<p class="banner ([a-z-]+)">(.*?)</p>', page)
+    assert [name for name, _ in banners] == ["alarm-check", "training-range"]
+    text = [html.unescape(re.sub(r"<[^>]+>", "", body)) for _, body in banners]
+    assert text[0].startswith("Alarm rate 72× the budget: likely a model/data mismatch (model trained on other "
+                              "data, or data outside the training range). 50.00% of the day's points flagged "
+                              "against a budget of 0.69%")
+    assert "outside the model's training range by 38 days" in text[1] and "2026-01-22 00:00:00" in text[1]
+    assert page.index("banner") < page.index('<table class="summary">')
+
+    fine = {"alarm_check": {**checks["alarm_check"], "ratio": 1.2, "mismatch": False},
+            "training_range": {**checks["training_range"], "outside": False, "days_outside": 0}}
+    result = build_report(day_frame(), DAY, CHAMPION, tmp_path / "fine", partition=fine)
+    assert {k: result[k] for k in fine} == fine  # copied when present, shown only when they fail
+    assert 'class="banner' not in Path(result["html"]).read_text()
+    assert "alarm_check" not in build_report(day_frame(), DAY, CHAMPION, tmp_path / "old")  # older partitions
+
+
 def test_build_report_rejects_non_date_day(tmp_path):
     with pytest.raises(ValueError):
         build_report(day_frame(), "../escape", CHAMPION, tmp_path)
@@ -197,6 +239,9 @@ def test_report_renders_in_chromium(report, chromium, tmp_path):
     assert len(widths) == 3 and all(complete and width > 0 for complete, width in widths), widths
     assert chromium.execute_script("return performance.getEntriesByType('resource').length;") == 0
     assert len(chromium.find_elements("css selector", "table.spans tbody tr")) == 4
+    assert len(chromium.find_elements("css selector", "table.incidents tbody tr")) == 4
+    assert chromium.find_element("css selector", "table.incidents").is_displayed()
+    assert not chromium.find_element("css selector", "table.spans").is_displayed()  # folded under the incidents
 
     # The console check above can fail: an error the page logs does come back as SEVERE.
     chromium.execute_script("console.error('kpiguard-probe');")

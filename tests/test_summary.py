@@ -72,6 +72,22 @@ def test_score_line_sums_partitions():
     assert summary.score(result).endswith("with kpiguard v3 → data/scores/date=2026-01-27")
     result["spans"] = 2  # what score.run adds: the anomaly spans it wrote
     assert summary.score(result).startswith("score: 1,152 rows, 3 anomalies in 2 spans, 0 quarantined")
+    result["incidents"] = 1  # and the incidents they make
+    assert summary.score(result).startswith("score: 1,152 rows, 3 anomalies in 2 spans (1 incident), 0 quarantined")
+    result["incidents"] = 0
+    assert summary.score(result).startswith("score: 1,152 rows, 3 anomalies in 2 spans (0 incidents), 0 quarantined")
+
+
+def test_report_line_says_incidents_kpis_flagged_and_where_and_what_the_scorer_found_wrong():
+    result = {"day": "2026-01-28", "kpis_scored": 4, "incident_count": 1, "anomalies": 44, "anomalous_kpis": 4,
+              "html": "reports/daily/2026-01-28.html", "json": "reports/daily/2026-01-28.json"}
+    assert summary.report(result) == ("report 2026-01-28: 1 incident, 4 of 4 KPIs flagged (44 anomaly spans) → "
+                                      "reports/daily/2026-01-28.html (json: reports/daily/2026-01-28.json)")
+    result.update(alarm_check={"ratio": 7.25, "mismatch": True}, training_range={"outside": True, "days_outside": 3})
+    assert summary.report(result).endswith("(json: reports/daily/2026-01-28.json); alarm rate 7.2× the budget: likely "
+                                           "a model/data mismatch; the day is outside the model's training range")
+    result.update(alarm_check={"ratio": 1.0, "mismatch": False}, training_range={"outside": False})
+    assert summary.report(result).endswith("(json: reports/daily/2026-01-28.json)")
 
 
 def test_score_line_names_rows_off_the_trained_grid_and_kpis_whose_interval_changed():

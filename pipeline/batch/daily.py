@@ -10,6 +10,7 @@ day in parallel and a KPI always lands in the same shard.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -144,14 +145,33 @@ def write(params: Params, day: str, shards: int, output: str | None = None) -> d
     return partition
 
 
+REPORT_STEP_KEYS = ("day", "kpis_scored", "incident_count", "anomalies", "anomalous_kpis", "quarantined",
+                    "interval_changed", "html", "json")
+
+
 def report(params: Params, day: str, output: str | None = None) -> dict:
-    """The daily anomaly report from the written partition."""
-    scored = score.read_partition(output or params.score.output, _iso(day))
-    meta = score.read_meta(output or params.score.output, _iso(day))
-    info = json.loads((staging(params, day) / MODEL).read_text())
-    summary = report_mod.build_report(scored, _iso(day), info, params.score.reports, partition=meta)
-    return {k: summary[k] for k in ("day", "kpis_scored", "anomalies", "anomalous_kpis", "quarantined",
-                                    "interval_changed", "html", "json")}
+    """The DAG's report step: :func:`build_day_report`, returning its counts and paths (the XCom)."""
+    summary = build_day_report(params, day, output)
+    return {k: summary[k] for k in REPORT_STEP_KEYS}
+
+
+def build_day_report(params: Params, day: str, output: str | None = None) -> dict:
+    """The daily anomaly report (HTML and JSON in ``score.reports``) from the day's written partition of
+    ``output`` (default ``score.output``), and its full summary with both paths: the DAG's report step
+    and ``kpiguard report --date D``. The model it names is the one the partition's ``_meta.json``
+    records (what scored it); no staging file is needed, so a day scored by ``kpiguard score`` reports
+    the same way. A missing partition is a DataError (rule ``partition_exists``)."""
+    output, day = output or params.score.output, _iso(day)
+    path = score.partition_file(output, day)
+    if not storage.exists(path):
+        raise DataError(path, "partition_exists", f"no scored partition for {day} under {output}; run "
+                        f"`kpiguard score --date {day}` first (or give --output where it was written)")
+    # Not score.read_partition: a day whose every row was quarantined has a scores file without rows, and
+    # its report (nothing scored, the quarantine by rule) is what the on-call engineer needs to see.
+    scored = pd.read_parquet(io.BytesIO(storage.read_bytes(path)))
+    meta = score.read_meta(output, day)
+    return report_mod.build_report(scored, day, meta.get("model"), params.score.reports, partition=meta,
+                                   incident_gap=params.score.incident_gap)
 
 
 def publish(params: Params, day: str, bucket: str | None = None) -> dict:

@@ -5,10 +5,13 @@ Input is one day of scored points (``kpi_id``, ``timestamp``, ``value`` in origi
 
 - ``<day>.html``: one self-contained page (inline CSS, plots as base64 PNG data URIs, nothing fetched),
   so it can be mailed, attached to a ticket or opened from disk and still show everything;
-- ``<day>.json``: the same summary for machines (counts, champion, spans with ISO timestamps).
+- ``<day>.json``: the same summary for machines (counts, champion, incidents and spans with ISO timestamps).
 
-An *anomaly span* is a run of consecutive flagged points of one KPI; the on-call engineer triages
-spans, not points, so spans are what the report counts and ranks.
+An *anomaly span* is a run of consecutive flagged points of one KPI. One real anomaly shows as many
+spans (on several KPIs, split wherever the score dips under threshold for a point), so the on-call
+engineer triages *incidents* (:mod:`pipeline.batch.incidents`: spans at most ``score.incident_gap``
+apart, on one KPI or across KPIs, joined), which the report lists first, most severe first; the spans
+stay in the JSON and, folded, on the page.
 """
 from __future__ import annotations
 
@@ -23,12 +26,15 @@ import numpy as np
 import pandas as pd
 
 from models.frame import KPI_ID, TIMESTAMP, VALUE
+from pipeline.batch import incidents as incidents_mod
+# Spans are what incidents are made of, so they live there; SPAN_COLUMNS is imported from here too.
+from pipeline.batch.incidents import IS_ANOMALY, SCORE, SPAN_COLUMNS, THRESHOLD, anomaly_spans, span_records  # noqa: F401
 from pipeline.io.outputs import write_json_atomic, write_text_atomic
+from pipeline.params import ScoreParams
 
-SCORE = "score"
-THRESHOLD = "threshold"
-IS_ANOMALY = "is_anomaly"
-SPAN_COLUMNS = ("kpi_id", "start", "end", "points", "peak_score", "threshold", "severity")
+INCIDENT_GAP = ScoreParams.model_fields["incident_gap"].default
+# Keys of the partition's _meta.json copied into the report as they are: the scorer's checks of the day.
+CHECKS = ("alarm_check", "training_range")
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto;
@@ -42,79 +48,46 @@ th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: ta
 figure { margin: 1em 0; } figcaption { font-weight: 600; margin-bottom: .3em; }
 img.kpi-plot { max-width: 100%; height: auto; border: 1px solid #eee; }
 .quiet { color: #555; }
+.banner { background: #fff3cd; border: 1px solid #e0b84c; border-radius: 4px; padding: .6em 1em; margin: 1em 0; }
+.banner strong { color: #7a4b00; }
+table.incidents td:nth-child(-n+3) { white-space: nowrap; } .from { color: #777; font-size: .85em; }
+details summary { cursor: pointer; margin: .5em 0; }
 """
 
 
-def anomaly_spans(scored: pd.DataFrame) -> pd.DataFrame:
-    """Contiguous runs of flagged points per KPI, most severe first.
-
-    A span is a maximal run of consecutive rows of one KPI (in timestamp order) with ``is_anomaly``;
-    runs never continue across KPIs. Columns: ``kpi_id``, ``start`` / ``end`` (timestamps of the first
-    and last flagged point), ``points``, ``peak_score`` (highest calibrated score in the span),
-    ``threshold`` (the KPI's threshold at that point, on the same calibrated scale) and ``severity``:
-    how many times over its threshold the peak is, ``peak_score / threshold`` with the threshold in
-    force at the peak point (1 = exactly at threshold). Ratios are meaningless for a threshold <= 0,
-    so there severity is ``peak_score - threshold + 1``, which also reads 1 at the threshold.
-    Ties in severity are ordered by KPI and start.
-    """
-    if scored.empty or not scored[IS_ANOMALY].any():
-        return pd.DataFrame({c: pd.Series(dtype=_span_dtype(c)) for c in SPAN_COLUMNS})
-    frame = scored.sort_values([KPI_ID, TIMESTAMP], kind="stable").reset_index(drop=True)
-    flag = frame[IS_ANOMALY].to_numpy(dtype=bool)
-    ids = frame[KPI_ID].to_numpy()
-    new_kpi = np.r_[True, ids[1:] != ids[:-1]]
-    starts = flag & (new_kpi | ~np.r_[False, flag[:-1]])
-    flagged = frame[flag].assign(span=np.cumsum(starts)[flag])
-    by_span = flagged.groupby("span", sort=True)
-    peaks = flagged.loc[by_span[SCORE].idxmax().to_numpy()]
-    peak, threshold = peaks[SCORE].to_numpy(float), peaks[THRESHOLD].to_numpy(float)
-    with np.errstate(divide="ignore", invalid="ignore"):  # np.where computes the ratio for threshold 0 too
-        severity = np.where(threshold > 0, peak / threshold, peak - threshold + 1)
-    spans = pd.DataFrame({
-        "kpi_id": peaks[KPI_ID].to_numpy(),
-        "start": by_span[TIMESTAMP].min().array,
-        "end": by_span[TIMESTAMP].max().array,
-        "points": by_span.size().to_numpy(),
-        "peak_score": peak,
-        "threshold": threshold,
-        "severity": severity,
-    })
-    return (spans.sort_values(["severity", "kpi_id", "start"], ascending=[False, True, True], kind="stable")
-            .reset_index(drop=True))
-
-
-def span_records(spans: pd.DataFrame) -> list[dict]:
-    """:func:`anomaly_spans` as JSON-ready records (ISO timestamps)."""
-    return [{"kpi_id": str(s.kpi_id), "start": s.start.isoformat(), "end": s.end.isoformat(),
-             "points": int(s.points), "peak_score": float(s.peak_score), "threshold": float(s.threshold),
-             "severity": float(s.severity)}
-            for s in spans.itertuples(index=False)]
-
-
 def build_report(scored: pd.DataFrame, day: str, champion: dict | None, out_dir: str | Path,
-                 max_plots: int = 20, partition: dict | None = None) -> dict:
+                 max_plots: int = 20, partition: dict | None = None, incident_gap: str = INCIDENT_GAP) -> dict:
     """Write ``<out_dir>/<day>.html`` and ``<out_dir>/<day>.json``; return the summary with both paths.
 
     Plots are drawn for the ``max_plots`` KPIs whose worst span is most severe. ``partition``: the
     day's partition metadata (:func:`pipeline.batch.score.read_meta`), whose counts of rows
     not scored (quarantined, by rule), snapped to the grid, and KPIs whose interval changed the
-    report shows, so the on-call engineer sees what was not looked at.
+    report shows, so the on-call engineer sees what was not looked at, and whose checks of the day
+    (``alarm_check``, ``training_range``) it copies and shows as a banner when they fail.
+    ``incident_gap``: ``score.incident_gap`` (:mod:`pipeline.batch.incidents`).
     """
     day = dt.date.fromisoformat(day).isoformat()  # also keeps the file names inside out_dir
     scored = scored.assign(**{TIMESTAMP: pd.to_datetime(scored[TIMESTAMP], utc=True)})
     spans = anomaly_spans(scored)
+    champion = champion or {}
+    found = incidents_mod.incidents(scored, incident_gap, champion.get("detector"), spans=spans)
     kpis = sorted(scored[KPI_ID].astype(str).unique())
     flagged = list(dict.fromkeys(spans["kpi_id"].astype(str)))  # most severe first
     quiet = sorted(set(kpis) - set(flagged))
+    partition = partition or {}
     summary = {
         "day": day,
         "kpis_scored": len(kpis),
+        "incident_count": len(found),
         "anomalies": len(spans),
         "anomalous_kpis": len(flagged),
-        "champion": champion or {},
+        "champion": champion,
+        "incident_gap": str(incident_gap),
+        "incidents": found,
         "spans": span_records(spans),
         "kpis_without_anomalies": quiet,
-        **_not_scored(partition or {}),
+        **_not_scored(partition),
+        **{key: partition[key] for key in CHECKS if partition.get(key) is not None},
     }
     ids, span_ids = scored[KPI_ID].astype(str), spans["kpi_id"].astype(str)
     plots = {kpi: plot_kpi(scored[ids == kpi], spans[span_ids == kpi]) for kpi in flagged[:max_plots]}
@@ -132,7 +105,8 @@ def _not_scored(partition: dict) -> dict:
 
 
 def plot_kpi(part: pd.DataFrame, spans: pd.DataFrame) -> str:
-    """Value with spans shaded over score with its threshold, as a PNG data URI."""
+    """Value with spans shaded (and the expected band, where the scores carry one) over score with its
+    threshold, as a PNG data URI."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -150,6 +124,9 @@ def plot_kpi(part: pd.DataFrame, spans: pd.DataFrame) -> str:
     ax_v.scatter(flagged[TIMESTAMP], flagged[VALUE], s=8, color="red", zorder=3, label="flagged point")
     for start, end in zip(spans["start"], spans["end"]):
         ax_v.axvspan(start - half, end + half, color="red", alpha=0.2, lw=0)
+    if {"expected_low", "expected_high"} <= set(part.columns) and part["expected_high"].notna().any():
+        ax_v.fill_between(ts, part["expected_low"].astype(float), part["expected_high"].astype(float),
+                          color="tab:blue", alpha=0.15, lw=0, label="expected band")
     ax_v.set_ylabel("value")
     ax_v.legend(loc="upper right", fontsize=7)
     ax_s.plot(ts, part[SCORE], lw=0.8, color="tab:blue", label="score")
@@ -181,38 +158,23 @@ def render_html(summary: dict, plots: dict[str, str]) -> str:
         '<link rel="icon" href="data:,">',  # no favicon request: the page must not fetch anything
         f"<title>kpiguard daily anomaly report — {e(day)}</title>", f"<style>{_CSS}</style></head><body>",
         f"<h1>kpiguard daily anomaly report — {e(day)}</h1>",
+        *_banners(summary),
         '<table class="summary">',
         f'<tr><td>KPIs scored</td><td class="num">{summary["kpis_scored"]}</td></tr>',
-        f'<tr><td>Anomaly spans</td><td class="num">{summary["anomalies"]}</td></tr>',
+        f'<tr><td>Incidents</td><td class="num">{summary.get("incident_count", 0)}</td></tr>',
         f'<tr><td>KPIs flagged</td><td class="num">{summary["anomalous_kpis"]}</td></tr>',
+        f'<tr><td>Anomaly spans</td><td class="num">{summary["anomalies"]}</td></tr>',
         f'<tr><td>Rows quarantined (not scored)</td><td class="num">{summary.get("quarantined", 0)}</td></tr>',
         "</table>",
-        *_not_scored_html(summary),
-        *_champion_html(summary["champion"]),
-        "<h2>Anomalies</h2>",
+        "<h2>Incidents</h2>",
     ]
     if not summary["kpis_scored"]:
         parts.append('<p class="quiet">No KPIs were scored for this day.</p>')
     elif not summary["spans"]:
         parts.append(f'<p class="quiet">No anomalies: all {summary["kpis_scored"]} KPIs stayed within threshold.</p>')
     else:
-        parts += ['<p class="quiet">Times are UTC. Scores are calibrated per KPI: the surprise '
-                  "-log10(tail probability) of the detector's score given that KPI's history (5 = a "
-                  "1-in-100,000 score), so they compare across KPIs. Severity is the peak score over its "
-                  "KPI's threshold (1 = at threshold); most severe first, rows at twice the threshold or more "
-                  "highlighted.</p>",
-                  '<table class="spans"><thead><tr><th>KPI</th><th>start</th><th>end</th><th>points</th>'
-                  "<th>peak score</th><th>KPI threshold</th><th>severity</th></tr></thead><tbody>"]
-        for s in summary["spans"]:
-            kpi = e(s["kpi_id"])
-            cell = f'<a href="#{anchors[s["kpi_id"]]}">{kpi}</a>' if s["kpi_id"] in anchors else kpi
-            row = '<tr class="severe">' if s["severity"] >= 2 else "<tr>"
-            parts.append(
-                f"{row}<td>{cell}</td>"
-                f"<td>{e(_time(s['start']))}</td><td>{e(_time(s['end']))}</td>"
-                f'<td class="num">{s["points"]}</td><td class="num">{_fmt(s["peak_score"])}</td>'
-                f'<td class="num">{_fmt(s["threshold"])}</td><td class="num">{_fmt(s["severity"], 2)}</td></tr>')
-        parts.append("</tbody></table>")
+        parts += [*_incidents_html(summary, anchors), *_spans_html(summary, anchors)]
+    parts += [*_not_scored_html(summary), *_champion_html(summary["champion"])]
     if plots:
         parts.append("<h2>Flagged KPIs</h2>")
         for kpi, uri in plots.items():
@@ -228,6 +190,98 @@ def render_html(summary: dict, plots: dict[str, str]) -> str:
                   f'<p class="quiet">{e(", ".join(summary["kpis_without_anomalies"]))}</p>']
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+_SCORES_NOTE = ("Times are UTC. Scores are calibrated per KPI: the surprise -log10(tail probability) of the "
+                "detector's score given that KPI's history (5 = a 1-in-100,000 score), so they compare across "
+                "KPIs. Severity is the peak score over its KPI's threshold (1 = at threshold); rows at twice the "
+                "threshold or more highlighted.")
+
+
+def _incidents_html(summary: dict, anchors: dict[str, str]) -> list[str]:
+    """The incidents table, most severe first: what the on-call engineer triages."""
+    e = html.escape
+    found = summary.get("incidents") or []
+    _, low, high = incidents_mod.BAND_QUANTILES
+    out = [f'<p class="quiet">{_SCORES_NOTE} An incident joins the anomaly spans of one KPI, and of several '
+           f"KPIs, that lie at most {e(summary.get('incident_gap') or INCIDENT_GAP)} apart; most severe first. "
+           "Observed and expected are the values at each KPI's peak, in the KPI's units; the band is the "
+           "model's, or, marked <span class=\"from\">day quantiles</span>, the "
+           f"{_q(low)}–{_q(high)} % range (median: expected) of the KPI's unflagged values of the "
+           f"{e(_duration(incidents_mod.BAND_WINDOW.total_seconds()))} before it.</p>",
+           '<table class="incidents"><thead><tr><th>incident</th><th>start (UTC)</th><th>duration</th><th>KPIs</th>'
+           "<th>peak score</th><th>severity</th><th>observed vs expected (band)</th></tr></thead><tbody>"]
+    for inc in found:
+        kpis = ", ".join(_kpi_link(k, anchors) for k in inc["kpis"])
+        bands = "<br>".join(_band_html(k, len(inc["kpis"]) > 1) for k in inc["per_kpi"])
+        row = '<tr class="severe">' if inc["severity"] >= 2 else "<tr>"
+        out.append(f"{row}<td><code>{e(inc['id'])}</code></td><td>{e(_clock(inc['start']))}</td>"
+                   f'<td class="num">{e(_duration(inc["duration_s"]))}</td><td>{kpis}</td>'
+                   f'<td class="num">{_fmt(inc["peak_score"])}</td><td class="num">{_fmt(inc["severity"], 2)}</td>'
+                   f'<td class="band">{bands}</td></tr>')
+    out.append("</tbody></table>")
+    return out
+
+
+def _q(quantile: float) -> str:
+    return f"{quantile * 100:g}"
+
+
+def _band_html(k: dict, named: bool) -> str:
+    e = html.escape
+    who = f"{e(k['kpi_id'])}: " if named else ""
+    if k.get("expected") is None and k.get("expected_low") is None and k.get("expected_high") is None:
+        return f'{who}{_value(k.get("observed"))} <span class="from">(expected unknown)</span>'
+    band = f" ({_value(k.get('expected_low'))} – {_value(k.get('expected_high'))})"
+    source = ' <span class="from">day quantiles</span>' if k.get("expected_from") == "day_quantiles" else ""
+    return f"{who}{_value(k.get('observed'))} vs {_value(k.get('expected'))}{band}{source}"
+
+
+def _spans_html(summary: dict, anchors: dict[str, str]) -> list[str]:
+    """Every span, folded: the per-KPI runs of flagged points the incidents are made of."""
+    e = html.escape
+    out = [f'<details class="spans"><summary>The {summary["anomalies"]} anomaly span'
+           f'{"s" if summary["anomalies"] != 1 else ""} (runs of flagged points per KPI) the incidents are made '
+           "of</summary>",
+           '<table class="spans"><thead><tr><th>KPI</th><th>start</th><th>end</th><th>points</th>'
+           "<th>peak score</th><th>KPI threshold</th><th>severity</th></tr></thead><tbody>"]
+    for s in summary["spans"]:
+        row = '<tr class="severe">' if s["severity"] >= 2 else "<tr>"
+        out.append(
+            f"{row}<td>{_kpi_link(s['kpi_id'], anchors)}</td>"
+            f"<td>{e(_time(s['start']))}</td><td>{e(_time(s['end']))}</td>"
+            f'<td class="num">{s["points"]}</td><td class="num">{_fmt(s["peak_score"])}</td>'
+            f'<td class="num">{_fmt(s["threshold"])}</td><td class="num">{_fmt(s["severity"], 2)}</td></tr>')
+    out += ["</tbody></table>", "</details>"]
+    return out
+
+
+def _kpi_link(kpi: str, anchors: dict[str, str]) -> str:
+    return f'<a href="#{anchors[kpi]}">{html.escape(kpi)}</a>' if kpi in anchors else html.escape(kpi)
+
+
+def _banners(summary: dict) -> list[str]:
+    """The scorer's checks of the day that failed (the partition's ``alarm_check`` and ``training_range``)."""
+    e = html.escape
+    out = []
+    alarm = summary.get("alarm_check") or {}
+    if alarm.get("mismatch"):
+        detail = (f" {_percent(alarm.get('alarm_fraction'))} of the day's points flagged against a budget of "
+                  f"{_percent(alarm.get('budget_fraction'))}; the check fires above {_ratio(alarm.get('factor'))}× "
+                  "the budget.")
+        out.append(f'<p class="banner alarm-check"><strong>Alarm rate {_ratio(alarm.get("ratio"))}× the budget: '
+                   "likely a model/data mismatch (model trained on other data, or data outside the training "
+                   f"range).</strong>{e(detail)}</p>")
+    trained = summary.get("training_range") or {}
+    if trained.get("outside"):
+        days = trained.get("days_outside")
+        days = len(days) if isinstance(days, (list, tuple)) else days
+        far = f" by {_value(days)} day{'s' if days != 1 else ''}" if isinstance(days, (int, float)) else ""
+        out.append(f'<p class="banner training-range"><strong>This day is outside the model\'s training range'
+                   f"{e(far)}</strong> (trained on {e(_time_or_dash(trained.get('start')))} – "
+                   f"{e(_time_or_dash(trained.get('end')))}): its scores compare the day with data it was not "
+                   "trained on; retrain on recent data before trusting them.</p>")
+    return out
 
 
 def _not_scored_html(summary: dict) -> list[str]:
@@ -303,12 +357,45 @@ def _time(iso: str) -> str:
     return pd.Timestamp(iso).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _clock(iso: str) -> str:
+    """The time of day: an incident of a day's report starts on that day."""
+    return pd.Timestamp(iso).strftime("%H:%M")
+
+
+def _time_or_dash(iso) -> str:
+    try:
+        return _time(iso) if iso else "–"
+    except (TypeError, ValueError):  # the scorer's metadata, shown as written
+        return str(iso)
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h" + (f" {minutes % 60:02d} min" if minutes % 60 else "")
+
+
+def _value(v) -> str:
+    """A value in a KPI's units: thousands separated, small ones to 3 significant digits."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v):
+        return "–"
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
+def _percent(v) -> str:
+    return f"{v:.2%}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "–"
+
+
+def _ratio(v) -> str:
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v):
+        return "–"
+    return f"{v:.0f}" if abs(v) >= 10 else f"{v:.1f}"
+
+
 def _fmt(v, digits: int = 3) -> str:
     if v is None:
         return "–"
     return f"{v:.{digits}f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
-
-
-def _span_dtype(column: str) -> str:
-    return {"kpi_id": "object", "start": "datetime64[ns, UTC]", "end": "datetime64[ns, UTC]",
-            "points": "int64"}.get(column, "float64")

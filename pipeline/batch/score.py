@@ -126,20 +126,27 @@ def run(params: Params, input_spec: str, start: pd.Timestamp, end: pd.Timestamp,
             for day in pd.date_range(start, end, freq="D", inclusive="left")}
     partitions = write_days(output, start, end, scored, quarantine, {"model": info, "input": input_spec},
                             params.score.quarantine_output, grid)
-    return {"model": info, "partitions": partitions, **alarm_spans(scored)}
+    return {"model": info, "partitions": partitions,
+            **alarm_spans(scored, params.score.incident_gap, info.get("detector"))}
 
 
-MAX_SPANS = 100  # spans listed in score's result (--json); the daily report has them all
+MAX_SPANS = 100  # spans (and incidents) listed in score's result (--json); the daily report has them all
 
 
-def alarm_spans(scored: pd.DataFrame, limit: int = MAX_SPANS) -> dict:
-    """The anomaly spans written (:func:`pipeline.batch.report.anomaly_spans`: runs of flagged points
-    per KPI), most severe first: ``spans`` in all, the first ``limit`` of them listed."""
-    from pipeline.batch.report import anomaly_spans, span_records
+def alarm_spans(scored: pd.DataFrame, gap: str, detector: str | None = None, limit: int = MAX_SPANS) -> dict:
+    """The anomaly spans written (:func:`pipeline.batch.incidents.anomaly_spans`: runs of flagged points
+    per KPI) and the incidents they make (:func:`pipeline.batch.incidents.incidents`, spans at most
+    ``gap`` apart, found day by day as each day's report finds them, with the same ids), each most
+    severe first: ``spans`` and ``incidents`` in all, the first ``limit`` of each listed."""
+    from pipeline.batch import incidents as incidents_mod
 
-    spans = anomaly_spans(scored)
+    spans = incidents_mod.anomaly_spans(scored)
+    days = scored[TIMESTAMP].dt.floor("D") if len(scored) else pd.Series(dtype=object)
+    found = incidents_mod.most_severe_first(
+        [i for _, rows in scored.groupby(days, sort=True) for i in incidents_mod.incidents(rows, gap, detector)])
     return {"spans": len(spans), "spans_listed": min(len(spans), limit),
-            "anomaly_spans": span_records(spans.head(limit))}
+            "anomaly_spans": incidents_mod.span_records(spans.head(limit)),
+            "incidents": len(found), "incidents_listed": min(len(found), limit), "anomaly_incidents": found[:limit]}
 
 
 def read_input(params: Params, input_spec: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
