@@ -15,7 +15,7 @@ import datetime
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -45,10 +45,47 @@ class Paths(_Section):
 
 
 class CsvColumns(_Section):
-    kpi_id: str | None = "kpi_id"
-    timestamp: str = "timestamp"
-    value: str = "value"
-    label: str | None = "label"
+    """``data.csv``: how csv: sources are laid out (pipeline/data/sources.py::read_csv)."""
+
+    layout: Literal["long", "wide"] = "long"
+    kpi_id: str | None = "kpi_id"           # long
+    timestamp: str = "timestamp"            # both layouts
+    value: str = "value"                    # long
+    label: str | None = "label"             # long
+    columns: list[str] | None = None        # wide: the KPI columns; None: every column but the timestamp
+    stem_prefix: bool = False               # wide: KPI id "<file stem>/<column>" instead of the column name
+    timezone: str = "UTC"                   # the zone of naive timestamps
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}; use an IANA name such as UTC, Europe/Berlin or "
+                             "America/New_York (a fixed offset: Etc/GMT-1 is UTC+1)") from None
+        return v
+
+    @field_validator("columns")
+    @classmethod
+    def _columns(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("columns lists the KPI columns of wide files; null takes every column but the timestamp")
+            if len(set(v)) != len(v):
+                raise ValueError(f"columns must not repeat a name: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _layout(self):
+        if self.layout == "long" and (self.columns is not None or self.stem_prefix):
+            raise ValueError("columns and stem_prefix apply to layout: wide; a long file names its KPI in "
+                             "the kpi_id column")
+        if self.columns is not None and self.timestamp in self.columns:
+            raise ValueError(f"columns must not list the timestamp column {self.timestamp!r}")
+        return self
 
 
 class DataParams(_Section):

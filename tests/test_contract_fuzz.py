@@ -18,7 +18,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pipeline import cli
-from pipeline.data.contract import DataError, _to_utc
+from pipeline.data.contract import DataError, to_utc
 from tests.conftest import small_params_dict
 
 BASE_S = 1_767_225_600  # 2026-01-01T00:00:00Z
@@ -70,7 +70,7 @@ def test_mixed_or_out_of_range_epoch_units_are_one_clear_error(tmp_path, capsys,
     assert code == 2 and "Traceback" not in err
     assert "column 'timestamp'" in err and "epoch_unit" in err and needle in err
     with pytest.raises(DataError, match="epoch_unit"):
-        _to_utc(pd.Series(values), "x")
+        to_utc(pd.Series(values), "x")
 
 
 # -- the fuzz test -----------------------------------------------------------------------------

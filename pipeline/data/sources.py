@@ -8,8 +8,12 @@ spec               reads
                    ``DIR/labels/combined_windows.json``; kpi_id ``<category>/<name>``
 ``aiops:FILE``     the 2018 AIOps challenge CSV (``timestamp`` unix s, ``value``, ``label``,
                    ``KPI ID``), optionally ``.gz``
-``csv:PATH``       generic CSV / CSV.gz / Parquet, a file or a directory of them; column names
-                   from ``data.csv`` (``kpi_id: null``: the file name is the KPI id)
+``csv:PATH``       generic CSV / CSV.gz / Parquet, a file or a directory of them, laid out as
+                   ``data.csv`` says. ``layout: long``: one row per point, column names from
+                   ``data.csv`` (``kpi_id: null``: the file name is the KPI id). ``layout: wide``:
+                   a timestamp column and one column per KPI, named by its header (Grafana's
+                   "Series joined by time"); no labels; an empty cell is no point. Naive
+                   timestamps are local times in ``data.csv.timezone``.
 =================  ==============================================================================
 
 DIR, FILE and PATH may be local, ``s3://bucket/prefix`` or (single files) ``http(s)://``.
@@ -28,10 +32,10 @@ import pandas as pd
 
 from models.frame import KPI_ID, LABEL, TIMESTAMP, VALUE
 from pipeline.data import synthetic
-from pipeline.data.contract import DTYPES, empty_frame, to_canonical
+from pipeline.data.contract import DTYPES, empty_frame, to_canonical, to_float, to_utc
 from pipeline.errors import DataError
 from pipeline.io import storage
-from pipeline.params import Params
+from pipeline.params import CsvColumns, Params
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +115,14 @@ def read_aiops(path: str) -> pd.DataFrame:
 
 
 def read_csv(path: str, params: Params) -> pd.DataFrame:
-    """Generic CSV / CSV.gz / Parquet file or directory, with the column names of ``data.csv``."""
+    """Generic CSV / CSV.gz / Parquet file or directory, laid out as ``data.csv`` says (long or wide).
+
+    Naive timestamps are local times in ``data.csv.timezone`` (:func:`pipeline.data.contract.to_utc`).
+    """
     cols = params.data.csv
     files = storage.list_files(path, storage.TABLE_SUFFIXES)
+    if cols.layout == "wide":
+        return _concat([_read_wide(f, cols) for f in files])
     mapping = {TIMESTAMP: cols.timestamp, VALUE: cols.value}
     if cols.kpi_id is not None:
         mapping = {KPI_ID: cols.kpi_id, **mapping}
@@ -132,7 +141,8 @@ def read_csv(path: str, params: Params) -> pd.DataFrame:
             data[KPI_ID] = stem
         if cols.label is not None and cols.label in raw.columns:
             data[LABEL] = raw[cols.label]
-        frames.append(to_canonical(pd.DataFrame(data), f))
+        names = {**mapping, LABEL: cols.label or LABEL}
+        frames.append(to_canonical(pd.DataFrame(data), f, cols.timezone, names=names))
     labelled = [LABEL in fr.columns for fr in frames]
     if any(labelled) and not all(labelled):
         missing = [f for f, has in zip(files, labelled) if not has]
@@ -141,6 +151,52 @@ def read_csv(path: str, params: Params) -> pd.DataFrame:
                         f"{len(missing)} do not (e.g. this one); label all files or none",
                         column=cols.label)
     return _concat(frames)
+
+
+def _read_wide(path: str, cols: CsvColumns) -> pd.DataFrame:
+    """One wide file: a timestamp column and one column per KPI (Grafana's "Series joined by time").
+
+    The KPI id is the column name (``data.csv.stem_prefix``: ``<file stem>/<column>``), so the same
+    column in several files (daily exports) is one KPI. An empty cell is no point: it becomes no row.
+    Wide files carry no labels.
+    """
+    raw = storage.read_table(path)
+    ts_col = cols.timestamp
+    _require_columns(raw, (ts_col,), path, keys={ts_col: "data.csv.timestamp"})
+    header = [str(c) for c in raw.columns]
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise DataError(path, "unique_kpi_ids", f"the header repeats {repeated}: in the wide layout every "
+                        "column is one KPI, named by its header; rename the duplicates", column=repeated[0])
+    if cols.columns is not None:
+        _require_columns(raw, tuple(cols.columns), path, keys={c: "data.csv.columns" for c in cols.columns})
+        kpis = list(cols.columns)
+    else:
+        kpis = [c for c in header if c != ts_col]
+        if cols.label is not None and cols.label in kpis:
+            raise DataError(path, "wide_unlabelled",
+                            f"wide files carry no labels, and every column but '{ts_col}' is a KPI, so "
+                            f"'{cols.label}' would be read as one; write labelled data in the long layout, "
+                            "or list the KPI columns in data.csv.columns", column=cols.label)
+    if not kpis:
+        raise DataError(path, "required_columns", f"no KPI column beside '{ts_col}': the wide layout needs "
+                        f"one column per KPI; found {header}", column=ts_col)
+    # Parsed once per file, as one series: a repeated local hour is resolved by the file's own order.
+    stamps = to_utc(raw[ts_col], path, cols.timezone, column=ts_col).dt.tz_convert(None).to_numpy()  # UTC, naive
+    prefix = storage.strip_suffix(storage.name_of(path)) + "/" if cols.stem_prefix else ""
+    ids, times, values = [], [], []
+    for name in kpis:
+        v = to_float(raw[name], path, name).to_numpy()
+        present = ~np.isnan(v)
+        if not present.any():
+            log.warning("%s: column %r has no value; KPI %r gets no point from this file", path, name,
+                        prefix + name)
+        ids.append(np.full(int(present.sum()), prefix + name, dtype=object))
+        times.append(stamps[present])
+        values.append(v[present])
+    long = pd.DataFrame({KPI_ID: np.concatenate(ids), TIMESTAMP: np.concatenate(times),
+                         VALUE: np.concatenate(values)})
+    return to_canonical(long, path)
 
 
 # ---------------------------------------------------------------------------------------------
