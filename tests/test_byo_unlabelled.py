@@ -151,8 +151,10 @@ def test_report_lists_incidents_with_expected_bands(byo):
     assert (work / "reports/daily" / f"{DAY}.html").stat().st_size > 0
     report = json.loads((work / "reports/daily" / f"{DAY}.json").read_text())
     incidents = report["incidents"]
-    assert incidents and any(i["kpi_id"] == "latency_ms" for i in incidents), incidents
+    assert incidents and any("latency_ms" in i["kpis"] for i in incidents), incidents
     for incident in incidents:
-        assert incident["kpi_id"] in KPIS
-        low, high = incident["expected_low"], incident["expected_high"]
-        assert np.isfinite(low) and np.isfinite(high) and low <= high, incident
+        assert set(incident["kpis"]) <= set(KPIS) and incident["id"].startswith("inc-")
+        for kpi in incident["per_kpi"]:  # each KPI's observed value at its peak beside the expected band
+            low, high = kpi["expected_low"], kpi["expected_high"]
+            assert np.isfinite(low) and np.isfinite(high) and low <= high, incident
+            assert np.isfinite(kpi["observed"]), incident
