@@ -8,7 +8,8 @@
 
 The output is a Hive-partitioned Parquet dataset with one schema, read whole by
 ``pd.read_parquet(output)``, pyarrow or any ``**/*.parquet`` reader: ``<output>/date=YYYY-MM-DD/``
-holds ``scores.parquet`` (``kpi_id, timestamp, value, raw_score, score, threshold, is_anomaly``) and
+holds ``scores.parquet`` (``kpi_id, timestamp, value, expected, expected_low, expected_high, raw_score, score,
+threshold, is_anomaly``: the expected value and band are in the KPI's units, NaN where unknown) and
 ``_meta.json`` (model, input, counts, quarantine by rule, rows snapped to the grid, KPIs whose
 sampling interval changed; not a data file). The rows that failed validation or cannot sit on their KPI's trained grid,
 with rule and reason, go to a sibling dataset, ``<score.quarantine_output or output_quarantine>/date=YYYY-MM-DD/
@@ -40,7 +41,7 @@ from pipeline.io import storage
 from pipeline.io.outputs import replace_dirs_atomic
 from pipeline.params import Params
 from pipeline.serving import tracking
-from pipeline.serving.bundle import IS_ANOMALY, predict_with
+from pipeline.serving.bundle import IS_ANOMALY, OUTPUT_COLUMNS, predict_with
 
 log = logging.getLogger(__name__)
 
@@ -223,9 +224,8 @@ def write_days(output: str, start: pd.Timestamp, end: pd.Timestamp, scored: pd.D
 #   <quarantine>/date=YYYY-MM-DD/quarantine.parquet          the rows that failed validation, rule and reason
 # <quarantine> is score.quarantine_output, or the sibling <output>_quarantine.
 SCORES, QUARANTINED, META = "scores.parquet", "quarantine.parquet", "_meta.json"
-SCORES_SCHEMA = pa.schema([(KPI_ID, pa.string()), (TIMESTAMP, pa.timestamp("ns", tz="UTC")), ("value", pa.float64()),
-                           ("raw_score", pa.float64()), ("score", pa.float64()), ("threshold", pa.float64()),
-                           (IS_ANOMALY, pa.bool_())])
+SCORES_SCHEMA = pa.schema([(KPI_ID, pa.string()), (TIMESTAMP, pa.timestamp("ns", tz="UTC")),
+                           *((c, pa.float64()) for c in OUTPUT_COLUMNS[2:-1]), (IS_ANOMALY, pa.bool_())])
 
 
 def quarantine_dataset(output: str, configured: str | None = None) -> str:
