@@ -263,6 +263,9 @@ def test_rescoring_a_date_is_idempotent(trained, server, where, request, tmp_pat
                "threshold", "is_anomaly"]
     assert list(rows1.columns) == columns
     assert first["model"]["model"] == f"serve-score{where}" and first["model"]["version"] == "1"
+    # register recorded the model's training range in its bundle: the scored day is inside it
+    assert first["partitions"][0]["training_range"]["start"] == "2026-01-01T00:00:00+00:00"
+    assert first["partitions"][0]["training_range"]["outside"] is False
 
     # two scored days, one rescored: exactly the score columns (and the partition key), both days' rows once
     assert list(whole.columns) == [*columns, "date"]

@@ -9,7 +9,9 @@ A bundle holds everything needed to turn raw KPI rows into alarms, and nothing p
 ``calibration.json``   the score calibration fitted on train + validation (:mod:`models.calibration`)
 ``threshold.json``     the threshold on calibrated scores, fitted on validation (:mod:`pipeline.eval.thresholds`):
                        per-KPI values plus the global one for KPIs it has never seen
-``bundle.json``        detector name, digest of the above, ``clip_sigma``, and where it came from
+``bundle.json``        detector name, digest of the above, ``clip_sigma``, where it came from, and
+                       ``training_range`` (first and last timestamp of the train + validation data
+                       the detector, calibration and threshold were fitted on; absent in older bundles)
 =====================  =====================================================================
 
 :meth:`Bundle.load` checks every part before the bundle serves, and :meth:`Bundle.predict` guards the
@@ -172,6 +174,40 @@ def _threshold(raw: dict) -> Threshold:
     return threshold
 
 
+def data_range(timestamps) -> dict[str, str] | None:
+    """``bundle.json``'s ``training_range``: the first and last of ``timestamps`` as ISO-8601 UTC; None
+    for none."""
+    ts = pd.to_datetime(pd.Series(timestamps), utc=True).dropna()
+    if ts.empty:
+        return None
+    return {"start": ts.min().isoformat(), "end": ts.max().isoformat()}
+
+
+def _training_range(meta: dict) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """``training_range`` of ``bundle.json`` as UTC timestamps; None for a bundle written before it was
+    recorded (it scores as before: the scorer only cannot say whether a day is inside the range)."""
+    raw = meta.get("training_range")
+    if raw is None:
+        return None
+    raw = mapping(raw, "training_range")
+    if set(raw) != {"start", "end"}:
+        raise StateError("training_range", f"must hold exactly start and end, got {sorted(raw)}")
+    bounds = []
+    for key in ("start", "end"):
+        try:
+            if not isinstance(raw[key], str):
+                raise TypeError(type(raw[key]).__name__)
+            ts = pd.Timestamp(raw[key])
+            bounds.append(ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC"))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise StateError(f"training_range.{key}", f"must be an ISO-8601 timestamp, got {raw[key]!r} ({exc})") from None
+        if pd.isna(bounds[-1]):
+            raise StateError(f"training_range.{key}", f"must be a timestamp, got {raw[key]!r}")
+    if bounds[1] < bounds[0]:
+        raise StateError("training_range", f"ends ({raw['end']}) before it starts ({raw['start']})")
+    return bounds[0], bounds[1]
+
+
 def _clip_sigma(meta: dict) -> float:
     # Bundles from before clip_sigma was recorded clip at the default, as they did when they were gated.
     value = meta.get("clip_sigma")
@@ -188,6 +224,8 @@ class Bundle:
         # windows.clip_sigma the model was trained under (bundle.json); older bundles: the default
         self.clip_sigma = float(meta.get("clip_sigma") or DEFAULT_CLIP_SIGMA)
         self.label = label  # how errors name the bundle: its directory, or the registered version
+        # (start, end) of the data the model was fitted on (bundle.json); None: an older bundle
+        self.training_range = _training_range(meta)
 
     @classmethod
     def load(cls, directory: str | Path, device: str | None = None, label: str | None = None) -> "Bundle":
@@ -201,6 +239,7 @@ class Bundle:
         meta = _read(d, "bundle.json", label)
         with _part(label, "bundle.json"):
             clip_sigma = _clip_sigma(meta)
+            _training_range(meta)
         with _part(label, "detector/"):
             detector = registry.load(d / "detector", device=device)
         with _part(label, "bundle.json"):
