@@ -217,7 +217,8 @@ class Detector:
 
     Subclasses set ``name``, ``supervised`` and ``config_class`` and implement ``_fit_core``,
     ``_score_core(frame, causal)`` (NaN where no window covers a point), and, when they hold fitted state,
-    ``_state_dict``/``_load_state_dict`` (tensors) and ``_fitted_scalars``/``_load_fitted_scalars``.
+    ``_state_dict``/``_load_state_dict`` (tensors) and ``_fitted_scalars``/``_load_fitted_scalars``; one that
+    compares each point against a baseline also implements ``_expected_core`` (see :meth:`expected`).
     """
 
     name: ClassVar[str] = ""
@@ -286,6 +287,26 @@ class Detector:
             raise RuntimeError(f"{self.name}: _score_core returned shape {raw.shape} for {len(frame)} rows")
         return raw
 
+    def expected(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """What the detector expected at each row, in normalised units (NaN where it has no baseline yet),
+        or None when it compares against no baseline (a network's reconstruction error, a tree's
+        isolation depth: nothing a person reads as "the value it should have had"). Serving turns it
+        into the scored rows' ``expected`` band (:mod:`pipeline.serving.expected`); a detector without
+        one gets a band from the KPI's own earlier values at the same time of day. Like a causal score,
+        the value at ``t`` reads rows before ``t`` of its KPI only."""
+        if not self._fitted:
+            raise RuntimeError(f"{self.name}: call fit() or load() before expected()")
+        check_frame(frame, f"{self.name}.expected", need_rows=False)
+        if len(frame) == 0:
+            return None
+        out = self._expected_core(frame)
+        if out is None:
+            return None
+        out = np.asarray(out, dtype=np.float64)
+        if out.shape != (len(frame),):
+            raise RuntimeError(f"{self.name}: _expected_core returned shape {out.shape} for {len(frame)} rows")
+        return out
+
     def save(self, directory: str | Path) -> Path:
         if not self._fitted:
             raise RuntimeError(f"{self.name}: nothing to save, the detector is not fitted")
@@ -347,6 +368,10 @@ class Detector:
         """Raw scores, NaN where no window covers a point; ``causal``: row ``t`` from rows <= ``t`` only."""
         raise NotImplementedError
 
+    def _expected_core(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """The baseline of :meth:`expected` (normalised units, NaN where unknown); None: the detector has none."""
+        return None
+
     def _state_dict(self) -> dict[str, torch.Tensor]:
         return {}
 
@@ -397,6 +422,19 @@ class FixedRule(Detector):
 
     def _score_kpi(self, kpi: pd.DataFrame) -> np.ndarray:
         raise NotImplementedError
+
+    def _expected_core(self, frame: pd.DataFrame) -> np.ndarray | None:
+        out = np.full(len(frame), np.nan)
+        for _, sl in kpi_slices(frame):
+            part = self._expected_kpi(frame.iloc[sl])
+            if part is None:
+                return None
+            out[sl] = part
+        return out
+
+    def _expected_kpi(self, kpi: pd.DataFrame) -> np.ndarray | None:
+        """One KPI's baseline for :meth:`Detector.expected`; None: the rule compares against none."""
+        return None
 
 
 def cpu_threads() -> int:

@@ -28,9 +28,14 @@ from models.configs.robust_zscore import RobustZScoreConfig
 from models.frame import MAD_TO_STD, VALUE
 
 
+def trailing_median(series: pd.Series, window: int) -> pd.Series:
+    """Median of the ``window`` points before ``t`` (NaN until there are that many): the level's reference."""
+    return series.rolling(window, min_periods=window).median().shift(1)
+
+
 def robust_z(series: pd.Series, window: int, min_scale: float) -> np.ndarray:
     """Trailing robust z-score of a series (NaN until ``2 * window`` points of history exist)."""
-    median = series.rolling(window, min_periods=window).median().shift(1)
+    median = trailing_median(series, window)
     mad = (series - median).abs().rolling(window, min_periods=window).median().shift(1)
     return ((series - median) / np.maximum(MAD_TO_STD * mad, min_scale)).to_numpy()
 
@@ -45,3 +50,7 @@ class RobustZScore(FixedRule):
         level = robust_z(series, self.config.window, self.config.min_scale)
         change = robust_z(series.diff(), self.config.window, self.config.min_scale)
         return np.fmax(np.abs(level), np.abs(change))  # fmax: NaN only where both are NaN
+
+    def _expected_kpi(self, kpi: pd.DataFrame) -> np.ndarray:
+        # The level's reference; the difference channel compares against no value a person would expect.
+        return trailing_median(pd.Series(kpi[VALUE].to_numpy(dtype=np.float64)), self.config.window).to_numpy()

@@ -105,11 +105,17 @@ def seasonal_periods(cfg: SeasonalResidualConfig, step: pd.Timedelta | None) -> 
     return sorted({p for p in (period_steps(span, step) for span in spans) if p is not None})
 
 
+def seasonal_expected(values: np.ndarray, missing: np.ndarray, step: pd.Timedelta | None,
+                      cfg: SeasonalResidualConfig) -> np.ndarray:
+    """The baseline ``b_t`` for one KPI: what :func:`seasonal_scores` measures the miss from."""
+    observed = np.where(missing, np.nan, values)
+    return seasonal_baseline(observed, seasonal_periods(cfg, step), cfg.neighbours, cfg.fallback_window)
+
+
 def seasonal_scores(values: np.ndarray, missing: np.ndarray, step: pd.Timedelta | None,
                     cfg: SeasonalResidualConfig) -> np.ndarray:
     """``|x_t - b_t| / s_t`` for one KPI (NaN before ``min_history`` residuals and at interpolated points)."""
-    observed = np.where(missing, np.nan, values)
-    residual = values - seasonal_baseline(observed, seasonal_periods(cfg, step), cfg.neighbours, cfg.fallback_window)
+    residual = values - seasonal_expected(values, missing, step, cfg)
     scale = trailing_scale(residual, missing, cfg.scale_window, cfg.min_history, cfg.mean_scale)
     score = np.abs(residual) / np.maximum(scale, cfg.min_scale)  # a NaN scale stays NaN (np.maximum)
     return np.where(missing, np.nan, score)  # an interpolated point is not scored (a guess, not a miss)
@@ -123,3 +129,7 @@ class SeasonalResidual(FixedRule):
     def _score_kpi(self, kpi: pd.DataFrame) -> np.ndarray:
         return seasonal_scores(kpi[VALUE].to_numpy(dtype=np.float64), kpi[MISSING].to_numpy(dtype=bool),
                                grid_step(kpi[TIMESTAMP]), self.config)
+
+    def _expected_kpi(self, kpi: pd.DataFrame) -> np.ndarray:
+        return seasonal_expected(kpi[VALUE].to_numpy(dtype=np.float64), kpi[MISSING].to_numpy(dtype=bool),
+                                 grid_step(kpi[TIMESTAMP]), self.config)

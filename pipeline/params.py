@@ -179,6 +179,7 @@ class EvaluateParams(_Section):
     delay: int = Field(7, ge=0)
     nab_probation: int | None = Field(None, ge=0)
     plot_kpis: int = Field(3, ge=0)
+    alarm_budget: float = Field(2.0, gt=0)  # expected alarm points per KPI per day, the label-free threshold target
 
     @field_validator("champion_metric")
     @classmethod
@@ -246,14 +247,22 @@ class ScoreParams(_Section):
     incident_gap: str = "30min"  # spans at most this far apart are one incident (pipeline.batch.incidents)
     allowed_inputs: list[str] = Field(default_factory=list)
     threads: int | None = Field(None, ge=1)  # CPU threads for scoring (score, evaluate, register); None: auto
+    allow_untrained_kpis: bool = False  # score KPIs the model has no training statistics for (a warning, not an error)
+    training_range_tolerance: str = "7D"  # a day starting later than this after the model's data ended is "outside"
+    mismatch_factor: float = Field(10.0, gt=0)  # alarm rate above this many times evaluate.alarm_budget: a mismatch
+    max_alarm_fraction: float | None = Field(None, ge=0, le=1)  # a day flagging more than this fails the run; None: off
 
-    @field_validator("context")
+    @field_validator("context", "training_range_tolerance")
     @classmethod
-    def _context(cls, v: str) -> str:
+    def _duration(cls, v: str, info) -> str:
         import pandas as pd
 
-        if pd.Timedelta(v) < pd.Timedelta(0):
-            raise ValueError(f"context must not be negative, got {v!r}")
+        try:
+            duration = pd.Timedelta(v)
+        except ValueError:
+            raise ValueError(f"{info.field_name} must be a duration such as 3D or 12h, got {v!r}") from None
+        if duration < pd.Timedelta(0):
+            raise ValueError(f"{info.field_name} must not be negative, got {v!r}")
         return v
 
     @field_validator("incident_gap")

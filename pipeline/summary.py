@@ -111,7 +111,37 @@ def score(result: dict) -> str:
     if "incidents" in result:
         spans += f" ({_plural(result['incidents'], 'incident')})"
     return (f"score: {_n(rows)} rows, {_n(anomalies)} anomalies{spans}, {_n(quarantined)} quarantined with {which} "
-            f"{ARROW} {where}{_grid(parts)}")
+            f"{ARROW} {where}{_grid(parts)}" + "".join(f"\nscore: warning: {w}" for w in _guards(parts)))
+
+
+def _days(parts: list[dict]) -> str:
+    dates = [p["date"] for p in parts]
+    return dates[0] if len(dates) == 1 else f"{len(dates)} days ({dates[0]} – {dates[-1]})"
+
+
+def _guards(parts: list[dict]) -> list[str]:
+    """What pipeline.batch.guards found, one line each (none when every day is ordinary)."""
+    lines = []
+    outside = [p for p in parts if (p.get("training_range") or {}).get("outside")]
+    if outside:
+        far = max(outside, key=lambda p: p["training_range"]["days_outside"])
+        rng = far["training_range"]
+        by = f"{rng['days_outside']:g} days" if len(outside) == 1 else f"up to {rng['days_outside']:g} days ({far['date']})"
+        lines.append(f"{_days(outside)} {'is' if len(outside) == 1 else 'are'} {by} outside the model's training "
+                     f"range ({rng['start'][:10]} – {rng['end'][:10]}): its scores may mean little")
+    mismatch = [p for p in parts if (p.get("alarm_check") or {}).get("mismatch")]
+    if mismatch:
+        worst = max(mismatch, key=lambda p: p["alarm_check"]["ratio"])
+        check = worst["alarm_check"]
+        what = (f"{check['alarm_fraction']:.1%} of its points" if len(mismatch) == 1
+                else f"up to {check['alarm_fraction']:.1%} of their points ({worst['date']})")
+        lines.append(f"{_days(mismatch)} flagged {what}, {check['ratio']:.0f}x the {check['budget_fraction']:.2%} "
+                     "evaluate.alarm_budget stands for: the model and this data may not match")
+    untrained = sorted({k for p in parts for k in p.get("untrained_kpis") or []})
+    if untrained:
+        listed = ", ".join(untrained[:10]) + (f" and {len(untrained) - 10} more" if len(untrained) > 10 else "")
+        lines.append(f"{len(untrained)} KPI(s) without training statistics scored (score.allow_untrained_kpis): {listed}")
+    return lines
 
 
 def report(summary: dict) -> str:

@@ -19,7 +19,7 @@ from models.calibration import make_calibration
 from models.frame import KPI_ID, MISSING, RAW_VALUE, TIMESTAMP, VALUE, kpi_slices
 from pipeline.data.prep import fit_norm
 from pipeline.eval.thresholds import make_threshold
-from pipeline.serving.bundle import write_bundle
+from pipeline.serving.bundle import data_range, write_bundle
 from tests.detector_data import make_frame, split
 
 CPU = TrainConfig(device="cpu", seed=0, max_epochs=1, patience=1, progress=False)
@@ -46,7 +46,8 @@ def make_bundle(root: Path, name: str, config: dict | None = None, calibration: 
     threshold = make_threshold({"method": "quantile", "quantile": 0.99, "scope": "per_kpi", "min_points": 50})
     threshold.fit(scores, missing=fit_rows[MISSING].to_numpy(), kpi_ids=ids)
     bundle = root / f"{name}-bundle"
-    write_bundle(bundle, detector_dir, threshold.to_dict(), fitted.to_dict(), clip_sigma)
+    write_bundle(bundle, detector_dir, threshold.to_dict(), fitted.to_dict(), clip_sigma,
+                 {"training_range": data_range(fit_rows[TIMESTAMP])})
     observed = test[~test[MISSING].to_numpy()]
     rows = pd.DataFrame({KPI_ID: observed[KPI_ID].astype(str), TIMESTAMP: observed[TIMESTAMP],
                          VALUE: observed[RAW_VALUE].astype(np.float64)}).reset_index(drop=True)

@@ -225,7 +225,8 @@ print(json.dumps({"rows": len(rows), "out": len(out), "columns": list(out.column
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["out"] == result["rows"] > 0 and result["finite"]
-    assert result["columns"] == ["kpi_id", "timestamp", "value", "raw_score", "score", "threshold", "is_anomaly"]
+    assert result["columns"] == ["kpi_id", "timestamp", "value", "expected", "expected_low", "expected_high",
+                                 "raw_score", "score", "threshold", "is_anomaly"]
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -259,9 +260,13 @@ def test_rescoring_a_date_is_idempotent(trained, server, where, request, tmp_pat
     assert not rows2.duplicated(["kpi_id", "timestamp"]).any()
     pd.testing.assert_frame_equal(rows1, rows2)
     assert rows1["timestamp"].min() >= start and rows1["timestamp"].max() < end
-    columns = ["kpi_id", "timestamp", "value", "raw_score", "score", "threshold", "is_anomaly"]
+    columns = ["kpi_id", "timestamp", "value", "expected", "expected_low", "expected_high", "raw_score", "score",
+               "threshold", "is_anomaly"]
     assert list(rows1.columns) == columns
     assert first["model"]["model"] == f"serve-score{where}" and first["model"]["version"] == "1"
+    # register recorded the model's training range in its bundle: the scored day is inside it
+    assert first["partitions"][0]["training_range"]["start"] == "2026-01-01T00:00:00+00:00"
+    assert first["partitions"][0]["training_range"]["outside"] is False
 
     # two scored days, one rescored: exactly the score columns (and the partition key), both days' rows once
     assert list(whole.columns) == [*columns, "date"]

@@ -149,6 +149,10 @@ def test_the_scoring_dag_quarantines_and_reports_them_too(trained, tmp_path, mon
     assert partition["rows"] + partition["quarantined"] == len(day_in)
     assert partition["quarantined_by_rule"] == {"on_trained_grid": int((fine[TIMESTAMP].dt.minute % 5 != 0).sum())}
     assert [c["kpi_id"] for c in partition["interval_changed"]] == [kpi]
+    # a bundle written without a training range (as before it was recorded) scores, its range unknown
+    assert partition["training_range"] == {"start": None, "end": None, "outside": False, "days_outside": None}
+    assert partition["untrained_kpis"] == [] and set(partition["alarm_check"]) == {
+        "alarm_fraction", "budget_fraction", "ratio", "factor", "mismatch"}
     reported = daily.report(params, DAY)
     assert reported["quarantined"] == partition["quarantined"]
     assert [c["kpi_id"] for c in reported["interval_changed"]] == [kpi]

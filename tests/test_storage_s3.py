@@ -127,7 +127,8 @@ def _partition(tag: str) -> pd.DataFrame:
 def _scores(tag: str) -> pd.DataFrame:
     """Two rows of the scores dataset's schema; the writer's ``tag`` is their kpi_id."""
     return pd.DataFrame({"kpi_id": [tag, tag], "timestamp": pd.to_datetime(["2026-01-05 00:00", "2026-01-05 00:05"], utc=True),
-                         "value": 1.0, "raw_score": 0.5, "score": 2.0, "threshold": 3.0, "is_anomaly": False})
+                         "value": 1.0, "expected": 1.0, "expected_low": 0.5, "expected_high": 1.5,
+                         "raw_score": 0.5, "score": 2.0, "threshold": 3.0, "is_anomaly": False})
 
 
 def test_s3_partition_writer_killed_at_every_step(s3):

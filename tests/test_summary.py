@@ -104,6 +104,26 @@ def test_score_line_names_rows_off_the_trained_grid_and_kpis_whose_interval_chan
         "interval changed: cpu (trained 300 s, arrives 60 s); 2 rows off the grid scored at its nearest point")
 
 
+def test_score_warns_of_days_outside_the_training_range_alarm_mismatches_and_untrained_kpis():
+    rng = {"start": "2026-01-01T00:00:00+00:00", "end": "2026-01-20T00:00:00+00:00"}
+    def day(date, days_outside, fraction, ratio, untrained=()):
+        return {"date": date, "path": f"s/date={date}", "rows": 100, "anomalies": int(100 * fraction), "quarantined": 0,
+                "training_range": {**rng, "outside": days_outside > 7, "days_outside": days_outside},
+                "alarm_check": {"alarm_fraction": fraction, "budget_fraction": 0.0069, "ratio": ratio, "factor": 10,
+                                "mismatch": ratio > 10}, "untrained_kpis": list(untrained)}
+    result = {"model": {"model": "kpiguard", "version": "3"},
+              "partitions": [day("2026-01-26", 6.0, 0.01, 1.4), day("2026-01-28", 8.0, 0.5, 72.0, ["new"]),
+                             day("2026-01-29", 9.0, 0.25, 36.0)]}
+    assert summary.score(result).splitlines()[1:] == [
+        "score: warning: 2 days (2026-01-28 – 2026-01-29) are up to 9 days (2026-01-29) outside the model's training "
+        "range (2026-01-01 – 2026-01-20): its scores may mean little",
+        "score: warning: 2 days (2026-01-28 – 2026-01-29) flagged up to 50.0% of their points (2026-01-28), 72x the "
+        "0.69% evaluate.alarm_budget stands for: the model and this data may not match",
+        "score: warning: 1 KPI(s) without training statistics scored (score.allow_untrained_kpis): new"]
+    result["partitions"] = result["partitions"][:1]
+    assert "\n" not in summary.score(result)  # an ordinary day: the one line
+
+
 def test_bench_line():
     report = {"summary": {"a": {"status": "ok", "aiops_f1": 0.5}, "b": {"status": "ok", "aiops_f1": 0.6},
                           "c": {"status": "failed"}, "random": {"status": "ok", "aiops_f1": 0.9}},

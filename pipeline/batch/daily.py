@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from models.frame import KPI_ID
+from pipeline.batch import guards
 from pipeline.batch import report as report_mod
 from pipeline.batch import score
 from pipeline.data import prep
@@ -32,9 +33,10 @@ from pipeline.params import Params
 log = logging.getLogger(__name__)
 
 RAW, VALID, QUARANTINE, VALIDATION, MODEL = "raw.parquet", "valid.parquet", "quarantine.parquet", "validation.json", "model.json"
-# Beside each shard's scores: its rows that cannot sit on their KPI's trained grid, and the summary
-# (rows snapped, KPIs whose interval changed) that the day's partition metadata records.
-GRID_QUARANTINE, GRID_SUMMARY = ".grid-quarantine.parquet", ".grid.json"
+# Beside each shard's scores: its rows that cannot sit on their KPI's trained grid, the summary (rows
+# snapped, KPIs whose interval changed) that the day's partition metadata records, and what the model
+# knows of its KPIs (training range, intervals, untrained KPIs: pipeline.batch.guards.Served).
+GRID_QUARANTINE, GRID_SUMMARY, SERVED = ".grid-quarantine.parquet", ".grid.json", ".served.json"
 
 
 def staging(params: Params, day: str) -> Path:
@@ -113,10 +115,13 @@ def score_shard(params: Params, day: str, shard: int, shards: int, model_uri: st
     mine = valid[shard_of(valid[KPI_ID].astype(str), shards) == shard]
     model, info = score.load_model(params, model_uri or params.score.model_uri)  # never runs stored code
     placed = score.place_rows(model, mine)  # rows off the KPI's trained grid: this shard's quarantine
+    spec = json.loads((folder / "input.json").read_text())["input"]
+    facts = score.served_facts(params, model, info, placed.rows, spec, start, end)  # kpi_trained fails the task
     scored = score.score_rows(model, placed.rows, start, end)  # an empty shard: no rows, the scores' columns
     stem = folder / "shards" / f"{shard:04d}-of-{shards:04d}"
     storage.write_parquet(placed.quarantine, stem.with_name(stem.name + GRID_QUARANTINE))
     write_json_atomic(stem.with_name(stem.name + GRID_SUMMARY), placed.summary(start, end))
+    write_json_atomic(stem.with_name(stem.name + SERVED), facts.to_dict())
     storage.write_parquet(scored, stem.with_name(stem.name + ".parquet"))  # last: the shard is complete
     write_json_atomic(folder / MODEL, info)
     return {"shard": shard, "kpis": int(mine[KPI_ID].nunique()), "rows": len(scored),
@@ -124,12 +129,14 @@ def score_shard(params: Params, day: str, shard: int, shards: int, model_uri: st
 
 
 def write(params: Params, day: str, shards: int, output: str | None = None) -> dict:
-    """Join the shards into the day's partition (replaced whole)."""
+    """Join the shards into the day's partition (replaced whole); then, past ``score.max_alarm_fraction``,
+    fail (DataError, rule ``max_alarm_fraction``) with the partition written."""
     start, end = score.day_range(day)
     folder = staging(params, day)
     parts = [folder / "shards" / f"{i:04d}-of-{shards:04d}.parquet" for i in range(shards)]
     absent = [q.name for p in parts for q in (p, p.with_name(p.stem + GRID_QUARANTINE),
-                                              p.with_name(p.stem + GRID_SUMMARY)) if not q.exists()]
+                                              p.with_name(p.stem + GRID_SUMMARY), p.with_name(p.stem + SERVED))
+              if not q.exists()]
     if absent:
         raise DataError(str(folder), "all_shards_scored", f"missing shard outputs: {absent}")
     scored = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
@@ -139,9 +146,12 @@ def write(params: Params, day: str, shards: int, output: str | None = None) -> d
     held = [pd.read_parquet(folder / QUARANTINE), *(pd.read_parquet(p.with_name(p.stem + GRID_QUARANTINE))
                                                     for p in parts)]
     grid = prep.merge_summaries([json.loads(p.with_name(p.stem + GRID_SUMMARY).read_text()) for p in parts])
+    facts = guards.Served.merge([guards.Served.from_dict(json.loads(p.with_name(p.stem + SERVED).read_text()))
+                                 for p in parts])
     partition, = score.write_days(output or params.score.output, start, end, scored,
                                   pd.concat(held, ignore_index=True), {"model": info, "input": spec},
-                                  params.score.quarantine_output, {_iso(day): grid})
+                                  params.score.quarantine_output, {_iso(day): grid}, params=params, facts=facts)
+    guards.enforce_max_alarm_fraction(params, [partition], spec)  # after the write: the evidence stays
     return partition
 
 

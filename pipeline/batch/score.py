@@ -8,9 +8,11 @@
 
 The output is a Hive-partitioned Parquet dataset with one schema, read whole by
 ``pd.read_parquet(output)``, pyarrow or any ``**/*.parquet`` reader: ``<output>/date=YYYY-MM-DD/``
-holds ``scores.parquet`` (``kpi_id, timestamp, value, raw_score, score, threshold, is_anomaly``) and
+holds ``scores.parquet`` (``kpi_id, timestamp, value, expected, expected_low, expected_high, raw_score, score,
+threshold, is_anomaly``: the expected value and band are in the KPI's units, NaN where unknown) and
 ``_meta.json`` (model, input, counts, quarantine by rule, rows snapped to the grid, KPIs whose
-sampling interval changed; not a data file). The rows that failed validation or cannot sit on their KPI's trained grid,
+sampling interval changed, and the guards of :mod:`pipeline.batch.guards`: ``training_range``, ``alarm_check``,
+``untrained_kpis``; not a data file). The rows that failed validation or cannot sit on their KPI's trained grid,
 with rule and reason, go to a sibling dataset, ``<score.quarantine_output or output_quarantine>/date=YYYY-MM-DD/
 quarantine.parquet``. Locally both partition directories are written, then each swapped in by one
 atomic exchange (:mod:`pipeline.io.outputs`); on S3 each file is one PUT. Either way a reader of a
@@ -32,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from models.frame import KPI_ID, TIMESTAMP
+from pipeline.batch import guards
 from pipeline.data import prep, sources
 from pipeline.data.checks import Validator
 from pipeline.errors import DataError
@@ -40,7 +43,7 @@ from pipeline.io import storage
 from pipeline.io.outputs import replace_dirs_atomic
 from pipeline.params import Params
 from pipeline.serving import tracking
-from pipeline.serving.bundle import IS_ANOMALY, predict_with
+from pipeline.serving.bundle import IS_ANOMALY, OUTPUT_COLUMNS, predict_with
 
 log = logging.getLogger(__name__)
 
@@ -120,14 +123,25 @@ def run(params: Params, input_spec: str, start: pd.Timestamp, end: pd.Timestamp,
     raw = read_input(params, input_spec, start, end)
     outcome = check(params, raw, input_spec, start, end)
     placed = place_rows(loaded, outcome.valid)
+    facts = served_facts(params, loaded, info, placed.rows, input_spec, start, end)  # kpi_trained refuses here
     scored = score_rows(loaded, placed.rows, start, end, progress=progress)
     quarantine = pd.concat([outcome.quarantine, placed.quarantine], ignore_index=True)
     grid = {day.date().isoformat(): placed.summary(day, day + pd.Timedelta(days=1))
             for day in pd.date_range(start, end, freq="D", inclusive="left")}
     partitions = write_days(output, start, end, scored, quarantine, {"model": info, "input": input_spec},
-                            params.score.quarantine_output, grid)
+                            params.score.quarantine_output, grid, params=params, facts=facts)
+    guards.enforce_max_alarm_fraction(params, partitions, input_spec)  # after the writes: the evidence stays
     return {"model": info, "partitions": partitions,
             **alarm_spans(scored, params.score.incident_gap, info.get("detector"))}
+
+
+def served_facts(params: Params, model, info: dict, rows: pd.DataFrame, input_spec: str, start: pd.Timestamp,
+                 end: pd.Timestamp) -> guards.Served:
+    """What the model knows about the KPIs of ``rows`` that have rows in ``[start, end)``; a DataError
+    (rule ``kpi_trained``) for KPIs it has no statistics for, unless ``score.allow_untrained_kpis``."""
+    facts = guards.served(model, rows[rows[KPI_ID].isin(pd.unique(rows.loc[_in(rows, start, end), KPI_ID]))])
+    guards.require_trained(params, facts, info, input_spec)
+    return facts
 
 
 MAX_SPANS = 100  # spans (and incidents) listed in score's result (--json); the daily report has them all
@@ -202,11 +216,15 @@ def score_rows(model, valid: pd.DataFrame, start: pd.Timestamp, end: pd.Timestam
 
 def write_days(output: str, start: pd.Timestamp, end: pd.Timestamp, scored: pd.DataFrame,
                quarantine: pd.DataFrame, meta: dict, quarantine_output: str | None = None,
-               grid: dict[str, dict] | None = None) -> list[dict]:
+               grid: dict[str, dict] | None = None, params: Params | None = None,
+               facts: guards.Served | None = None) -> list[dict]:
     """One partition per day of ``[start, end)`` in the scores dataset ``output`` and in the quarantine
     dataset (:func:`quarantine_dataset`), each replaced whole. ``grid``: per day (ISO date), its
     :meth:`pipeline.data.prep.Placement.summary` (rows snapped to the trained grid, KPIs whose interval
-    changed), recorded with the day's quarantine counts by rule."""
+    changed), recorded with the day's quarantine counts by rule. ``facts``: what the model knows of the
+    scored KPIs, for the day's guards (:func:`pipeline.batch.guards.day_checks`: ``training_range``,
+    ``alarm_check``, ``untrained_kpis``), judged under ``params`` (default: the defaults)."""
+    params, facts = params or Params(), facts or guards.Served()
     partitions = []
     for day in pd.date_range(start, end, freq="D", inclusive="left"):
         rows = scored[_in(scored, day, day + pd.Timedelta(days=1))].reset_index(drop=True)
@@ -216,6 +234,7 @@ def write_days(output: str, start: pd.Timestamp, end: pd.Timestamp, scored: pd.D
                     "kpis": int(rows[KPI_ID].nunique()), "anomalies": int(rows[IS_ANOMALY].sum()),
                     "quarantined": len(held), "quarantined_by_rule": {k: int(v) for k, v in by_rule.items()},
                     **prep.merge_summaries([(grid or {}).get(day.date().isoformat(), {})]),
+                    **guards.day_checks(params, day, rows, rows[IS_ANOMALY], facts),
                     "scored_at": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")}
         partitions.append({**write_partition(output, day, rows, held, day_meta, quarantine_output), **day_meta})
     return partitions
@@ -230,9 +249,8 @@ def write_days(output: str, start: pd.Timestamp, end: pd.Timestamp, scored: pd.D
 #   <quarantine>/date=YYYY-MM-DD/quarantine.parquet          the rows that failed validation, rule and reason
 # <quarantine> is score.quarantine_output, or the sibling <output>_quarantine.
 SCORES, QUARANTINED, META = "scores.parquet", "quarantine.parquet", "_meta.json"
-SCORES_SCHEMA = pa.schema([(KPI_ID, pa.string()), (TIMESTAMP, pa.timestamp("ns", tz="UTC")), ("value", pa.float64()),
-                           ("raw_score", pa.float64()), ("score", pa.float64()), ("threshold", pa.float64()),
-                           (IS_ANOMALY, pa.bool_())])
+SCORES_SCHEMA = pa.schema([(KPI_ID, pa.string()), (TIMESTAMP, pa.timestamp("ns", tz="UTC")),
+                           *((c, pa.float64()) for c in OUTPUT_COLUMNS[2:-1]), (IS_ANOMALY, pa.bool_())])
 
 
 def quarantine_dataset(output: str, configured: str | None = None) -> str:

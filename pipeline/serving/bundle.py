@@ -9,7 +9,9 @@ A bundle holds everything needed to turn raw KPI rows into alarms, and nothing p
 ``calibration.json``   the score calibration fitted on train + validation (:mod:`models.calibration`)
 ``threshold.json``     the threshold on calibrated scores, fitted on validation (:mod:`pipeline.eval.thresholds`):
                        per-KPI values plus the global one for KPIs it has never seen
-``bundle.json``        detector name, digest of the above, ``clip_sigma``, and where it came from
+``bundle.json``        detector name, digest of the above, ``clip_sigma``, where it came from, and
+                       ``training_range`` (first and last timestamp of the train + validation data
+                       the detector, calibration and threshold were fitted on; absent in older bundles)
 =====================  =====================================================================
 
 :meth:`Bundle.load` checks every part before the bundle serves, and :meth:`Bundle.predict` guards the
@@ -22,9 +24,11 @@ exit 2 from the CLI) naming the file and the field, never a traceback, a hang or
 
 Input: a DataFrame of ``kpi_id`` (str), ``timestamp`` (UTC, timezone-naive in the MLflow
 signature, which cannot carry a timezone; :func:`predict` accepts either), ``value`` (float).
-Output: one row per input row: ``kpi_id``, ``timestamp``, ``value``, ``raw_score`` (the detector's),
-``score`` (calibrated: surprise, ``-log10`` of a tail probability), ``threshold`` (the KPI's, on the
-calibrated scale), ``is_anomaly`` (``score >= threshold``).
+Output: one row per input row: ``kpi_id``, ``timestamp``, ``value``, ``expected``, ``expected_low``,
+``expected_high`` (what the model expected there and the band of usual values, in the KPI's units; NaN
+where it has too little history to say: :mod:`pipeline.serving.expected`), ``raw_score`` (the
+detector's), ``score`` (calibrated: surprise, ``-log10`` of a tail probability), ``threshold`` (the
+KPI's, on the calibrated scale), ``is_anomaly`` (``score >= threshold``).
 """
 from __future__ import annotations
 
@@ -48,11 +52,14 @@ from pipeline.data.contract import to_canonical
 from pipeline.data.prep import DEFAULT_CLIP_SIGMA, NormStats, fit_norm, normalised, prepare
 from pipeline.errors import KpiguardError
 from pipeline.eval.thresholds import Threshold
+from pipeline.serving.expected import expected_band
 
 log = logging.getLogger(__name__)
 
 RAW_SCORE, SCORE, THRESHOLD, IS_ANOMALY = "raw_score", "score", "threshold", "is_anomaly"
-OUTPUT_COLUMNS = (KPI_ID, TIMESTAMP, VALUE, RAW_SCORE, SCORE, THRESHOLD, IS_ANOMALY)
+EXPECTED, EXPECTED_LOW, EXPECTED_HIGH = "expected", "expected_low", "expected_high"
+OUTPUT_COLUMNS = (KPI_ID, TIMESTAMP, VALUE, EXPECTED, EXPECTED_LOW, EXPECTED_HIGH, RAW_SCORE, SCORE, THRESHOLD,
+                  IS_ANOMALY)
 
 
 # -- bundles -----------------------------------------------------------------------------------
@@ -167,6 +174,40 @@ def _threshold(raw: dict) -> Threshold:
     return threshold
 
 
+def data_range(timestamps) -> dict[str, str] | None:
+    """``bundle.json``'s ``training_range``: the first and last of ``timestamps`` as ISO-8601 UTC; None
+    for none."""
+    ts = pd.to_datetime(pd.Series(timestamps), utc=True).dropna()
+    if ts.empty:
+        return None
+    return {"start": ts.min().isoformat(), "end": ts.max().isoformat()}
+
+
+def _training_range(meta: dict) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """``training_range`` of ``bundle.json`` as UTC timestamps; None for a bundle written before it was
+    recorded (it scores as before: the scorer only cannot say whether a day is inside the range)."""
+    raw = meta.get("training_range")
+    if raw is None:
+        return None
+    raw = mapping(raw, "training_range")
+    if set(raw) != {"start", "end"}:
+        raise StateError("training_range", f"must hold exactly start and end, got {sorted(raw)}")
+    bounds = []
+    for key in ("start", "end"):
+        try:
+            if not isinstance(raw[key], str):
+                raise TypeError(type(raw[key]).__name__)
+            ts = pd.Timestamp(raw[key])
+            bounds.append(ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC"))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise StateError(f"training_range.{key}", f"must be an ISO-8601 timestamp, got {raw[key]!r} ({exc})") from None
+        if pd.isna(bounds[-1]):
+            raise StateError(f"training_range.{key}", f"must be a timestamp, got {raw[key]!r}")
+    if bounds[1] < bounds[0]:
+        raise StateError("training_range", f"ends ({raw['end']}) before it starts ({raw['start']})")
+    return bounds[0], bounds[1]
+
+
 def _clip_sigma(meta: dict) -> float:
     # Bundles from before clip_sigma was recorded clip at the default, as they did when they were gated.
     value = meta.get("clip_sigma")
@@ -183,6 +224,8 @@ class Bundle:
         # windows.clip_sigma the model was trained under (bundle.json); older bundles: the default
         self.clip_sigma = float(meta.get("clip_sigma") or DEFAULT_CLIP_SIGMA)
         self.label = label  # how errors name the bundle: its directory, or the registered version
+        # (start, end) of the data the model was fitted on (bundle.json); None: an older bundle
+        self.training_range = _training_range(meta)
 
     @classmethod
     def load(cls, directory: str | Path, device: str | None = None, label: str | None = None) -> "Bundle":
@@ -196,6 +239,7 @@ class Bundle:
         meta = _read(d, "bundle.json", label)
         with _part(label, "bundle.json"):
             clip_sigma = _clip_sigma(meta)
+            _training_range(meta)
         with _part(label, "detector/"):
             detector = registry.load(d / "detector", device=device)
         with _part(label, "bundle.json"):
@@ -232,6 +276,7 @@ class Bundle:
         ids = prepared[KPI_ID].to_numpy()
         with _part(self.label, "detector/ (config.json, weights.pt)", "fails while scoring"):
             raw = self.detector.score(prepared)
+            baseline = self.detector.expected(prepared)
         with _part(self.label, "calibration.json", "fails while scoring"):
             scores = self.calibration.transform(raw, ids)  # the same fitted transform as the evaluate stage
             bad = int((~np.isfinite(scores)).sum())
@@ -247,12 +292,23 @@ class Bundle:
             clipped = prepared[CLIPPED].to_numpy(dtype=bool)
             scores = np.where(clipped, np.fmax(scores, thresholds.to_numpy()), scores)
             alarms = self.threshold.apply(scores, ids) | clipped
+        expected, low, high = self.denormalised(prepared, expected_band(prepared, alarms, baseline))
         out = pd.DataFrame({KPI_ID: prepared[KPI_ID].astype(str), TIMESTAMP: prepared[TIMESTAMP],
-                            VALUE: prepared[RAW_VALUE], RAW_SCORE: raw, SCORE: scores,
-                            THRESHOLD: thresholds, IS_ANOMALY: alarms})
+                            VALUE: prepared[RAW_VALUE], EXPECTED: expected, EXPECTED_LOW: low, EXPECTED_HIGH: high,
+                            RAW_SCORE: raw, SCORE: scores, THRESHOLD: thresholds, IS_ANOMALY: alarms})
         # Grid points that were interpolated into gaps were never observed: they get no output row.
         return out[~prepared[MISSING].to_numpy()].reset_index(drop=True)
 
+    def denormalised(self, prepared: pd.DataFrame, arrays) -> list[np.ndarray]:
+        """Normalised arrays over a prepared frame's rows back in each KPI's units, with the statistics
+        its rows were normalised with (this bundle's; a KPI it never saw: its own, as :func:`prepare` fits)."""
+        out = [np.asarray(a, dtype=np.float64).copy() for a in arrays]
+        raw_values, missing = prepared[RAW_VALUE].to_numpy(dtype=np.float64), prepared[MISSING].to_numpy(dtype=bool)
+        for kpi, rows in kpi_slices(prepared):
+            stats = self.norm.get(kpi) or fit_norm(raw_values[rows], missing[rows], 0.0)
+            for a in out:
+                a[rows] = a[rows] * stats.scale + stats.center
+        return out
 
     def score_prepared(self, prepared: pd.DataFrame) -> np.ndarray:
         """Calibrated scores of every row of a prepared frame (the windows stage's grids, per KPI in time
@@ -273,9 +329,9 @@ class Bundle:
 
 def _empty_output() -> pd.DataFrame:
     return pd.DataFrame({KPI_ID: pd.Series(dtype="str"), TIMESTAMP: pd.Series(dtype="datetime64[ns, UTC]"),
-                         VALUE: pd.Series(dtype="float64"), RAW_SCORE: pd.Series(dtype="float64"),
-                         SCORE: pd.Series(dtype="float64"),
-                         THRESHOLD: pd.Series(dtype="float64"), IS_ANOMALY: pd.Series(dtype="bool")})
+                         **{c: pd.Series(dtype="float64") for c in (VALUE, EXPECTED, EXPECTED_LOW, EXPECTED_HIGH,
+                                                                    RAW_SCORE, SCORE, THRESHOLD)},
+                         IS_ANOMALY: pd.Series(dtype="bool")})
 
 
 # -- MLflow pyfunc -----------------------------------------------------------------------------
@@ -321,6 +377,7 @@ def signature():
     return ModelSignature(
         inputs=Schema([ColSpec("string", KPI_ID), ColSpec("datetime", TIMESTAMP), ColSpec("double", VALUE)]),
         outputs=Schema([ColSpec("string", KPI_ID), ColSpec("datetime", TIMESTAMP), ColSpec("double", VALUE),
+                        ColSpec("double", EXPECTED), ColSpec("double", EXPECTED_LOW), ColSpec("double", EXPECTED_HIGH),
                         ColSpec("double", RAW_SCORE), ColSpec("double", SCORE), ColSpec("double", THRESHOLD), ColSpec("boolean", IS_ANOMALY)]))
 
 

@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.frame import KPI_ID, LABEL
+from models.frame import KPI_ID, LABEL, TIMESTAMP
 
 from pipeline.io.outputs import write_json_atomic
 from pipeline.params import Params
 from pipeline.serving import tracking
-from pipeline.serving.bundle import log_bundle, observed_rows, to_model_input, write_bundle
+from pipeline.serving.bundle import data_range, log_bundle, observed_rows, to_model_input, write_bundle
 from pipeline.serving.gate import Gate
 from pipeline.serving.registry import TAG, register_version
 
@@ -98,8 +98,8 @@ def log_detector_run(client, experiment: str, params: Params, name: str, evaluat
     with tempfile.TemporaryDirectory(prefix=f"kpiguard-bundle-{name}-") as tmp:
         bundle = Path(tmp) / "bundle"
         calibration = json.loads((Path(params.paths.evaluation) / "calibration" / f"{name}.json").read_text())
-        meta = write_bundle(bundle, artifacts, evaluation["threshold"], calibration,
-                            params.windows.clip_sigma, {"params_digest": params.digest()})
+        meta = write_bundle(bundle, artifacts, evaluation["threshold"], calibration, params.windows.clip_sigma,
+                            {"params_digest": params.digest(), "training_range": training_range(params)})
         found = client.search_runs(
             [experiment], max_results=1,
             filter_string=f"tags.`{TAG}bundle_digest` = '{meta['digest']}' and tags.`{TAG}detector` = '{name}' "
@@ -142,6 +142,14 @@ def log_detector_run(client, experiment: str, params: Params, name: str, evaluat
         if span:
             client.set_terminated(run_id, "FINISHED", end_time=span[1])
         return run_id, info.model_uri, False
+
+
+def training_range(params: Params) -> dict[str, str] | None:
+    """First and last timestamp of the windows stage's train and validation splits: the data the detector,
+    its calibration and its threshold were fitted on (the scorer warns about days far outside it)."""
+    windows = Path(params.paths.windows)
+    stamps = [pd.read_parquet(windows / f"{split}.parquet", columns=[TIMESTAMP])[TIMESTAMP] for split in ("train", "val")]
+    return data_range(pd.concat(stamps, ignore_index=True))
 
 
 def resolve_tags(tags: dict) -> dict:
