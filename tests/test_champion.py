@@ -40,10 +40,11 @@ def frame_with_scores():
     return full, {"steady": steady, "lucky": lucky}
 
 
-def params(folds: int):
+def params(folds: int, **evaluate):
+    # 4 validation events: below the default evaluate.min_events, so the metric-driven path needs min_events 1
     return parse_params(small_params_dict(evaluate={
-        "champion_metric": "point_f1", "champion_folds": folds,
-        "threshold": {"method": "best_f1", "scope": "global", "metric": "point_f1"}}))
+        "champion_metric": "point_f1", "champion_folds": folds, "min_events": 1,
+        "threshold": {"method": "best_f1", "scope": "global", "metric": "point_f1"}, **evaluate}))
 
 
 def results_for(folds: int) -> dict:
