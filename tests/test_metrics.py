@@ -69,20 +69,60 @@ def test_aiops_f1_delay():
 
 
 def test_aiops_f1_missing():
+    # The published rule: a missing point is label 0 and never alarms, so a gap splits a segment.
     # The FP at 11 is missing: F1 = 8 / (8 + 0 + 2) = 0.8
     miss = np.zeros(12, bool)
     miss[11] = True
     assert M.aiops_f1(LAB, ALM, miss, delay=2) == pytest.approx(0.8)
-    # The detecting alarm at 4 is missing: it cannot detect A; FP 1, FN 6 (missing point 4 is
-    # not counted, so A contributes 3 FN): F1 = 0 / (0 + 1 + 5) = 0
+    # The detecting alarm at 4 is missing: A splits into [2, 3] and [5], neither holding an alarm:
+    # FN 2 + 1, B FN 2, FP 1: F1 = 0 / (0 + 1 + 5) = 0
     miss = np.zeros(12, bool)
     miss[4] = True
     assert M.aiops_f1(LAB, ALM, miss, delay=2) == 0.0
-    # A missing point at the start of A still uses up a slot of the delay window (delay counts
-    # time): with point 2 missing and delay=1 the window is [2, 3], alarm 4 still too late.
+    # Point 2 missing: the segment is [3..5] and its delay-1 window [3, 4] holds the alarm at 4:
+    # TP 3, B FN 2, FP 1 -> 6 / (6 + 1 + 2) = 2/3. (Before the published rule, A stayed [2..5]
+    # with point 2 using up a slot of the window [2, 3], and F1 was 0.)
     miss = np.zeros(12, bool)
     miss[2] = True
-    assert M.aiops_f1(LAB, ALM, miss, delay=1) == 0.0
+    assert M.aiops_f1(LAB, ALM, miss, delay=1) == pytest.approx(2 / 3)
+    # The label of a missing point is not read: label 1 or 0 there gives the same figure.
+    lab = LAB.copy()
+    lab[2] = 0
+    assert M.aiops_f1(lab, ALM, miss, delay=1) == pytest.approx(2 / 3)
+
+
+def test_a_gap_splits_an_aiops_segment_but_no_other_event():
+    #   index   0 1 2 3 4 5 6 7 8 9
+    #   label   0 1 1 0 1 1 1 1 0 0     point 3 missing (label 0 there, as regularise writes it)
+    #   alarm   0 0 0 0 0 1 0 0 0 0
+    lab = np.array([0, 1, 1, 0, 1, 1, 1, 1, 0, 0])
+    alm = np.zeros(10, bool)
+    alm[5] = True
+    miss = np.zeros(10, bool)
+    miss[3] = True
+    # AIOps: segments [1, 2] (missed: FN 2) and [4..7] (alarm at offset 1: TP 4) -> 8 / (8 + 2)
+    assert M.aiops_f1(lab, alm, miss, delay=1) == pytest.approx(0.8)
+    # The others bridge the gap: one event [1..7], 6 observed points, detected.
+    # PA: TP 6 -> 1.0; RPA: 1 event detected -> 1.0
+    assert M.point_adjusted_f1(lab, alm, miss) == 1.0
+    assert M.rpa_f1(lab, alm, miss) == 1.0
+    # The label of a missing point is not read: label 1 at 3 gives the same figures.
+    lab1 = lab.copy()
+    lab1[3] = 1
+    assert M.rpa_f1(lab1, alm, miss) == 1.0
+    assert M.aiops_f1(lab1, alm, miss, delay=1) == pytest.approx(0.8)
+    # A missing point at an event's edge is outside it: with 8 missing and labelled, the events
+    # and counts are as before (an alarm there would not count either, being missing).
+    lab1[8] = 1
+    miss8 = miss.copy()
+    miss8[8] = True
+    alm8 = alm.copy()
+    alm8[8] = True
+    assert M.rpa_f1(lab1, alm8, miss8) == 1.0
+    assert M.point_adjusted_f1(lab1, alm8, miss8) == 1.0
+    miss[1:3] = True  # now [1..3] is all missing: no event there for any metric
+    assert M.rpa_f1(lab1, alm, miss) == 1.0
+    assert M.aiops_f1(lab1, alm, miss, delay=1) == 1.0
 
 
 def test_aiops_f1_kpi_boundary():

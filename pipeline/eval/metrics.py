@@ -7,11 +7,23 @@ Conventions shared by every metric
 * ``alarms``: 1-D bool array (thresholded metrics). A score becomes an alarm when
   ``score >= threshold``: the convention of ``sklearn.metrics.precision_recall_curve`` and of NAB,
   used by :func:`best_f1_threshold`, :func:`nab_best_threshold` and ``pipeline.eval.thresholds``.
-* ``missing``: optional bool mask, True = the point was not observed. Missing points are left out
-  of every count and curve. For event-based metrics an event is the run of consecutive labelled
-  points on the full timeline, so a gap does not split an event; a missing point inside an event
-  can neither detect it nor count as a false positive, and an event whose points are all missing
-  is dropped (it cannot be scored). NaN scores are treated as missing.
+* ``missing``: optional bool mask, True = the point was not observed (in a prepared frame: a
+  timestamp that the regular grid inserted, ``pipeline.data.prep.regularise``). The label of a
+  missing point is never read, and a missing point never alarms: it is neither a true nor a false
+  positive nor a false negative. Where it sits relative to events depends on the metric:
+
+  - the AIOps rule (:func:`aiops_f1`): a missing
+    point is label 0 and prediction 0, as in the challenge's published evaluation, which re-grids
+    each KPI at its smallest timestamp step and inserts every absent timestamp so. A gap therefore
+    splits a segment, and each piece is scored as a segment of its own;
+  - every other event metric (:func:`rpa_f1`, :func:`point_adjusted_f1`, NAB, VUS): a missing point
+    lying between two labelled observed points of one series belongs to their event, any other
+    missing point lies outside events, so a gap never splits an event and no event is wholly
+    unobserved. These metrics count incidents, which a gap in monitoring does not multiply, and
+    NAB's label windows are spans of time (NAB's own scorer keeps one window however many rows it
+    lacks).
+
+  NaN scores are treated as missing by the threshold-free metrics.
 * ``series_ids``: optional per-point KPI id when several KPIs are concatenated. Each KPI's points
   must be contiguous and in time order. Events never extend across a change of id, so an anomaly
   at the end of one KPI and one at the start of the next remain two events.
@@ -109,6 +121,43 @@ def _events(lab: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return np.flatnonzero(lab & ~prev_in), np.flatnonzero(lab & ~next_in) + 1
 
 
+def _series_last(start: np.ndarray) -> np.ndarray:
+    """Index of the last point of each point's series."""
+    n = start.size
+    ends = np.r_[start[1:], True] if n else start
+    return np.minimum.accumulate(np.where(ends, np.arange(n), n)[::-1])[::-1]
+
+
+def _aiops_labels(lab: np.ndarray, obs: np.ndarray) -> np.ndarray:
+    """Labels under the AIOps rule: a missing point is label 0, so a gap splits a segment."""
+    return lab & obs
+
+
+def _bridged_labels(lab: np.ndarray, obs: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Labels of the observed points, and 1 at each missing point whose nearest observed points
+    before and after it in its series are both labelled: a gap inside an event stays in it."""
+    n = lab.size
+    if n == 0 or obs.all():
+        return lab & obs
+    idx = np.arange(n)
+    first = np.maximum.accumulate(np.where(start, idx, 0))  # start of each point's series
+    prev = np.maximum.accumulate(np.where(obs, idx, -1))
+    nxt = np.minimum.accumulate(np.where(obs, idx, n)[::-1])[::-1]
+    lab_obs = lab & obs
+    inside = ((prev >= first) & lab_obs[np.maximum(prev, 0)]
+              & (nxt <= _series_last(start)) & lab_obs[np.minimum(nxt, n - 1)])
+    return np.where(obs, lab_obs, inside)
+
+
+def _event_labels(lab: np.ndarray, obs: np.ndarray, start: np.ndarray, rule: str) -> np.ndarray:
+    """Per-point event membership under ``rule``: "aiops" (gaps split) or "bridged" (gaps kept)."""
+    if rule == "aiops":
+        return _aiops_labels(lab, obs)
+    if rule == "bridged":
+        return _bridged_labels(lab, obs, start)
+    raise ValueError(f"unknown event rule {rule!r}")
+
+
 def _prefix(mask: np.ndarray) -> np.ndarray:
     """Prefix counts: the number of True in [a, b) is ``c[b] - c[a]``."""
     return np.r_[0, np.cumsum(mask, dtype=np.int64)]
@@ -163,76 +212,88 @@ def point_f1(labels, alarms, missing=None) -> float | None:
 # --------------------------------------------------------------------------------------------
 
 
-def _event_counts(labels, alarms, missing, series_ids, delay: int | None):
-    """Per-event observed size and detection flag, plus the point-wise false positives.
+@dataclass(frozen=True)
+class EventTable:
+    """One row per event, in time order (``series``: the ordinal of the event's series run)."""
 
-    An event is detected when an observed alarm lies in its first ``delay + 1`` points (the
-    whole event when ``delay`` is None). ``delay`` counts grid positions, i.e. time, so a
-    missing point inside the delay window still uses up its slot.
+    starts: np.ndarray
+    stops: np.ndarray
+    series: np.ndarray
+    size: np.ndarray      # observed points
+    hits: np.ndarray      # alarms anywhere in the event
+    detected: np.ndarray  # alarm in the detection window
+    fp: int               # alarms outside every event
+
+
+def _event_table(labels, alarms, missing, series_ids, rule: str, delay: int | None) -> EventTable:
+    """The events of ``rule`` ("aiops" or "bridged", see the module docstring) with their observed
+    size and detection flag, plus the point-wise false positives.
+
+    An event is detected when an alarm lies in its first ``delay + 1`` grid points (clipped at its
+    end), or anywhere in it when ``delay`` is None. Under the AIOps rule every point of a segment
+    is observed; a bridged event's size counts its observed points only.
     """
     lab, al, obs = _prep_alarms(labels, alarms, missing)
-    starts, stops = _events(lab, _series_starts(series_ids, lab.size))
+    start = _series_starts(series_ids, lab.size)
+    ev_lab = _event_labels(lab, obs, start, rule)
+    starts, stops = _events(ev_lab, start)
     c_obs, c_al = _prefix(obs), _prefix(al)
-    size = c_obs[stops] - c_obs[starts]
     until = stops if delay is None else np.minimum(starts + int(delay) + 1, stops)
-    detected = (c_al[until] - c_al[starts]) > 0
-    keep = size > 0  # an event never observed cannot be scored
-    fp = int(np.sum(al & ~lab))
-    return size[keep], detected[keep], fp
+    return EventTable(starts=starts, stops=stops, series=(np.cumsum(start) - 1)[starts],
+                      size=c_obs[stops] - c_obs[starts], hits=c_al[stops] - c_al[starts],
+                      detected=(c_al[until] - c_al[starts]) > 0, fp=int(np.sum(al & ~ev_lab)))
 
 
 def aiops_f1(labels, alarms, missing=None, series_ids=None, delay: int = 7) -> float | None:
-    """F1 of the 2018 AIOps challenge (KPI anomaly detection), micro-averaged over all KPIs.
+    """F1 of the 2018 AIOps challenge (KPI anomaly detection), micro-averaged over all KPIs,
+    exactly as its published evaluation computes it.
 
-    Definition (challenge rules; ``get_range_proba`` in the evaluation scripts published with
-    Donut/SR/TS2Vec): for each labelled segment, if an alarm falls within its first
-    ``delay + 1`` points, every point of the segment is a true positive; otherwise every point of
-    the segment is a false negative -- alarms later in the segment then do not count, and being
-    inside the segment they are not false positives either. Alarms outside segments are false
-    positives point-wise. F1 is computed once on all KPIs concatenated (``series_ids`` keeps a
-    segment from running across two KPIs).
+    Per KPI, the evaluation re-grids the series at its smallest timestamp step and inserts every
+    absent timestamp as label 0 and prediction 0; here those are the ``missing`` points (the grid
+    of ``pipeline.data.prep.regularise``), so they are label 0 and never alarm whatever the arrays
+    hold. A segment is a maximal run of 1s on that grid: a gap splits a segment, and each piece
+    needs its own alarm. A segment is detected when an alarm lies in its first ``delay + 1`` grid
+    points (clipped at the segment end; ``get_range_proba`` of the published scripts): then all its
+    points are true positives, otherwise all are false negatives, and its later alarms count for
+    nothing (not false positives either). Alarms outside segments are false positives point-wise.
+    F1 is computed once on all KPIs concatenated; ``series_ids`` keeps a segment from running
+    across two KPIs.
 
-    Differences from the published scripts, on purpose:
-
-    * ``missing`` points are excluded; the scripts instead re-grid each KPI and insert missing
-      timestamps as label 0 / prediction 0, which splits a segment at a gap and counts the gap as
-      true negatives. Here a segment stays whole and the gap is simply not counted.
-    * The very first version of the challenge's ``evaluation.py`` looked for the early alarm in
-      ``predict[pos:pos+delay+1]`` without clipping at the segment end and left an undetected
-      segment's late alarms as true positives; the later ``get_range_proba`` (clipped window,
-      undetected segment set to 0), which the task definition follows, is implemented here.
+    The very first version of the challenge's ``evaluation.py`` looked for the early alarm in
+    ``predict[pos:pos+delay+1]`` without clipping at the segment end and left an undetected
+    segment's late alarms as true positives; the later ``get_range_proba``, which the task
+    definition follows, is what is implemented.
     """
-    size, det, fp = _event_counts(labels, alarms, missing, series_ids, delay)
-    tp = int(size[det].sum())
-    fn = int(size[~det].sum())
-    return _f1(tp, fp, fn)
+    ev = _event_table(labels, alarms, missing, series_ids, "aiops", delay)
+    return _f1(int(ev.size[ev.detected].sum()), ev.fp, int(ev.size[~ev.detected].sum()))
 
 
 def point_adjusted_f1(labels, alarms, missing=None, series_ids=None) -> float | None:
     """Legacy point-adjusted F1 (PA-F1; Xu et al., Donut, WWW 2018).
 
-    An event counts as fully detected -- all its points true positives -- as soon as any alarm
-    lies anywhere in it. This is known to be inflated: a random detector reaches a high PA-F1 on
-    data with long events (Kim et al., AAAI 2022, "Towards a rigorous evaluation of time-series
-    anomaly detection"). Reported for comparison with published work only; prefer
-    :func:`rpa_f1`, :func:`aiops_f1` or :func:`vus_pr`.
+    An event counts as fully detected -- all its observed points true positives -- as soon as any
+    alarm lies anywhere in it (a gap does not split an event: see the module docstring). This is
+    known to be inflated: a random detector reaches a high PA-F1 on data with long events (Kim et
+    al., AAAI 2022, "Towards a rigorous evaluation of time-series anomaly detection"). Reported for
+    comparison with published work only; prefer :func:`rpa_f1`, :func:`aiops_f1` or :func:`vus_pr`.
     """
-    size, det, fp = _event_counts(labels, alarms, missing, series_ids, None)
-    return _f1(int(size[det].sum()), fp, int(size[~det].sum()))
+    ev = _event_table(labels, alarms, missing, series_ids, "bridged", None)
+    return _f1(int(ev.size[ev.detected].sum()), ev.fp, int(ev.size[~ev.detected].sum()))
 
 
 def rpa_f1(labels, alarms, missing=None, series_ids=None) -> float | None:
     """Revised point-adjusted F1: true positives and false negatives are counted per event.
 
-    An event is detected when any alarm falls inside it. With E events of which TP_e are detected,
-    and FP_p alarm points outside events: precision = TP_e / (TP_e + FP_p),
-    recall = TP_e / E, F1 = 2PR / (P + R) = 2 TP_e / (2 TP_e + FP_p + (E - TP_e)).
+    An event is detected when any alarm falls inside it (a gap does not split an event: see the
+    module docstring). With E events of which TP_e are detected, and FP_p alarm points outside
+    events: precision = TP_e / (TP_e + FP_p), recall = TP_e / E,
+    F1 = 2PR / (P + R) = 2 TP_e / (2 TP_e + FP_p + (E - TP_e)).
     A long event detected once weighs as much as a short one, so long events no longer inflate
     the score the way they do in :func:`point_adjusted_f1`.
     """
-    _, det, fp = _event_counts(labels, alarms, missing, series_ids, None)
-    tp = int(det.sum())
-    return _f1(tp, fp, int(det.size - tp))
+    ev = _event_table(labels, alarms, missing, series_ids, "bridged", None)
+    tp = int(ev.detected.sum())
+    return _f1(tp, ev.fp, int(ev.detected.size - tp))
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,8 +358,9 @@ def range_auc_volumes(labels, scores, missing=None, series_ids=None,
 
     VUS-ROC / VUS-PR are the means over the ``sliding_window + 1`` buffer lengths. Identical to
     the reference (to float rounding) when there is no ``missing`` mask and no ``series_ids``;
-    beyond it: missing points are never alarms and are left out of every count (events keep their
-    span), and ramps and event merging stop at series boundaries.
+    beyond it: missing points are never alarms and are left out of every count (a gap does not
+    split an event, and an event never observed is dropped: module docstring), and ramps and event
+    merging stop at series boundaries.
 
     ``sliding_window``: the largest buffer. The reference uses the series' period (ACF); the
     default here, when None, is the median event length (as in the ``get_sliding_window`` helper
@@ -312,15 +374,9 @@ def range_auc_volumes(labels, scores, missing=None, series_ids=None,
     lab, sc, obs = _prep_scores(labels, scores, missing)
     n_full = lab.size
     start = _series_starts(series_ids, n_full)
+    # Events keep their span across gaps, and one never observed is not there (module docstring).
+    lab = _bridged_labels(lab, obs, start)
     ev_s, ev_e = _events(lab, start)
-    c_obs = _prefix(obs)
-    seen = (c_obs[ev_e] - c_obs[ev_s]) > 0
-    if not seen.all():  # an event never observed cannot be scored: drop it
-        cover = np.zeros(n_full + 1, dtype=np.int64)
-        np.add.at(cover, ev_s[~seen], 1)
-        np.add.at(cover, ev_e[~seen], -1)
-        lab = lab & (np.cumsum(cover[:-1]) == 0)
-        ev_s, ev_e = ev_s[seen], ev_e[seen]
     n = int(obs.sum())
     P = int(np.sum(lab & obs))
     if P == 0 or P == n:
@@ -428,15 +484,16 @@ def _scaled_sigmoid(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 3.0, -1.0, 2.0 / (1.0 + np.exp(np.minimum(5.0 * x, 700.0))) - 1.0)
 
 
-def _nab_windows(labels_or_windows: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(starts, ends) of the label windows, ends inclusive, from 0/1 labels or (start, end)
-    index pairs."""
+def _nab_windows(labels_or_windows: Any, n: int, miss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of the label windows, ends inclusive, from 0/1 labels (a gap does not split a
+    window: module docstring) or (start, end) index pairs."""
     arr = np.asarray(labels_or_windows)
     if arr.ndim == 1 and arr.size > 0:  # per-point 0/1 labels
         if arr.size != n:
             raise ValueError(f"NAB labels have {arr.size} points but the series has {n} "
                              "(pass windows as a list of (start, end) pairs)")
-        s, e = events(arr)
+        start = _series_starts(None, n)
+        s, e = _events(_bridged_labels(_labels(arr), ~miss, start), start)
         return s, e - 1
     arr = arr.astype(np.int64).reshape(-1, 2)  # (start, end) pairs
     arr = arr[np.argsort(arr[:, 0], kind="stable")]
@@ -453,7 +510,7 @@ def _nab_unpack(item: Sequence, n_name: str = "alarms"):
     miss = _missing(item[3] if len(item) == 4 else None, values.size)
     n = values.size
     p = nab_probation_length(n) if probation is None else int(probation)
-    ws, we = _nab_windows(lw, n)
+    ws, we = _nab_windows(lw, n, miss)
     return ws, we, values, miss, p
 
 
@@ -629,36 +686,41 @@ BEST_F1_METRICS = ("point_f1", "aiops_f1", "rpa_f1", "point_adjusted_f1")
 def best_f1_threshold(labels, scores, missing=None, metric: str = "point_f1",
                       series_ids=None, delay: int = 7) -> tuple[float, float]:
     """Threshold maximising an F1 metric, and that F1: ``(threshold, f1)``; alarms are
-    ``score >= threshold``.
+    ``score >= threshold``, and the F1 is exactly ``metric(labels, scores >= threshold, missing,
+    series_ids)`` (a NaN score never alarms, as ``score >= threshold`` is False for it).
 
     Exact over every distinct observed score (no grid), vectorised by sorting: the point-wise
     counts TP(t), FP(t) come from ``searchsorted`` on the sorted positive / negative scores
     (the same curve as ``sklearn.metrics.precision_recall_curve``); for the event metrics each
-    event is detected from the threshold equal to the largest score in its detection window
-    (first ``delay + 1`` points for ``aiops_f1``, the whole event otherwise), so TP(t) is a
-    cumulative sum over events sorted by that score. Ties in F1 go to the highest threshold.
+    event (as the metric defines it: a gap splits a segment for ``aiops_f1`` only) is detected
+    from the threshold equal to the largest score in its detection window (first ``delay + 1``
+    points for ``aiops_f1``, the whole event otherwise), so TP(t) is a cumulative sum over events
+    sorted by that score. Ties in F1 go to the highest threshold.
     ``metric``: one of :data:`BEST_F1_METRICS`. Raises ValueError without positive labels.
     """
     if metric not in BEST_F1_METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(BEST_F1_METRICS)}")
-    lab, sc, obs = _prep_scores(labels, scores, missing)
+    lab, sc, can_alarm = _prep_scores(labels, scores, missing)
+    obs = ~_missing(missing, lab.size)  # labels are read here; NaN scores only never alarm
     if not np.any(lab & obs):
         raise ValueError("best_f1_threshold needs at least one observed positive label")
-    cand = np.unique(sc[obs])[::-1]  # every distinct score, highest first
-    neg = np.sort(sc[obs & ~lab])
+    if not can_alarm.any():
+        raise ValueError("best_f1_threshold needs at least one observed, finite score")
+    cand = np.unique(sc[can_alarm])[::-1]  # every distinct score, highest first
+    neg = np.sort(sc[can_alarm & ~lab])
     fp = neg.size - np.searchsorted(neg, cand, side="left")
     if metric == "point_f1":
-        pos = np.sort(sc[obs & lab])
+        pos = np.sort(sc[can_alarm & lab])
         tp = pos.size - np.searchsorted(pos, cand, side="left")
-        fn = pos.size - tp
+        fn = int(np.sum(lab & obs)) - tp
     else:
-        ev_s, ev_e = _events(lab, _series_starts(series_ids, lab.size))
+        start = _series_starts(series_ids, lab.size)
+        ev_s, ev_e = _events(_event_labels(lab, obs, start, "aiops" if metric == "aiops_f1"
+                                           else "bridged"), start)
         c_obs = _prefix(obs)
         size = c_obs[ev_e] - c_obs[ev_s]
-        keep = size > 0
-        ev_s, ev_e, size = ev_s[keep], ev_e[keep], size[keep]
         until = np.minimum(ev_s + int(delay) + 1, ev_e) if metric == "aiops_f1" else ev_e
-        d = _segment_max(np.where(obs, sc, -np.inf), ev_s, until)
+        d = _segment_max(np.where(can_alarm, sc, -np.inf), ev_s, until)
         o = np.argsort(d)
         d_sorted = d[o]
         # weight: points for aiops / PA, one per event for rpa
