@@ -52,7 +52,8 @@ def leaderboard(report: dict) -> str:
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
         *("| " + " | ".join(r[1]) + " |" for r in rows),
-        f"\nChampion: **{best}**" + (" (single split: no fold could be scored)" if basis == "single_split" else "")
+        f"\nChampion: **{best}**" + (" (single split: no fold could be scored)"
+                                     if basis == "single_split" and not selection.get("label_free") else "")
         + (f". {selection['reason']}" if selection.get("reason") else ""),
     ]
     if report.get("transfer"):
@@ -73,6 +74,8 @@ def transfer_line(transfer: dict, metric: str) -> str:
     champion, best = transfer["champion"], transfer["test_best"]
     if champion is None:
         return f"No validation-chosen champion: no detector has a validation {metric}."
+    if best is None:
+        return f"Champion: **{champion}**; no detector has a test {metric} to compare it with."
     if transfer["champion_test"] is None:
         return f"Validation-chosen champion: **{champion}**, with no test {metric} to compare with the best on test ({best})."
     if champion == best:

@@ -89,8 +89,8 @@ def evaluate_scores(name: str, full: pd.DataFrame, scores: np.ndarray, params: P
     test_mask = (full["split"] == "test").to_numpy()
     val, test = full[val_mask], full[test_mask]
     per_day = kpi_points_per_day(full)
-    rule = (ev.threshold_rule(label_free_reason(label_events(val), ev) is not None) if threshold_rule is None
-            else dict(threshold_rule))
+    label_free = label_free_reason(label_events(val, ev.champion_metric), ev) is not None
+    rule = ev.threshold_rule(label_free) if threshold_rule is None else dict(threshold_rule)
     threshold = make_threshold(rule)
     threshold.fit(scores[val_mask], labels=val[LABEL].to_numpy() if has_labels(val) else None,
                   missing=val[MISSING].to_numpy(), kpi_ids=val[KPI_ID].to_numpy(), points_per_day=per_day)

@@ -24,10 +24,13 @@ with it, and ``kpiguard bench`` reports it, so the three cannot disagree.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
 from models.frame import KPI_ID, LABEL, MISSING, TIMESTAMP, has_labels, id_runs
+from pipeline.eval import bootstrap as B
 from pipeline.eval import metrics as M
 from pipeline.eval.thresholds import Threshold, ThresholdError, make_threshold
 from pipeline.params import EvaluateParams
@@ -50,12 +53,16 @@ def kpi_points_per_day(frame: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def label_events(frame: pd.DataFrame) -> int:
-    """The labelled events (anomalous segments, per KPI) of ``frame``: 0 without labels."""
+def label_events(frame: pd.DataFrame, metric: str = "aiops_f1") -> int:
+    """The labelled events of ``frame``: its anomalous segments as ``metric`` defines them (the published
+    AIOps rule, where a gap splits a segment, for a metric without segments of its own); 0 without labels."""
     if frame.empty or not has_labels(frame):
         return 0
     labels = frame[LABEL].fillna(0).to_numpy() == 1
-    return int(M.events(labels, frame[KPI_ID].to_numpy())[0].size)
+    outcomes = B.segment_outcomes(labels, np.zeros(labels.size, bool), frame[MISSING].to_numpy(dtype=bool),
+                                  frame[KPI_ID].to_numpy(), metric=metric if metric in B.BOOTSTRAP_METRICS
+                                  else "aiops_f1")
+    return int(outcomes.kpi.size)
 
 
 def label_free_reason(events: int, ev: EvaluateParams) -> str | None:
@@ -88,11 +95,22 @@ def fold_metrics(frame: pd.DataFrame, scores: np.ndarray, metric: str, threshold
     spec = M.METRICS[metric]
     labels, ids = frame[LABEL].to_numpy(), frame[KPI_ID].to_numpy()
     missing = frame[MISSING].to_numpy(dtype=bool)
+    return [None if case is None else
+            _figure(spec, labels[case[0]], scores[case[0]], missing[case[0]], ids[case[0]], case[1], delay, nab_probation)
+            for case in _fold_cases(frame, scores, spec, threshold_rule, folds, points_per_day)]
+
+
+def _fold_cases(frame: pd.DataFrame, scores: np.ndarray, spec: M.MetricSpec, threshold_rule: dict, folds: int,
+                points_per_day: dict[str, float] | None) -> list[tuple[np.ndarray, Threshold | None] | None]:
+    """Per fold of :func:`fold_metrics`: (its rows, the threshold fitted before it), or None when it is not
+    scored."""
+    labels, ids = frame[LABEL].to_numpy(), frame[KPI_ID].to_numpy()
+    missing = frame[MISSING].to_numpy(dtype=bool)
     block = fold_blocks(ids, folds + 1)
     anomalous = (labels == 1) & ~missing
     if points_per_day is None and threshold_rule.get("method") == "budget":
         points_per_day = kpi_points_per_day(frame)
-    out: list[float | None] = []
+    out: list[tuple[np.ndarray, Threshold | None] | None] = []
     for k in range(1, folds + 1):
         rows, before = block == k, block < k
         if not anomalous[rows].any():
@@ -106,8 +124,22 @@ def fold_metrics(frame: pd.DataFrame, scores: np.ndarray, metric: str, threshold
             except ThresholdError:
                 out.append(None)
                 continue
-        out.append(_figure(spec, labels[rows], scores[rows], missing[rows], ids[rows], threshold, delay, nab_probation))
+        out.append((rows, threshold))
     return out
+
+
+def segment_f1_draws(labels: np.ndarray, alarms: np.ndarray, missing: np.ndarray, ids: np.ndarray, metric: str,
+                     ev: EvaluateParams) -> np.ndarray:
+    """``(evaluate.bootstrap_draws,)`` resampled ``metric`` (one of
+    :data:`pipeline.eval.bootstrap.BOOTSTRAP_METRICS`) of rows' alarms: their labelled segments resampled
+    with ``evaluate.bootstrap_seed``, so the same labels give every detector the same draws.
+
+    The segments are resampled over all KPIs together, not within each KPI: a fold holds a few events of
+    each KPI, often one, and a KPI of one segment always redraws it, which would report no noise where
+    there is the most. Which KPIs the incidents fall on is part of the noise of a small validation split."""
+    outcomes = B.segment_outcomes(labels, alarms, missing, ids, metric=metric, delay=ev.delay)
+    pooled = B.SegmentOutcomes(kpi=np.zeros_like(outcomes.kpi), tp=outcomes.tp, fn=outcomes.fn, fp=outcomes.fp)
+    return B.bootstrap_f1(pooled, ev.bootstrap_draws, ev.bootstrap_seed)
 
 
 def _fit(rule: dict, scores: np.ndarray, labels: np.ndarray, missing: np.ndarray, ids: np.ndarray,
@@ -123,15 +155,23 @@ def _figure(spec: M.MetricSpec, labels: np.ndarray, scores: np.ndarray, missing:
     return spec.compute(labels, values, missing, ids, delay=delay, vus_window=None, probation=probation)
 
 
-def champion_summary(metric: str, single_split: float | None, fold_values: list[float | None]) -> dict:
-    """What the champion is picked by: the fold mean when a fold could be scored, else the single split."""
+def champion_summary(metric: str, single_split: float | None, fold_values: list[float | None],
+                     draws: np.ndarray | None = None, level: float = 0.9, events: int | None = None) -> dict:
+    """What the champion is picked by: the fold mean when a fold could be scored, else the single split;
+    with ``draws`` (the figure's bootstrap resamples) its ``level`` interval, and the labelled validation
+    ``events`` it rests on. The draws stay under ``_draws`` for :func:`beats` (:func:`strip_draws` before
+    a report is written)."""
     scored = [v for v in fold_values if v is not None]
     mean = float(np.mean(scored)) if scored else None
-    return {"name": metric, "split": "val", "value": mean if scored else single_split,
+    value = mean if scored else single_split
+    bounds = B.interval(draws, level) if draws is not None and value is not None else None
+    return {"name": metric, "split": "val", "value": value,
             "basis": "folds" if scored else "single_split", "single_split": single_split,
             "folds": len(fold_values), "fold_values": {str(i + 1): v for i, v in enumerate(fold_values)},
             "fold_mean": mean, "fold_min": min(scored) if scored else None,
-            "fold_std": float(np.std(scored)) if scored else None}
+            "fold_std": float(np.std(scored)) if scored else None,
+            "events": events, "interval": list(bounds) if bounds else None,
+            **({"_draws": draws} if bounds else {})}
 
 
 def figure(value: float | None) -> str:
@@ -162,11 +202,11 @@ def champion_metric(val: pd.DataFrame, scores: np.ndarray, ev: EvaluateParams, t
     (:func:`kpi_points_per_day` of ``val`` when None). Unlabelled validation rows have no figure (value
     None)."""
     metric = ev.champion_metric
-    rule = dict(ev.threshold_rule(label_free_reason(label_events(val), ev) is not None)
+    rule = dict(ev.threshold_rule(label_free_reason(label_events(val, metric), ev) is not None)
                 if threshold_rule is None else threshold_rule)
     folds = ev.champion_folds if folds is None else folds
     if val.empty or not has_labels(val):
-        return champion_summary(metric, None, [])
+        return champion_summary(metric, None, [], events=0)
     if points_per_day is None and rule.get("method") == "budget":
         points_per_day = kpi_points_per_day(val)
     labels, ids = val[LABEL].to_numpy(), val[KPI_ID].to_numpy()
@@ -175,9 +215,22 @@ def champion_metric(val: pd.DataFrame, scores: np.ndarray, ev: EvaluateParams, t
     if spec.needs == "alarms" and threshold is None:
         threshold = _fit(rule, scores, labels, missing, ids, points_per_day)
     single = _figure(spec, labels, scores, missing, ids, threshold, ev.delay, ev.nab_probation)
-    fold_values = (fold_metrics(val, scores, metric, rule, folds, ev.delay, ev.nab_probation, points_per_day)
-                   if folds > 1 else [])
-    return champion_summary(metric, single, fold_values)
+    cases = _fold_cases(val, scores, spec, rule, folds, points_per_day) if folds > 1 else []
+    fold_values = [None if case is None else _figure(spec, labels[case[0]], scores[case[0]], missing[case[0]],
+                                                     ids[case[0]], case[1], ev.delay, ev.nab_probation)
+                   for case in cases]
+    draws = None
+    if metric in B.BOOTSTRAP_METRICS:
+        # The fold mean's resamples: each scored fold's segments drawn with the same seed in every detector,
+        # averaged per draw (the single split's, where no fold was scored).
+        scored = [case for case in cases if case is not None]
+        parts = ([segment_f1_draws(labels[r], t.apply(scores[r], ids[r]), missing[r], ids[r], metric, ev)
+                  for r, t in scored] if scored else
+                 [segment_f1_draws(labels, threshold.apply(scores, ids), missing, ids, metric, ev)])
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a draw undefined on every fold stays NaN
+            draws = np.nanmean(np.vstack(parts), axis=0)
+    return champion_summary(metric, single, fold_values, draws, ev.bootstrap_level, label_events(val, metric))
 
 
 def pick_champion(results: dict, metric: str) -> str | None:
@@ -209,21 +262,12 @@ def beats(challenger: dict, incumbent: dict, margin: float, level: float) -> dic
     out["difference"] = c - i
     cd, id_ = challenger.get("_draws"), incumbent.get("_draws")
     if cd is not None and id_ is not None and len(cd) == len(id_):
-        bounds = _interval(np.asarray(cd, dtype=float) - np.asarray(id_, dtype=float), level)
+        bounds = B.interval(np.asarray(cd, dtype=float) - np.asarray(id_, dtype=float), level)
         if bounds is not None:
             out.update(rule="paired_bootstrap", difference_interval=list(bounds), better=bool(bounds[0] > margin))
             return out
     out["better"] = bool(c > i + margin)
     return out
-
-
-def _interval(values: np.ndarray, level: float) -> tuple[float, float] | None:
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return None
-    tail = (1.0 - level) / 2 * 100
-    low, high = np.percentile(finite, [tail, 100 - tail])
-    return float(low), float(high)
 
 
 def strip_draws(results: dict) -> dict:

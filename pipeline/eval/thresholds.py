@@ -356,7 +356,7 @@ def _kpi_days(observed: np.ndarray, series_ids: np.ndarray | None, points_per_da
             raise ThresholdError("threshold method 'budget' with points per day per KPI needs kpi_ids to fit")
         ids = np.asarray(series_ids).astype(str)
         uniq, inv = np.unique(ids, return_inverse=True)
-        absent = [k for k in uniq if str(k) not in points_per_day]
+        absent = [str(k) for k in uniq if str(k) not in points_per_day]
         if absent:
             raise ThresholdError(f"threshold method 'budget': no points per day for KPI(s) {absent[:5]}")
         ppd = np.array([float(points_per_day[str(k)]) for k in uniq])[inv]

@@ -102,7 +102,7 @@ class Gate:
         candidate = self.validation_figure(model, new)
         current = champion_version(self.client, model)
         val = self.validation()
-        events = label_events(val)
+        events = label_events(val, self.metric)
         out = {"metric": self.metric, "candidate_value": candidate["value"], "basis": figure_basis(candidate),
                "candidate_figure": figure_with_interval(candidate), "min_improvement": self.margin, "events": events,
                "champion_version": str(current.version) if current else None, "champion_value": None,

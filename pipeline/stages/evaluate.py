@@ -77,7 +77,7 @@ def run(params: Params, detectors: list[str] | None = None, progress: bool = Fal
         if has_labels(full[test]):
             curves[name] = pr_curve(full[LABEL].to_numpy()[test], calibrated[test], full[MISSING].to_numpy()[test])
     metric = params.evaluate.champion_metric
-    events = {split: label_events(full[(full["split"] == split).to_numpy()]) for split in ("val", "test")}
+    events = {split: label_events(full[(full["split"] == split).to_numpy()], metric) for split in ("val", "test")}
     selection = choose_champion(results, params.evaluate, events["val"], params.mlflow.min_improvement)
     champion = selection["champion"]
     strip_draws(results)

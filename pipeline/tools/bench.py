@@ -236,7 +236,8 @@ def champion(results: dict, params: Params, full: pd.DataFrame) -> dict:
     """The champion, as the evaluate stage chooses it (:func:`pipeline.eval.selection.choose_champion`: the
     default detector on the label-free path, a challenger only beyond the noise), how it fared against the
     best on test, and the labelled events of each split. Drops the bootstrap draws from ``results``."""
-    events = {split: label_events(full[(full["split"] == split).to_numpy()]) for split in ("val", "test")}
+    events = {split: label_events(full[(full["split"] == split).to_numpy()], params.evaluate.champion_metric)
+              for split in ("val", "test")}
     selection = choose_champion(results, params.evaluate, events["val"], params.mlflow.min_improvement)
     strip_draws(results)
     best = selection["champion"]
