@@ -145,7 +145,7 @@ class EvaluateParams(_Section):
     # The label-free path (pipeline.eval.selection): fewer labelled validation events than min_events.
     alarm_budget: float = Field(2.0, gt=0)  # expected alarm points per KPI per day (threshold method budget)
     default_detector: str = "sequence_novelty"  # the champion unless a challenger is better beyond the noise
-    min_events: int = Field(40, ge=1)  # labelled validation events (segments) needed to rank by the metric
+    min_events: int = Field(50, ge=1)  # labelled validation events (segments) needed to rank by the metric
     bootstrap_draws: int = Field(200, ge=20, le=100_000)  # resamples of the validation events (intervals)
     bootstrap_level: float = Field(0.9, gt=0, lt=1)  # the intervals' coverage
     bootstrap_seed: int = 0  # the same for every detector and version: their draws are paired

@@ -52,9 +52,10 @@ def leaderboard(report: dict) -> str:
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
         *("| " + " | ".join(r[1]) + " |" for r in rows),
-        f"\nChampion: **{best}**" + (" (single split: no fold could be scored)"
-                                     if basis == "single_split" and not selection.get("label_free") else "")
-        + (f". {selection['reason']}" if selection.get("reason") else ""),
+        (f"\nChampion: **{best}**" + (" (single split: no fold could be scored)"
+                                       if basis == "single_split" and not selection.get("label_free") else "")
+         + (f". {selection['reason']}" if selection.get("reason") else "") if best else
+         f"\n{selection.get('reason') or 'No champion.'}"),
     ]
     if report.get("transfer"):
         lines.append("\n" + transfer_line(report["transfer"], metric))
@@ -99,8 +100,8 @@ def headline(report: dict, train_seconds: dict[str, float | None]) -> dict[str, 
     these figures alone (the per-KPI detail stays in ``metrics.json``, a plain output). Keys:
     ``val_<metric>``: the champion figure the ranking uses, ``val_<metric>_low`` / ``_high``: its bootstrap
     interval, ``val_events``: the labelled validation events it rests on; ``test_<metric>``, ``alarm_rate``
-    (share of points), ``alarms_per_kpi_day`` (against ``evaluate.alarm_budget``): on test, under the
-    validation-fitted threshold; ``train_seconds``. A detector that was not scored has only
+    (share of points): on test, under the validation-fitted threshold; ``train_seconds``. (Alarms per KPI
+    per day, against the budget, are in ``metrics.json`` and the leaderboard: a terminal holds no more.) A detector that was not scored has only
     its ``status``. Unknown figures are left out (DVC shows ``-``).
     """
     metric = report["champion_metric"]
@@ -114,6 +115,6 @@ def headline(report: dict, train_seconds: dict[str, float | None]) -> dict[str, 
         bounds = champion.get("interval") or (None, None)
         row = {f"val_{metric}": champion["value"], f"val_{metric}_low": bounds[0], f"val_{metric}_high": bounds[1],
                "val_events": val_events, f"test_{metric}": test.get(metric), "alarm_rate": test.get("alarm_rate"),
-               "alarms_per_kpi_day": (res.get("alarms") or {}).get("test"), "train_seconds": train_seconds.get(name)}
+               "train_seconds": train_seconds.get(name)}
         rows[name] = {k: v for k, v in row.items() if v is not None}
     return rows

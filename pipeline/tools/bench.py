@@ -252,7 +252,8 @@ def settings(params: Params) -> dict:
     return {"threshold": dict(ev.threshold), "calibration": dict(ev.calibration),
             "calibration_by_detector": dict(ev.calibration_by_detector),
             "champion_metric": ev.champion_metric, "champion_folds": ev.champion_folds,
-            "alarm_budget": ev.alarm_budget, "default_detector": ev.default_detector, "min_events": ev.min_events}
+            "alarm_budget": ev.alarm_budget, "default_detector": ev.default_detector, "min_events": ev.min_events,
+            "bootstrap_draws": ev.bootstrap_draws, "bootstrap_level": ev.bootstrap_level}
 
 
 def scored_row(name: str, full: pd.DataFrame, scores: np.ndarray, params: Params) -> dict:
@@ -366,8 +367,10 @@ def markdown(report: dict) -> str:
     # The validation figures beside the champion metric's test column (or first, with their own test column).
     at = cols.index(metric) + 1 if metric in cols else 0
     cols[at:at] = [c for c in CHAMPION_COLUMNS if c != "test_champion" or metric not in cols]
+    cols.insert(cols.index("val_champion") + 1, "val_interval")
     folds = report.get("champion_folds", 1)
     labels = {"val_champion": f"val {metric}" + (f" (mean of {folds} folds)" if folds > 1 else ""),
+              "val_interval": f"{report.get('bootstrap_level', 0.9):.0%} interval",
               "val_alarms_per_kpi_day": "val alarms/KPI/day", "test_alarms_per_kpi_day": "test alarms/KPI/day",
               "val_champion_fold_std": "val fold std", "test_champion": f"test {metric}",
               "val_test_gap": "val → test gap"}
@@ -385,7 +388,8 @@ def markdown(report: dict) -> str:
     lines[-2] += " " + " | ".join([f"{headline} − {r}" for r in refs] + ["beats every reference"]) + " |"
     lines[-1] += "---:|" * (len(refs) + 1)
     for name, row in summary.items():
-        cells = [_margin(row.get(c), 0.0) if c == "val_test_gap" else _cell(row.get(c)) for c in cols]
+        cells = [_margin(row.get(c), 0.0) if c == "val_test_gap" else _interval_cell(row) if c == "val_interval"
+                 else _cell(row.get(c)) for c in cols]
         value = row.get(headline)
         margins = [_margin(value, summary[r][headline]) for r in refs]
         beats = ("–" if value is None or name in (*refs, RANDOM) or not refs
@@ -405,6 +409,11 @@ def markdown(report: dict) -> str:
         lines += ["", f"{len(failed)} (detector, KPI) runs did not finish:", ""]
         lines += [f"- {r['detector']} / {r['kpi_id']}: {r['status']}: {r.get('reason')}" for r in failed[:20]]
     return "\n".join(lines) + "\n"
+
+
+def _interval_cell(row: dict) -> str:
+    low, high = row.get("val_champion_low"), row.get("val_champion_high")
+    return "–" if low is None or high is None else f"[{low:.3f}, {high:.3f}]"
 
 
 def _margin(value, reference) -> str:
