@@ -156,7 +156,7 @@ def cmd_bench(args) -> Output:
     from pipeline.tools import bench
 
     report = bench.run(p, args.train, args.test, names, Path(args.out), protocol=args.protocol,
-                       command=command, progress=_progress(args))
+                       command=command, progress=_progress(args), label_free=args.label_free)
     return Output(summary.bench(report, args.out), report)
 
 
@@ -376,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench-results", help="output directory (results.json, results.md)")
     p.add_argument("--protocol", choices=["auto", "split", "nab"], default="auto",
                    help="auto: nab for nab: sources without --test, else split")
+    p.add_argument("--label-free", action="store_true",
+                   help="remove the train and validation labels after the windows step: the label-free path "
+                        "(alarm budget, default detector), scored on the test labels")
     p.set_defaults(func=cmd_bench)
 
     # `kpiguard speed ...` goes to speed's own parser (main); this entry lists it in `kpiguard --help`.

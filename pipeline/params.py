@@ -179,7 +179,13 @@ class EvaluateParams(_Section):
     delay: int = Field(7, ge=0)
     nab_probation: int | None = Field(None, ge=0)
     plot_kpis: int = Field(3, ge=0)
-    alarm_budget: float = Field(2.0, gt=0)  # expected alarm points per KPI per day, the label-free threshold target
+    # The label-free path (pipeline.eval.selection): fewer labelled validation events than min_events.
+    alarm_budget: float = Field(2.0, gt=0)  # expected alarm points per KPI per day (threshold method budget)
+    default_detector: str = "sequence_novelty"  # the champion unless a challenger is better beyond the noise
+    min_events: int = Field(50, ge=1)  # labelled validation events (segments) needed to rank by the metric
+    bootstrap_draws: int = Field(200, ge=20, le=100_000)  # resamples of the validation events (intervals)
+    bootstrap_level: float = Field(0.9, gt=0, lt=1)  # the intervals' coverage
+    bootstrap_seed: int = 0  # the same for every detector and version: their draws are paired
 
     @field_validator("champion_metric")
     @classmethod
@@ -219,8 +225,35 @@ class EvaluateParams(_Section):
     def _threshold(cls, v: dict[str, Any]) -> dict[str, Any]:
         from pipeline.eval.thresholds import make_threshold
 
+        if "budget" in v:
+            raise ValueError("the budget of threshold method 'budget' is evaluate.alarm_budget, not a threshold key")
         make_threshold(dict(v))  # raises ValueError naming the bad key or method
         return v
+
+    @field_validator("default_detector")
+    @classmethod
+    def _default_detector(cls, v: str) -> str:
+        from models import registry
+
+        if v not in registry.names():
+            raise ValueError(f"unknown detector {v!r}; registered: {', '.join(registry.names())}")
+        if registry.is_supervised(v):
+            raise ValueError(f"{v} is supervised: it cannot be the default of the label-free path; choose one of "
+                             f"{', '.join(n for n in registry.names() if not registry.is_supervised(n))}")
+        return v
+
+    def threshold_rule(self, label_free: bool = False) -> dict[str, Any]:
+        """The threshold config to fit: ``threshold``; on the label-free path a method that fits on labels
+        (``best_f1``) becomes the alarm budget (a label-free method chosen there is kept). The budget is
+        always ``alarm_budget``."""
+        from pipeline.eval.thresholds import NEEDS_LABELS
+
+        rule = dict(self.threshold)
+        if label_free and rule.get("method") in NEEDS_LABELS:
+            rule["method"] = "budget"
+        if rule.get("method") == "budget":
+            rule["budget"] = self.alarm_budget
+        return rule
 
 
 class MlflowParams(_Section):

@@ -66,7 +66,11 @@ def evaluate(report: dict, evaluation: str) -> str:
     detectors = report["detectors"]
     ok = sum(1 for name, r in detectors.items() if r.get("status") == "ok" and name != "random")
     total = sum(1 for name in detectors if name != "random")
-    if best is None:
+    selection = report.get("selection") or {}
+    if selection.get("label_free"):  # no metric decides: the default detector, or nothing to serve
+        head = (f"champion {best}, the default detector ({selection['label_free_reason']})" if best else
+                f"no champion: the default detector {selection.get('default')} was not scored")
+    elif best is None:
         head = f"no detector has a {metric} on validation"
     else:
         res = detectors[best]
@@ -74,6 +78,10 @@ def evaluate(report: dict, evaluation: str) -> str:
         test = (res.get("test") or {}).get(metric)
         head = (f"best on validation {best} ({metric} {_f(val)} val"
                 + (f", {_f(test)} test" if test is not None else "") + ")")
+        if selection.get("best") not in (None, best):
+            head = (f"champion {best}, the default ({metric} {_f(val)} val"
+                    + (f", {_f(test)} test" if test is not None else "")
+                    + f"): {selection['best']} is better on validation but not beyond the noise")
     return f"evaluate: {ok}/{total} detectors scored; {head} {ARROW} {evaluation}/leaderboard.md"
 
 

@@ -13,7 +13,8 @@ def test_bench_writes_results_in_the_schema(tmp_path, capsys):
     argv = ["bench", "--params", str(REPO / "params.yaml"), "--train", "synthetic:",
             "--detectors", "robust_zscore,cnn_classifier", "--out", str(out), "--no-progress",
             "-S", "synthetic.n_kpis=2", "-S", "synthetic.end=2026-01-08", "-S", "synthetic.anomalies_per_week=21",
-            "-S", "train.max_epochs=2", "-S", "detectors.cnn_classifier.max_train_windows=512"]
+            "-S", "train.max_epochs=2", "-S", "detectors.cnn_classifier.max_train_windows=512",
+            "-S", "evaluate.min_events=1"]  # a few validation events: the metric still picks (the default is absent)
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results) >= {"summary", "runs", "command", "hardware"}
@@ -37,7 +38,8 @@ def test_bench_writes_results_in_the_schema(tmp_path, capsys):
     assert results["best_on_val"] in ("robust_zscore", "cnn_classifier")
     assert results["transfer"]["champion"] == results["best_on_val"]
     md = (out / "results.md").read_text()
-    assert "| detector | aiops_f1 | val aiops_f1 (mean of 3 folds) | val fold std | val → test gap | rpa_f1 |" in md
+    assert ("| detector | aiops_f1 | val aiops_f1 (mean of 3 folds) | 90% interval | val fold std | val → test gap | "
+            "rpa_f1 |") in md
     assert f"**{results['best_on_val']}**" in md.split("| random |")[1]
 
 
@@ -78,3 +80,27 @@ def test_rescore_reproduces_a_run_and_combines_runs(tmp_path):
     # Calibration "none" is exactly the run's uncalibrated ("_raw") row.
     assert (raw["aiops_f1"], raw["aiops_f1_oracle"]) == (first["robust_zscore"]["aiops_f1_raw"],
                                                          first["robust_zscore"]["aiops_f1_oracle_raw"])
+
+
+def test_label_free_bench_removes_train_and_validation_labels_and_scores_on_test(tmp_path):
+    """--label-free: the evaluate stage's label-free path (budget thresholds, the default detector as champion,
+    supervised detectors skipped), measured against the test labels, which are kept."""
+    out = tmp_path / "bench"
+    argv = ["bench", "--params", str(REPO / "params.yaml"), "--train", "synthetic:", "--label-free",
+            "--detectors", "robust_zscore,sequence_novelty,cnn_classifier", "--out", str(out), "--no-progress",
+            "-S", "synthetic.n_kpis=2", "-S", "synthetic.end=2026-01-08", "-S", "synthetic.anomalies_per_week=21"]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    summary = results["summary"]
+    assert results["label_free"] and results["events"]["val"] == 0 and results["events"]["test"] > 0
+    assert summary["cnn_classifier"]["status"] == "skipped"
+    assert results["best_on_val"] == "sequence_novelty" and results["selection"]["label_free"]
+    for name in ("robust_zscore", "sequence_novelty", "random"):
+        row = summary[name]
+        assert row["status"] == "ok" and row["threshold_method"] == "budget"
+        assert row["val_champion"] is None and row["aiops_f1"] is not None  # no validation figure; test is scored
+        assert row["val_alarms_per_kpi_day"] > 0
+    assert results["transfer"]["champion"] == "sequence_novelty"
+    md = (out / "results.md").read_text()
+    assert "(train and validation labels removed: --label-free)" in md
+    assert "Champion: **sequence_novelty**. No metric picks the champion" in md

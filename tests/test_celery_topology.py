@@ -97,6 +97,7 @@ def test_celery_topology_runs_both_dags(tmp_path, s3_server):
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     params["synthetic"].update({"n_kpis": 2, "start": "2026-01-01", "end": "2026-01-08"})
     params["train"]["detectors"] = ["robust_zscore", "isolation_forest"]
+    params["evaluate"]["default_detector"] = "robust_zscore"  # the label-free path's champion, one of these
     params["score"]["shards"] = 2
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     redis_db = random.randrange(1, 16)

@@ -41,6 +41,8 @@ def airflow(tmp_path_factory):
     params["synthetic"].update({"n_kpis": 2, "start": "2026-01-01", "end": "2026-01-08"})
     params["train"].update({"detectors": ["robust_zscore", "isolation_forest", "dense_autoencoder"],
                             "max_epochs": 2})
+    # a few labelled validation events: the label-free path serves evaluate.default_detector, one of these
+    params["evaluate"]["default_detector"] = "robust_zscore"
     # a run's `input` conf may name files under <root>/landing/ (daily.check_input refuses anything else)
     params["score"]["allowed_inputs"] = [f"csv:{root / 'landing'}/"]
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

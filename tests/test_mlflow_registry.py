@@ -31,7 +31,10 @@ DETECTORS = ["robust_zscore", "isolation_forest", "dense_autoencoder", "ensemble
 
 def params_for(root: Path, tag: str, **sections):
     """Small params under ``root`` whose MLflow names are unique to one test (``tag``)."""
-    raw = small_params_dict(**sections)
+    # The gate tests compare figures: the metric decides from the first labelled event (evaluate.min_events 1),
+    # against a default detector that is trained here.
+    raw = small_params_dict(**{**sections, "evaluate": {"min_events": 1, "default_detector": "robust_zscore",
+                                                         **(sections.get("evaluate") or {})}})
     raw["paths"] = {k: str(root / v) for k, v in raw["paths"].items()}
     raw["train"]["detectors"] = DETECTORS
     raw["train"]["max_epochs"] = 5
@@ -170,6 +173,42 @@ def test_gate_promotes_only_a_better_version(trained, server):
     assert recorded.tags["kpiguard.gate.decision"] == "challenger"
     assert float(recorded.tags["kpiguard.gate.champion_value"]) == pytest.approx(value[better])
     assert "challenger" in recorded.description and f"champion v{v2.version}" in recorded.description
+
+
+def test_label_free_gate_replaces_a_retrain_and_a_champion_of_other_kpis(trained, server, tmp_path):
+    """No metric decides (evaluate.min_events above the validation events): a new version replaces the champion,
+    as a retrain when the champion covers the validation KPIs, and because it does not when the validation data
+    are other KPIs (the champion's norm stats name the ones it was trained on)."""
+    import mlflow
+
+    p = params_for(trained, "lfgate", evaluate={"min_events": 1000})
+    client = client_for(p)
+    experiment = tracking.experiment_id(client, p.mlflow.experiment)
+    evaluation = json.loads((Path(p.paths.evaluation) / "metrics.json").read_text())["detectors"]
+    run_id, uri, _ = register.log_detector_run(client, experiment, p, "robust_zscore", evaluation["robust_zscore"])
+    model = "lfgate-serving"
+    v1, _ = registry.register_version(client, model, uri, run_id, {}, role="test")
+    assert gate.Gate(client, p).decide(model, v1)["decision"] == "champion"
+    v2 = mlflow.register_model(uri, model)
+    retrain = gate.Gate(client, p).decide(model, v2)
+    assert retrain["decision"] == "champion" and retrain["events"] < 1000
+    assert retrain["reason"].startswith("neither version has a metric that decides (the validation split has ")
+    assert retrain["reason"].endswith("fewer than evaluate.min_events (1000)): the new version, a retrain, replaces v1")
+
+    # the same validation data under other KPI ids: v2 was trained on none of them
+    other = tmp_path / "windows"
+    other.mkdir()
+    for split in ("train", "val", "test"):
+        frame = pd.read_parquet(Path(p.paths.windows) / f"{split}.parquet")
+        frame["kpi_id"] = "other/" + frame["kpi_id"].astype(str)
+        frame.to_parquet(other / f"{split}.parquet", index=False)
+    elsewhere = parse_params({**p.as_dict(), "paths": {**p.as_dict()["paths"], "windows": str(other)}})
+    v3 = mlflow.register_model(uri, model)
+    moved = gate.Gate(client, elsewhere).decide(model, v3)
+    assert moved["decision"] == "champion"
+    assert moved["reason"].startswith(f"v{v2.version} was trained on other KPIs: 2 of the 2 validation KPIs (other/")
+    assert str(client.get_model_version_by_alias(model, "champion").version) == str(v3.version)
+    assert client.get_model_version(model, str(v3.version)).tags["kpiguard.gate.reason"] == moved["reason"]
 
 
 def test_promote_and_rollback(trained, server):
@@ -456,10 +495,13 @@ def test_a_run_shows_its_data_its_training_its_example_and_the_leaderboard_figur
         champion = evaluation["detectors"][name]["champion_metric"]
         assert float(version.tags["kpiguard.gate.candidate_value"]) == champion["value"]
         row = next(line for line in board if line.startswith(f"| {name} |")).split(" | ")
-        cell = row[1] if champion["basis"] == "folds" else row[4]
+        cell = row[1] if champion["basis"] == "folds" else row[5]
         assert cell == selection.figure(champion["value"])
         basis = "mean of 3 folds" if champion["basis"] == "folds" else "one split"
-        assert f"point_f1 on the validation split ({basis}): {cell} -> champion" in version.description
+        quoted = selection.figure_with_interval(champion)  # the figure and its bootstrap interval
+        assert quoted.startswith(cell)
+        assert (f"point_f1 on the validation split ({basis}, {evaluation['events']['val']} labelled events): "
+                f"{quoted} -> champion") in version.description
     best = evaluation["best_on_val"]
     serving = client.get_model_version("serve-lineage", report["serving"]["version"])
     assert serving.tags["kpiguard.gate.candidate_value"] == str(evaluation["detectors"][best]["champion_metric"]["value"])

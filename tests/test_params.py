@@ -98,6 +98,7 @@ def test_params_yaml_lists_every_key_a_user_may_set():
 
     keys = set(_schema_keys(Params))
     keys |= {f"evaluate.threshold.{k}" for k in thresholds._CFG_KEYS}  # what make_threshold accepts
+    keys.discard("evaluate.threshold.budget")  # set as evaluate.alarm_budget (EvaluateParams.threshold_rule)
     keys |= {f"evaluate.calibration.{k}" for k in ("method", "min_points", *(
         p for method in calibration.METHODS.values() for p in method.params))}  # what make_calibration accepts
     assert {"evaluate.threshold.quantile", "evaluate.threshold.pot_q", "paths.metrics"} <= keys

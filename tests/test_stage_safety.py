@@ -89,8 +89,10 @@ def test_evaluate_plots_any_kpi_id_and_keeps_outputs_in_step(pipeline_dir, monke
     assert all(len(f.name) < 100 for f in plots)
     # DVC's metrics: one small file per detector, its leaderboard figures and its training time
     res = report["detectors"]["robust_zscore"]
+    low, high = res["champion_metric"]["interval"]  # the figure's bootstrap interval and the events it rests on
     assert json.loads((Path(p.paths.metrics) / "robust_zscore.json").read_text()) == {
-        "val_aiops_f1": res["champion_metric"]["value"], "test_aiops_f1": res["test"]["aiops_f1"],
+        "val_aiops_f1": res["champion_metric"]["value"], "val_aiops_f1_low": low, "val_aiops_f1_high": high,
+        "val_events": report["events"]["val"], "test_aiops_f1": res["test"]["aiops_f1"],
         "alarm_rate": res["test"]["alarm_rate"],
         "train_seconds": json.loads((Path(p.paths.train_reports) / "robust_zscore.json").read_text())["train_seconds"]}
     assert sorted(f.name for f in Path(p.paths.metrics).iterdir()) == ["random.json", "robust_zscore.json"]

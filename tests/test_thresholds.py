@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pipeline.eval.thresholds import (BestF1Threshold, PotThreshold, QuantileThreshold, Threshold, ThresholdError,
-                                      make_threshold, pot_threshold)
+from pipeline.eval.thresholds import (BestF1Threshold, BudgetThreshold, PotThreshold, QuantileThreshold, Threshold,
+                                      ThresholdError, alarms_per_kpi_day, make_threshold, pot_threshold)
 
 
 def test_quantile_exact_hand_case():
@@ -184,3 +184,59 @@ def test_fixed_threshold_fits_nothing_and_round_trips():
     assert again.value_for("never seen") == 5.0 and again.method == "fixed"
     with pytest.raises(ThresholdError, match="finite"):
         make_threshold({"method": "fixed", "value": float("inf")})
+
+
+def test_budget_is_the_quantile_at_one_minus_budget_per_points_per_day():
+    # One KPI at 5-minute sampling: 288 points a day. 2880 scores 0..2879 (10 days), budget 2 a day: rate
+    # 2 / 288, the 1 - 2/288 quantile of 0..2879 = 2879 * (1 - 2/288) = 2859.0069...; alarms = the 20 scores
+    # 2860..2879, 2 per day.
+    scores = np.arange(2880.0)
+    thr = make_threshold({"method": "budget", "budget": 2.0}).fit(scores, points_per_day=288.0)
+    assert thr.value_for() == pytest.approx(2879 * (1 - 2 / 288))
+    assert thr.apply(scores).sum() == 20
+    assert thr.fit_info["global"] == {"n": 2880, "days": pytest.approx(10.0), "quantile": pytest.approx(1 - 2 / 288),
+                                      "tie_lifted": False}
+    assert alarms_per_kpi_day(thr.apply(scores), points_per_day=288.0) == pytest.approx(2.0)
+
+
+def test_budget_per_kpi_follows_each_kpis_sampling_interval():
+    # "fast" at 1 minute (1440 a day), "slow" hourly (24 a day), both 1440 points of 0..1439: one day of
+    # fast, 60 days of slow. Budget 6: fast alarms on 6 points (1 - 6/1440), slow on 6 x 60 = 360 (1 - 6/24).
+    scores = np.r_[np.arange(1440.0), np.arange(1440.0)]
+    ids = np.repeat(["fast", "slow"], 1440)
+    ppd = {"fast": 1440.0, "slow": 24.0}
+    per = BudgetThreshold(budget=6.0, scope="per_kpi").fit(scores, kpi_ids=ids, points_per_day=ppd)
+    assert per.value_for("fast") == pytest.approx(1439 * (1 - 6 / 1440))
+    assert per.value_for("slow") == pytest.approx(1439 * (1 - 6 / 24))
+    alarms = per.apply(scores, ids)
+    assert (alarms[:1440].sum(), alarms[1440:].sum()) == (6, 360)
+    # global: one value spending the budget on average: 6 x 61 KPI-days = 366 alarms of 2880 points
+    glob = BudgetThreshold(budget=6.0).fit(scores, kpi_ids=ids, points_per_day=ppd)
+    assert glob.value_for() == pytest.approx(np.quantile(scores, 1 - 366 / 2880))
+    assert glob.apply(scores, ids).sum() == 366
+    assert alarms_per_kpi_day(glob.apply(scores, ids), kpi_ids=ids, points_per_day=ppd) == pytest.approx(6.0)
+    # the per-KPI fallback is that global value; round trip
+    assert per.value_for("never seen") == glob.value_for()
+    back = Threshold.from_dict(json.loads(json.dumps(per.to_dict())))
+    assert type(back) is BudgetThreshold and back.budget == 6.0 and back.to_dict() == per.to_dict()
+
+
+def test_budget_ties_missing_points_and_errors():
+    # a budget of every point (288 a day at 288 points a day): every point alarms
+    assert BudgetThreshold(budget=288.0).fit(np.arange(5.0), points_per_day=288.0).apply(np.arange(5.0)).all()
+    # a quiet detector: 995 zeros, 5 positive scores; a budget of 20 of 1000 points would put the quantile at
+    # 0, where the 995 tied zeros would all alarm: the value moves just above the tie, 5 alarms
+    scores = np.r_[np.zeros(995), np.arange(1.0, 6.0)]
+    thr = BudgetThreshold(budget=20.0).fit(scores, points_per_day=1000.0)
+    assert thr.value_for() == np.nextafter(0.0, 1.0) and thr.apply(scores).sum() == 5
+    assert thr.fit_info["global"]["tie_lifted"] is True
+    # missing points count neither as points nor as days
+    missing = np.r_[np.zeros(995, bool), np.ones(5, bool)]
+    thr = BudgetThreshold(budget=1.0).fit(np.arange(1000.0), missing=missing, points_per_day=995.0)
+    assert thr.fit_info["global"]["n"] == 995 and thr.fit_info["global"]["days"] == pytest.approx(1.0)
+    with pytest.raises(ThresholdError, match="points per day"):
+        BudgetThreshold().fit(np.arange(10.0))
+    with pytest.raises(ThresholdError, match=r"no points per day for KPI\(s\) \['b'\]"):
+        BudgetThreshold().fit(np.arange(4.0), kpi_ids=np.array(list("aabb")), points_per_day={"a": 288.0})
+    with pytest.raises(ThresholdError, match="finite and > 0"):
+        make_threshold({"method": "budget", "budget": 0.0})

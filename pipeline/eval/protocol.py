@@ -7,7 +7,10 @@ the first test points are scored with their real preceding context. Then:
   the train and validation raw scores: one common scale (surprise, ``-log10`` of a tail probability),
   so one threshold means the same on every KPI;
 - the threshold is fitted on the **validation** split's calibrated scores (``evaluate.threshold``); it
-  never sees test labels;
+  never sees test labels. On the label-free path (fewer labelled validation events than
+  ``evaluate.min_events``: :func:`pipeline.eval.selection.label_free_reason`) a rule that fits on labels
+  becomes the alarm budget, ``evaluate.alarm_budget`` alarm points per KPI per day;
+- the alarm rate on validation and test, in alarms per KPI per day (``alarms``), labels or not;
 - every metric on validation and test (overall, and per KPI on test), and the champion figure on the
   validation folds (:func:`pipeline.eval.selection.champion_metric`);
 - figures that use test labels to choose a threshold are reported only under names ending in
@@ -21,8 +24,8 @@ import pandas as pd
 from models.calibration import make_calibration
 from models.frame import KPI_ID, LABEL, MISSING, has_labels, id_runs
 from pipeline.eval import metrics as M
-from pipeline.eval.selection import champion_metric
-from pipeline.eval.thresholds import make_threshold
+from pipeline.eval.selection import champion_metric, kpi_points_per_day, label_events, label_free_reason
+from pipeline.eval.thresholds import alarms_per_kpi_day, make_threshold
 from pipeline.params import Params
 
 ORACLE_METRICS = ("point_f1", "aiops_f1")
@@ -70,13 +73,14 @@ def evaluate_scores(name: str, full: pd.DataFrame, scores: np.ndarray, params: P
                     calibration: dict | None = None, threshold_rule: dict | None = None,
                     folds: int | None = None) -> tuple[dict, np.ndarray]:
     """Calibrate, threshold on validation, then metrics on validation and test (overall and per KPI),
-    and the champion metric on ``folds`` validation folds (default ``evaluate.champion_folds``; 1: none).
-    Returns (the result, the calibrated scores of every row).
+    the alarm rates (alarms per KPI per day, ``"alarms"``), and the champion metric on ``folds`` validation
+    folds (default ``evaluate.champion_folds``; 1: none). Returns (the result, the calibrated scores of
+    every row).
 
     ``name``'s calibration is ``evaluate.calibration_by_detector[name]``, else ``evaluate.calibration``.
-    ``calibration`` and ``threshold_rule`` override those and ``evaluate.threshold`` (the
-    benchmark compares against raw scores). The result holds the fitted calibration under
-    ``"calibration"``.
+    ``calibration`` and ``threshold_rule`` override those and the rule of
+    :meth:`pipeline.params.EvaluateParams.threshold_rule` (the benchmark compares against raw scores). The
+    result holds the fitted calibration under ``"calibration"``.
     """
     ev = params.evaluate
     scores, fitted_calibration = calibrate(full, scores, ev.calibration_for(name) if calibration is None
@@ -84,22 +88,28 @@ def evaluate_scores(name: str, full: pd.DataFrame, scores: np.ndarray, params: P
     val_mask = (full["split"] == "val").to_numpy()
     test_mask = (full["split"] == "test").to_numpy()
     val, test = full[val_mask], full[test_mask]
-    threshold = make_threshold(dict(ev.threshold if threshold_rule is None else threshold_rule))
+    per_day = kpi_points_per_day(full)
+    label_free = label_free_reason(label_events(val, ev.champion_metric), ev) is not None
+    rule = ev.threshold_rule(label_free) if threshold_rule is None else dict(threshold_rule)
+    threshold = make_threshold(rule)
     threshold.fit(scores[val_mask], labels=val[LABEL].to_numpy() if has_labels(val) else None,
-                  missing=val[MISSING].to_numpy(), kpi_ids=val[KPI_ID].to_numpy())
-    result = {"status": "ok", "calibration": fitted_calibration, "threshold": threshold.to_dict()}
+                  missing=val[MISSING].to_numpy(), kpi_ids=val[KPI_ID].to_numpy(), points_per_day=per_day)
+    result = {"status": "ok", "calibration": fitted_calibration, "threshold": threshold.to_dict(),
+              "alarms": {"budget": ev.alarm_budget}}
     for split, part, mask in (("val", val, val_mask), ("test", test, test_mask)):
+        alarms = threshold.apply(scores[mask], part[KPI_ID].to_numpy())
+        result["alarms"][split] = (None if part.empty else
+                                   alarms_per_kpi_day(alarms, part[MISSING].to_numpy(), part[KPI_ID].to_numpy(), per_day))
         if part.empty or not has_labels(part):
             result[split] = None
             continue
-        alarms = threshold.apply(scores[mask], part[KPI_ID].to_numpy())
         result[split] = split_metrics(part, scores[mask], alarms, ev.delay, ev.nab_probation)
         result[split]["alarm_rate"] = float(alarms.mean())
         if split == "test":
             result[split].update(oracle_metrics(part, scores[mask], ev.delay, ev.nab_probation))
             result["per_kpi"] = per_kpi_metrics(part, scores[mask], alarms, ev.delay)
-    result["champion_metric"] = champion_metric(val, scores[val_mask], ev, threshold=threshold,
-                                                threshold_rule=threshold_rule, folds=folds)
+    result["champion_metric"] = champion_metric(val, scores[val_mask], ev, threshold=threshold, threshold_rule=rule,
+                                                folds=folds, points_per_day=per_day)
     test_value = (result.get("test") or {}).get(ev.champion_metric)
     value = result["champion_metric"]["value"]
     result["champion_metric"]["test"] = test_value

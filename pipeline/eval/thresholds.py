@@ -15,10 +15,14 @@ Methods
 * ``fixed``: a constant ``value``, fitted on nothing. It makes sense on calibrated scores
   (:mod:`models.calibration`), where one value means the same tail probability on every KPI: 5.0
   is NAB's red zone, a 1-in-100,000 score. It uses no label and no data at all.
+* ``budget``: an alarm budget, ``budget`` alarm points per KPI per day (``evaluate.alarm_budget``):
+  the validation scores' quantile at ``1 - budget / points per day`` of the KPI (from its sampling
+  interval). No label; the label-free path of the evaluate stage (:mod:`pipeline.eval.protocol`).
 
 Scopes
 ------
-* ``global``: one value for all KPIs.
+* ``global``: one value for all KPIs (``budget``: the value that spends the budget on average over
+  the KPIs' days, each KPI weighted by its days of validation data).
 * ``per_kpi``: one value per KPI fitted on that KPI's points; the global value (fitted on all
   points) is the fallback for KPIs seen with fewer than ``min_points`` observed points, KPIs where
   the method cannot fit (best_f1 on a KPI without positives), and KPIs not seen in fitting.
@@ -36,7 +40,8 @@ from models.jsonable import to_jsonable
 from pipeline.eval import metrics
 
 __all__ = ["Threshold", "FixedThreshold", "QuantileThreshold", "BestF1Threshold", "PotThreshold",
-           "ThresholdError", "make_threshold", "pot_threshold", "SCOPES", "METHODS"]
+           "BudgetThreshold", "ThresholdError", "make_threshold", "pot_threshold", "alarms_per_kpi_day",
+           "SCOPES", "METHODS", "NEEDS_LABELS"]
 
 SCOPES = ("global", "per_kpi")
 
@@ -79,9 +84,11 @@ class Threshold:
 
     # -- public API -----------------------------------------------------------------------------
 
-    def fit(self, scores, labels=None, missing=None, kpi_ids=None) -> "Threshold":
+    def fit(self, scores, labels=None, missing=None, kpi_ids=None, points_per_day=None) -> "Threshold":
         """Fit on validation scores. ``missing`` points and NaN scores are ignored; ``labels``
-        only matter for ``best_f1``; ``kpi_ids`` is required for the ``per_kpi`` scope."""
+        only matter for ``best_f1``; ``kpi_ids`` is required for the ``per_kpi`` scope;
+        ``points_per_day`` (a number for every KPI, or one per KPI id) only matters for ``budget``."""
+        self._points_per_day = points_per_day
         sc = np.asarray(scores, dtype=float)
         if sc.ndim != 1:
             raise ThresholdError(f"scores must be 1-D, got shape {sc.shape}")
@@ -332,11 +339,81 @@ class FixedThreshold(Threshold):
         return float(self.value), {"fixed": True}
 
 
+# --------------------------------------------------------------------------------------------
+# alarm budget
+# --------------------------------------------------------------------------------------------
+
+
+def _kpi_days(observed: np.ndarray, series_ids: np.ndarray | None, points_per_day) -> np.ndarray:
+    """Each observed point's share of a day (1 / its KPI's points per day): their sum is the KPI-days."""
+    if points_per_day is None:
+        raise ThresholdError("threshold method 'budget' needs each KPI's points per day (its sampling "
+                             "interval) to fit; none were given")
+    if not isinstance(points_per_day, dict):
+        ppd = np.full(observed.shape, float(points_per_day))
+    else:
+        if series_ids is None:
+            raise ThresholdError("threshold method 'budget' with points per day per KPI needs kpi_ids to fit")
+        ids = np.asarray(series_ids).astype(str)
+        uniq, inv = np.unique(ids, return_inverse=True)
+        absent = [str(k) for k in uniq if str(k) not in points_per_day]
+        if absent:
+            raise ThresholdError(f"threshold method 'budget': no points per day for KPI(s) {absent[:5]}")
+        ppd = np.array([float(points_per_day[str(k)]) for k in uniq])[inv]
+    if not (np.isfinite(ppd) & (ppd > 0)).all():
+        raise ThresholdError("threshold method 'budget': points per day must be finite and > 0")
+    return np.where(observed, 1.0 / ppd, 0.0)
+
+
+def alarms_per_kpi_day(alarms, missing=None, kpi_ids=None, points_per_day=None) -> float | None:
+    """The alarm rate as a budget counts it: alarms on observed points per KPI per day of observed
+    points (``points_per_day`` as :meth:`Threshold.fit` takes it). None without an observed point."""
+    al = np.asarray(alarms, dtype=bool)
+    observed = np.ones(al.shape, bool) if missing is None else ~np.asarray(missing, dtype=bool)
+    days = _kpi_days(observed, kpi_ids, points_per_day).sum()
+    return float((al & observed).sum() / days) if days > 0 else None
+
+
+@dataclass
+class BudgetThreshold(Threshold):
+    """``budget`` alarm points per KPI per day: the validation scores' quantile at ``1 - rate``,
+    rate = ``budget`` x the points' KPI-days / their number (``budget / points per day`` for one KPI,
+    its average over the KPIs for the global scope), ``numpy.quantile`` with linear interpolation.
+
+    A rate of 1 or more alarms on every point. When scores tied at that quantile would alarm on more
+    points than the budget allows (a detector that scores most points alike: a quiet KPI all at 0),
+    the value moves just above the tie, so the tie never alarms."""
+
+    budget: float = 2.0
+    method: ClassVar[str] = "budget"
+    params: ClassVar[tuple[str, ...]] = ("budget",)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (math.isfinite(float(self.budget)) and float(self.budget) > 0):
+            raise ThresholdError(f"an alarm budget must be finite and > 0, got {self.budget}")
+
+    def _fit_one(self, scores, labels, observed, series_ids):
+        x = scores[observed]
+        days = float(_kpi_days(observed, series_ids, getattr(self, "_points_per_day", None)).sum())
+        target = float(self.budget) * days  # alarms the budget allows on these points
+        rate = min(target / x.size, 1.0)
+        value = float(np.quantile(x, 1.0 - rate))
+        tied = False
+        if (x >= value).sum() > math.ceil(target) and rate < 1.0:
+            value, tied = float(np.nextafter(value, np.inf)), True
+        return value, {"n": int(x.size), "days": days, "quantile": 1.0 - rate, "tie_lifted": tied}
+
+
+# Methods that fit on labels: the label-free path replaces them by the alarm budget.
+NEEDS_LABELS = ("best_f1",)
+
 METHODS: dict[str, type[Threshold]] = {
     "fixed": FixedThreshold,
     "quantile": QuantileThreshold,
     "best_f1": BestF1Threshold,
     "pot": PotThreshold,
+    "budget": BudgetThreshold,
 }
 
 # params.yaml key -> constructor argument
@@ -351,6 +428,7 @@ _CFG_KEYS = {
     "pot_q": "q",
     "pot_min_peaks": "min_peaks",
     "value": "value",
+    "budget": "budget",
 }
 
 

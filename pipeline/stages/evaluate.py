@@ -5,6 +5,12 @@ threshold on validation, metrics on validation and test) and is ranked by the ch
 (:mod:`pipeline.eval.selection`), which the register stage's gate and ``kpiguard bench`` use too. A
 ``random`` row (uniform random scores, same threshold rule) shows how much a metric inflates.
 
+The report's ``best_on_val`` is the champion, the detector the register stage offers to serving:
+:func:`pipeline.eval.selection.choose_champion`, whose decision and its reason are under ``selection``.
+With too few labelled validation events (``evaluate.min_events``), or none, it is
+``evaluate.default_detector`` and thresholds come from the alarm budget (the label-free path).
+``events`` holds the labelled events of each split.
+
 Outputs: ``paths.evaluation``: ``metrics.json`` (the full detail: per detector overall and per KPI),
 ``leaderboard.md``, ``thresholds/<detector>.json``, ``calibration/<detector>.json`` (the fitted
 calibration, which the register stage bundles with the model); ``paths.metrics`` (DVC metrics, committed):
@@ -29,7 +35,7 @@ from pipeline.data.prep import load_splits
 from pipeline.eval.leaderboard import headline, leaderboard
 from pipeline.eval.plots import plot_scores, pr_curve, pr_curves
 from pipeline.eval.protocol import evaluate_scores
-from pipeline.eval.selection import RANDOM, champion_transfer, pick_champion
+from pipeline.eval.selection import RANDOM, champion_transfer, choose_champion, label_events, strip_draws
 from pipeline.io.outputs import replace_dirs_atomic
 from pipeline.params import Params
 
@@ -71,10 +77,15 @@ def run(params: Params, detectors: list[str] | None = None, progress: bool = Fal
         if has_labels(full[test]):
             curves[name] = pr_curve(full[LABEL].to_numpy()[test], calibrated[test], full[MISSING].to_numpy()[test])
     metric = params.evaluate.champion_metric
-    champion = pick_champion(results, metric)
+    events = {split: label_events(full[(full["split"] == split).to_numpy()], metric) for split in ("val", "test")}
+    selection = choose_champion(results, params.evaluate, events["val"], params.mlflow.min_improvement)
+    champion = selection["champion"]
+    strip_draws(results)
     # Fitted calibrations hold per-KPI state (quantile knots): files of their own, not DVC metrics.
     calibrations = {name: res.pop("calibration") for name, res in results.items() if "calibration" in res}
     report = {"champion_metric": metric, "champion_folds": params.evaluate.champion_folds, "best_on_val": champion,
+              "selection": selection, "events": events, "alarm_budget": params.evaluate.alarm_budget,
+              "bootstrap": {"draws": params.evaluate.bootstrap_draws, "level": params.evaluate.bootstrap_level},
               "transfer": champion_transfer(champion, {n: (r.get("test") or {}).get(metric) for n, r in results.items()}),
               "calibration": dict(params.evaluate.calibration), "detectors": results}
 

@@ -9,9 +9,9 @@ plots as artifacts. The run carries the training's start and end (from the train
 seconds this stage spends logging it. A bundle that is already tracked (same digest) is not logged
 again, so rerunning the stage changes nothing.
 
-Each new bundle becomes a version of ``kpiguard-<detector>``, and the evaluate report's
-``best_on_val`` a version of the served model; the gate (:mod:`pipeline.serving.gate`) decides which
-becomes champion. The registry scheme: :mod:`pipeline.serving.registry`.
+Each new bundle becomes a version of ``kpiguard-<detector>``, and the evaluate report's champion
+(``best_on_val``: the default detector on the label-free path, :func:`pipeline.eval.selection.choose_champion`)
+a version of the served model; the gate (:mod:`pipeline.serving.gate`) decides which becomes champion. The registry scheme: :mod:`pipeline.serving.registry`.
 """
 from __future__ import annotations
 
@@ -73,10 +73,10 @@ def run(params: Params) -> dict:
 
 
 def register_serving(client, params: Params, gate: "Gate", best: str | None, logged) -> dict:
-    """Offer the validation-best detector of this run to the serving model."""
+    """Offer this run's champion (the evaluate report's ``best_on_val``) to the serving model."""
     serving = params.mlflow.serving_model
     if logged is None:
-        return {"model": serving, "decision": "none", "reason": f"no registered candidate (best on validation: {best})"}
+        return {"model": serving, "decision": "none", "reason": f"no registered candidate (evaluate's champion: {best})"}
     run_id, model_uri, detector_version = logged
     version, new = register_version(client, serving, model_uri, run_id, {
         TAG + "detector": best, TAG + "detector_model": detector_version.name,
@@ -124,7 +124,9 @@ def log_detector_run(client, experiment: str, params: Params, name: str, evaluat
             mlflow.log_params({
                 **tracking.flat("detector", train_report.get("config") or {}),
                 **tracking.flat("train", params.train.model_dump(exclude={"detectors"})),
-                **tracking.flat("threshold", dict(params.evaluate.threshold)),
+                # the rule evaluate fitted (the alarm budget on the label-free path), not only the configured one
+                **tracking.flat("threshold", {k: v for k, v in evaluation["threshold"].items()
+                                              if k not in ("global_value", "per_kpi", "fit_info")}),
                 **tracking.flat("calibration", params.evaluate.calibration_for(name)),  # what evaluate calibrated with
                 "champion_metric": params.evaluate.champion_metric, "champion_folds": params.evaluate.champion_folds,
                 "detector_name": name, "params_digest": params.digest(),
@@ -248,6 +250,11 @@ def _final_metrics(evaluation: dict, train_report: dict) -> dict[str, float]:
                       ("fold_std", "val_champion_fold_std"), ("val_test_gap", "val_test_gap")):
         if isinstance(champion.get(key), (int, float)) and np.isfinite(champion[key]):
             out[name] = float(champion[key])
+    for name, value in zip(("val_champion_low", "val_champion_high"), champion.get("interval") or ()):
+        out[name] = float(value)  # its bootstrap interval over the validation events
+    for split, value in (evaluation.get("alarms") or {}).items():
+        if split in ("val", "test") and isinstance(value, (int, float)) and np.isfinite(value):
+            out[f"{split}_alarms_per_kpi_day"] = float(value)
     for key in ("train_seconds", "best_val_loss"):
         if isinstance(train_report.get(key), (int, float)):
             out[key] = float(train_report[key])

@@ -17,6 +17,11 @@ doesn't stop the run, and peak memory is measured per detector. Scoring is per K
 recorded per (detector, KPI) with its status, as Orion's benchmark does. The summary always has a
 ``random`` row (uniform random scores, same threshold rule) so metric inflation is visible.
 
+**--label-free** (either protocol): the labels of the train and validation rows are removed after the
+windows step, so the run takes the evaluate stage's label-free path (supervised detectors skipped, the
+alarm budget's thresholds, the default detector as champion) and is scored against the test labels alone:
+how label-free champions fare.
+
 Scores are calibrated as the evaluate stage does (``evaluate.calibration``). Every row also shows the
 headline metrics with calibration ``none`` (columns ending in ``_raw``: the same raw scores, thresholded
 as before calibration existed: the params' rule, or per-KPI POT on probation for NAB), so the effect of
@@ -45,8 +50,8 @@ from pipeline import runtime
 from pipeline.data.prep import load_splits
 from pipeline.eval.leaderboard import transfer_line
 from pipeline.eval.protocol import evaluate_scores
-from pipeline.eval.selection import RANDOM, champion_transfer, pick_champion
-from pipeline.io.outputs import write_json_atomic, write_text_atomic
+from pipeline.eval.selection import RANDOM, champion_transfer, choose_champion, label_events, strip_draws
+from pipeline.io.outputs import write_file_atomic, write_json_atomic, write_text_atomic
 from pipeline.params import Params, ParamsError, parse_params
 from pipeline.stages import ingest, validate, windows
 
@@ -90,8 +95,23 @@ def protocol_for(train: str, test: str | None, protocol: str) -> str:
     return "nab" if train.startswith("nab:") and not test else "split"
 
 
+def drop_labels(windows_dir: Path, splits: tuple[str, ...] = ("train", "val")) -> None:
+    """Remove the labels of ``splits`` in the windows stage's output (NaN: ``has_labels`` is false there);
+    the other splits keep theirs."""
+    import io
+
+    for split in splits:
+        path = Path(windows_dir) / f"{split}.parquet"
+        frame = pd.read_parquet(path)
+        if LABEL in frame.columns:
+            frame[LABEL] = np.nan
+            buffer = io.BytesIO()
+            frame.to_parquet(buffer, index=False)
+            write_file_atomic(path, buffer.getvalue())
+
+
 def run(base: Params, train: str, test: str | None, detectors: list[str], out: Path,
-        protocol: str = "auto", command: str = "", progress: bool = True) -> dict:
+        protocol: str = "auto", command: str = "", progress: bool = True, label_free: bool = False) -> dict:
     out = Path(out)
     for name in detectors:  # names become score files (<out>/work/scores/<name>.npy): registered ones only
         registry.get(name)
@@ -102,6 +122,8 @@ def run(base: Params, train: str, test: str | None, detectors: list[str], out: P
     ingest.run(params, Path(p.raw))
     validate.run(params, Path(p.raw), Path(p.validated), Path(p.quarantine), Path(p.validation_report))
     windows.run(params, Path(p.validated), Path(p.windows))
+    if label_free:
+        drop_labels(Path(p.windows))
     full = load_splits(Path(p.windows))
     kpis = full[KPI_ID].astype(str).unique().tolist()
     log.info("bench: %d KPIs, %d points, protocol %s, detectors %s", len(kpis), len(full), protocol, detectors)
@@ -126,10 +148,12 @@ def run(base: Params, train: str, test: str | None, detectors: list[str], out: P
             r["metrics"] = results[r["detector"]].get("_per_kpi", {}).get(r["kpi_id"], {})
     for res in results.values():
         res.pop("_per_kpi", None)
+    chosen = champion(results, params, full)
     report = {
         "summary": results,
-        **champion(results, params),
+        **chosen,
         "runs": runs,
+        "label_free": label_free,
         "command": command,
         "hardware": hardware(),
         "protocol": protocol,
@@ -173,7 +197,7 @@ def rescore(base: Params, sources: list[Path], out: Path, command: str = "") -> 
     results[RANDOM] = random_row(full, params)
     for res in results.values():
         res.pop("_per_kpi", None)
-    report = {**first, "summary": results, **champion(results, params), "runs": runs, "command": command,
+    report = {**first, "summary": results, **champion(results, params, full), "runs": runs, "command": command,
               "rescored_from": [{"dir": str(s), "command": b["command"], "hardware": b["hardware"],
                                  "wall_s": b["wall_s"]} for s, b in zip(sources, befores)],
               **settings(params), "wall_s": round(time.perf_counter() - started, 1)}
@@ -187,6 +211,8 @@ def summarise(name: str, outcome: dict, full: pd.DataFrame, params: Params) -> d
         return {"status": outcome.get("status"), "reason": outcome.get("reason"),
                 **{m: None for m in SUMMARY_METRICS}, **{f"{m}_raw": None for m in RAW_METRICS},
                 **{key: None for key in CHAMPION_COLUMNS},
+                "val_champion_low": None, "val_champion_high": None, "val_alarms_per_kpi_day": None,
+                "test_alarms_per_kpi_day": None,
                 "train_s": outcome.get("train_s"), "score_points_per_s": None,
                 "peak_rss_mb": outcome.get("peak_rss_mb")}
     scores = np.load(outcome["scores"])
@@ -206,10 +232,16 @@ def random_row(full: pd.DataFrame, params: Params) -> dict:
             "score_points_per_s": None, "peak_rss_mb": None}
 
 
-def champion(results: dict, params: Params) -> dict:
-    """The validation-chosen champion, as the evaluate stage picks it, and how it fared against the best on test."""
-    best = pick_champion(results, params.evaluate.champion_metric)
-    return {"best_on_val": best,
+def champion(results: dict, params: Params, full: pd.DataFrame) -> dict:
+    """The champion, as the evaluate stage chooses it (:func:`pipeline.eval.selection.choose_champion`: the
+    default detector on the label-free path, a challenger only beyond the noise), how it fared against the
+    best on test, and the labelled events of each split. Drops the bootstrap draws from ``results``."""
+    events = {split: label_events(full[(full["split"] == split).to_numpy()], params.evaluate.champion_metric)
+              for split in ("val", "test")}
+    selection = choose_champion(results, params.evaluate, events["val"], params.mlflow.min_improvement)
+    strip_draws(results)
+    best = selection["champion"]
+    return {"best_on_val": best, "selection": selection, "events": events,
             "transfer": champion_transfer(best, {n: r.get("test_champion") for n, r in results.items()})}
 
 
@@ -219,7 +251,9 @@ def settings(params: Params) -> dict:
     ev = params.evaluate
     return {"threshold": dict(ev.threshold), "calibration": dict(ev.calibration),
             "calibration_by_detector": dict(ev.calibration_by_detector),
-            "champion_metric": ev.champion_metric, "champion_folds": ev.champion_folds}
+            "champion_metric": ev.champion_metric, "champion_folds": ev.champion_folds,
+            "alarm_budget": ev.alarm_budget, "default_detector": ev.default_detector, "min_events": ev.min_events,
+            "bootstrap_draws": ev.bootstrap_draws, "bootstrap_level": ev.bootstrap_level}
 
 
 def scored_row(name: str, full: pd.DataFrame, scores: np.ndarray, params: Params) -> dict:
@@ -231,9 +265,12 @@ def scored_row(name: str, full: pd.DataFrame, scores: np.ndarray, params: Params
                                                threshold_rule=raw_threshold, folds=1)
     raw = _metrics_row(uncalibrated, is_nab)
     champion = res["champion_metric"]
+    bounds = champion.get("interval") or (None, None)
     return {**_metrics_row(res, is_nab), **{f"{m}_raw": raw[m] for m in RAW_METRICS},
             **{key: champion.get(source) for key, source in CHAMPION_COLUMNS.items()}, "champion_metric": champion,
-            "_per_kpi": res.get("per_kpi", {})}
+            "val_champion_low": bounds[0], "val_champion_high": bounds[1],
+            "val_alarms_per_kpi_day": res["alarms"]["val"], "test_alarms_per_kpi_day": res["alarms"]["test"],
+            "threshold_method": res["threshold"]["method"], "_per_kpi": res.get("per_kpi", {})}
 
 
 def _metrics_row(res: dict, is_nab: bool) -> dict:
@@ -319,7 +356,8 @@ def hardware() -> str:
 def markdown(report: dict) -> str:
     cols = ["aiops_f1", "rpa_f1", "point_f1", "vus_pr", "auc_pr", "auc_roc", "nab_standard",
             "point_adjusted_f1", "aiops_f1_oracle", "nab_standard_oracle", *(f"{m}_raw" for m in RAW_METRICS),
-            "train_s", "score_points_per_s", "peak_rss_mb", "status"]
+            "val_alarms_per_kpi_day", "test_alarms_per_kpi_day", "train_s", "score_points_per_s", "peak_rss_mb",
+            "status"]
     nab = report["data"]["train"].startswith("nab:")
     # NAB's score means nothing elsewhere; on NAB, the uncalibrated aiops_f1 adds nothing to read.
     irrelevant = ("aiops_f1_raw", "aiops_f1_oracle_raw") if nab else ("nab_standard", "nab_standard_oracle",
@@ -329,8 +367,11 @@ def markdown(report: dict) -> str:
     # The validation figures beside the champion metric's test column (or first, with their own test column).
     at = cols.index(metric) + 1 if metric in cols else 0
     cols[at:at] = [c for c in CHAMPION_COLUMNS if c != "test_champion" or metric not in cols]
+    cols.insert(cols.index("val_champion") + 1, "val_interval")
     folds = report.get("champion_folds", 1)
     labels = {"val_champion": f"val {metric}" + (f" (mean of {folds} folds)" if folds > 1 else ""),
+              "val_interval": f"{report.get('bootstrap_level', 0.9):.0%} interval",
+              "val_alarms_per_kpi_day": "val alarms/KPI/day", "test_alarms_per_kpi_day": "test alarms/KPI/day",
               "val_champion_fold_std": "val fold std", "test_champion": f"test {metric}",
               "val_test_gap": "val → test gap"}
     lines = [f"`{report['command']}`", "",
@@ -347,12 +388,20 @@ def markdown(report: dict) -> str:
     lines[-2] += " " + " | ".join([f"{headline} − {r}" for r in refs] + ["beats every reference"]) + " |"
     lines[-1] += "---:|" * (len(refs) + 1)
     for name, row in summary.items():
-        cells = [_margin(row.get(c), 0.0) if c == "val_test_gap" else _cell(row.get(c)) for c in cols]
+        cells = [_margin(row.get(c), 0.0) if c == "val_test_gap" else _interval_cell(row) if c == "val_interval"
+                 else _cell(row.get(c)) for c in cols]
         value = row.get(headline)
         margins = [_margin(value, summary[r][headline]) for r in refs]
         beats = ("–" if value is None or name in (*refs, RANDOM) or not refs
                  else "yes" if all(value > summary[r][headline] for r in refs) else "no")
         lines.append(f"| {name} | " + " | ".join([*cells, *margins, beats]) + " |")
+    events = report.get("events")
+    if events:
+        lines += ["", f"Labelled events: validation {events['val']}, test {events['test']}"
+                  + (" (train and validation labels removed: --label-free)" if report.get("label_free") else "")
+                  + f". Alarm budget {report.get('alarm_budget')} alarm points per KPI per day."]
+    if (report.get("selection") or {}).get("reason"):
+        lines += ["", f"Champion: **{report['best_on_val']}**. {report['selection']['reason']}"]
     if "transfer" in report:  # the issue's check: is the validation choice within reach of the test-best?
         lines += ["", transfer_line(report["transfer"], metric)]
     failed = [r for r in report["runs"] if r.get("status") not in ("ok", None)]
@@ -360,6 +409,11 @@ def markdown(report: dict) -> str:
         lines += ["", f"{len(failed)} (detector, KPI) runs did not finish:", ""]
         lines += [f"- {r['detector']} / {r['kpi_id']}: {r['status']}: {r.get('reason')}" for r in failed[:20]]
     return "\n".join(lines) + "\n"
+
+
+def _interval_cell(row: dict) -> str:
+    low, high = row.get("val_champion_low"), row.get("val_champion_high")
+    return "–" if low is None or high is None else f"[{low:.3f}, {high:.3f}]"
 
 
 def _margin(value, reference) -> str:
