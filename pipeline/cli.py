@@ -145,7 +145,8 @@ def cmd_bench(args) -> Output:
         p = _params(args, "score")
         from pipeline.tools import bench
 
-        report = bench.rescore(p, [Path(d) for d in args.scores_from], Path(args.out), command=command)
+        report = bench.rescore(p, [Path(d) for d in args.scores_from], Path(args.out), command=command,
+                               label_free=args.label_free)
         return Output(summary.bench(report, args.out), report)
     if not args.train:
         from pipeline.errors import ParamsError

@@ -104,3 +104,23 @@ def test_label_free_bench_removes_train_and_validation_labels_and_scores_on_test
     md = (out / "results.md").read_text()
     assert "(train and validation labels removed: --label-free)" in md
     assert "Champion: **sequence_novelty**. No metric picks the champion" in md
+
+
+def test_label_free_rescore_of_a_labelled_run_is_the_label_free_run(tmp_path):
+    """--scores-from ... --label-free: an unsupervised detector never saw a label in training, so its saved
+    scores rescored without train/validation labels give the label-free run's figures; a supervised one
+    (trained on the labels) is skipped, as the label-free run skips it."""
+    common = ["--params", str(REPO / "params.yaml"), "--no-progress", "-S", "synthetic.n_kpis=2",
+              "-S", "synthetic.end=2026-01-08", "-S", "synthetic.anomalies_per_week=21"]
+    detectors = ["--detectors", "robust_zscore,cnn_classifier", "-S", "evaluate.default_detector=robust_zscore"]
+    assert main(["bench", *common, *detectors, "--train", "synthetic:", "--label-free", "--out", str(tmp_path / "free")]) == 0
+    assert main(["bench", *common, *detectors, "--train", "synthetic:", "--out", str(tmp_path / "lab")]) == 0
+    assert main(["bench", *common, "-S", "evaluate.default_detector=robust_zscore", "--scores-from",
+                 str(tmp_path / "lab"), "--label-free", "--out", str(tmp_path / "re")]) == 0
+    free = json.loads((tmp_path / "free" / "results.json").read_text())
+    again = json.loads((tmp_path / "re" / "results.json").read_text())
+    assert again["label_free"] and again["summary"]["cnn_classifier"]["status"] == "skipped"
+    for key in ("aiops_f1", "point_f1", "auc_pr", "val_alarms_per_kpi_day", "test_alarms_per_kpi_day",
+                "threshold_method"):
+        assert again["summary"]["robust_zscore"][key] == free["summary"]["robust_zscore"][key], key
+    assert again["best_on_val"] == free["best_on_val"] == "robust_zscore"

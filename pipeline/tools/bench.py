@@ -169,10 +169,15 @@ def run(base: Params, train: str, test: str | None, detectors: list[str], out: P
     return report
 
 
-def rescore(base: Params, sources: list[Path], out: Path, command: str = "") -> dict:
+def rescore(base: Params, sources: list[Path], out: Path, command: str = "", label_free: bool = False) -> dict:
     """Recompute finished benchmarks' summaries from their saved scores, with today's calibration and
     threshold settings (``-S evaluate...``): no ingest, no training. Several runs on the same data
-    (e.g. detectors added later) are combined into one table. Writes ``out/results.{json,md}``."""
+    (e.g. detectors added later) are combined into one table. Writes ``out/results.{json,md}``.
+
+    ``label_free``: the train and validation labels are removed (in memory) before the figures, as
+    ``run(label_free=True)`` removes them after the windows step. An unsupervised detector never saw a
+    label in training, so its saved scores are the ones a label-free run computes; a supervised one
+    learnt from the labels and is skipped, as a label-free run skips it."""
     sources, out = [Path(s) for s in sources], Path(out)
     befores = [json.loads((s / "results.json").read_text()) for s in sources]
     first = befores[0]
@@ -183,10 +188,16 @@ def rescore(base: Params, sources: list[Path], out: Path, command: str = "") -> 
     params = bench_params(base, data["train"], data["test"], sources[0], protocol)
     started = time.perf_counter()
     full = load_splits(Path(params.paths.windows))
+    if label_free and LABEL in full.columns:
+        full[LABEL] = full[LABEL].astype("float64").where(~full["split"].isin(["train", "val"]).to_numpy())
     results, runs = {}, []
     for source, before in zip(sources, befores):
         for name, row in before["summary"].items():
             if name == RANDOM:
+                continue
+            if label_free and registry.spec(name).supervised:
+                results[name] = summarise(name, {"status": "skipped", "reason": "supervised: needs the train "
+                                                 "labels, removed by --label-free"}, full, params)
                 continue
             kpis = {r["kpi_id"]: r for r in before["runs"] if r["detector"] == name and r.get("kpi_id") is not None}
             runs += [r for r in before["runs"] if r["detector"] == name]
@@ -198,6 +209,7 @@ def rescore(base: Params, sources: list[Path], out: Path, command: str = "") -> 
     for res in results.values():
         res.pop("_per_kpi", None)
     report = {**first, "summary": results, **champion(results, params, full), "runs": runs, "command": command,
+              "label_free": label_free or first.get("label_free", False),
               "rescored_from": [{"dir": str(s), "command": b["command"], "hardware": b["hardware"],
                                  "wall_s": b["wall_s"]} for s, b in zip(sources, befores)],
               **settings(params), "wall_s": round(time.perf_counter() - started, 1)}
