@@ -102,14 +102,14 @@ class DataParams(_Section):
 
 
 class SyntheticParams(_Section):
-    n_kpis: int = Field(4, ge=1)
+    n_kpis: int = Field(8, ge=1)
     start: str = "2026-01-01"
     end: str = "2026-01-29"
     interval: str = "5min"
     seed: int = 7
     trend_per_day: float = 0.02
     noise: float = Field(0.05, ge=0)
-    anomalies_per_week: float = Field(3, ge=0)
+    anomalies_per_week: float = Field(12, ge=0)
 
     @field_validator("interval")
     @classmethod
