@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 DAY = "2026-01-10"                      # the scored day: the last of the ten
 KPIS = ("cpu", "errors", "latency_ms")
 SPIKES = {"cpu": "2026-01-08 12:00", "errors": "2026-01-09 06:00", "latency_ms": "2026-01-10 12:00"}  # local times
-DETECTORS = "[diff_z,seasonal_residual,ensemble]"
+DETECTORS = "[diff_z,seasonal_residual,sequence_novelty]"  # the default detector among them (README)
 LAYOUTS = {
     # layout: (file, -S settings of the source)
     "long": ("kpis.csv", ["data.csv.kpi_id=metric"]),
@@ -82,9 +82,7 @@ def byo(request, tmp_path_factory):
     (work / "params.yaml").write_text((REPO / "params.yaml").read_text())  # the shipped defaults
     spec = f"csv:{write_source(work, layout)}"
     settings = [f"data.train={spec}", f"score.input={spec}", *LAYOUTS[layout][1],
-                f"train.detectors={DETECTORS}",
-                # No labels, so no best_f1: the label-free threshold the thresholds' error message names.
-                "evaluate.threshold.method=pot", "evaluate.plot_kpis=0"]
+                f"train.detectors={DETECTORS}", "evaluate.plot_kpis=0"]  # the shipped label-free defaults
     options = [arg for s in settings for arg in ("-S", s)]
     steps = {"ingest": ["ingest"], "validate": ["validate"], "windows": ["windows"], "train": ["train"],
              "evaluate": ["evaluate"], "register": ["register"], "score": ["score", "--date", DAY, "--json"],
@@ -123,7 +121,7 @@ def test_naive_times_are_read_in_their_zone(byo):
 
 
 def test_score_uses_a_champion_that_covers_the_csv_kpis(byo):
-    """Waits on the champion selection for unlabelled data (other work): today register serves nothing."""
+    """register serves the default detector, trained on the CSV's own KPIs, and score uses it on every row."""
     layout, work, results = byo
     assert "score" in results and results["score"].returncode == 0, _explain(results)
     score = results["score"]
@@ -131,7 +129,8 @@ def test_score_uses_a_champion_that_covers_the_csv_kpis(byo):
     assert "without training statistics" not in score.stderr  # every KPI was trained on
     result = json.loads(score.stdout)
     assert result["model"]["model"] == "kpiguard" and result["model"]["version"]
-    assert result["model"]["detector"] in ("diff_z", "seasonal_residual", "ensemble")
+    # No label: no metric picks the champion, the documented default detector serves these KPIs.
+    assert result["model"]["detector"] == "sequence_novelty"
     raw = pd.read_parquet(work / "data/raw/train.parquet")
     day = pd.Timestamp(DAY, tz="UTC")
     on_day = raw[(raw["timestamp"] >= day) & (raw["timestamp"] < day + pd.Timedelta("1D"))]
@@ -144,7 +143,8 @@ def test_score_uses_a_champion_that_covers_the_csv_kpis(byo):
 
 
 def test_report_lists_incidents_with_expected_bands(byo):
-    """Waits on `kpiguard report` (other work): reads score.output, writes <score.reports>/<D>.html/.json."""
+    """`kpiguard report` reads the scored day (score.output) and writes <score.reports>/<D>.html/.json, with
+    incidents, each KPI's observed value at its peak beside the expected band in its own units."""
     _, work, results = byo
     assert "report" in results and results["report"].returncode == 0, _explain(results)
     assert "Traceback" not in results["report"].stdout + results["report"].stderr

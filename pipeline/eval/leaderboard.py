@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pipeline.eval.selection import champion_rank, figure
 
-LEADERBOARD_COLUMNS = ("aiops_f1", "rpa_f1", "point_f1", "vus_pr", "auc_pr", "auc_roc", "nab_standard",
+LEADERBOARD_COLUMNS = ("aiops_f1", "event_precision", "event_recall", "rpa_f1", "point_f1", "vus_pr", "auc_pr", "auc_roc", "nab_standard",
                        "point_adjusted_f1", "aiops_f1_oracle")  # test metrics
 
 
