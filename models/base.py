@@ -146,9 +146,13 @@ class TrainConfig(_Config):
     num_workers: int = 0
     progress: bool = True           # a tqdm bar per epoch
     checkpoint_dir: str | None = None  # where the best epoch's state_dict is written during training
+    # Caps on every neural detector's samples (params.yaml's train.budget); None: the detector's own.
+    max_train_windows: int | None = None   # training samples drawn per epoch, on top of the detector's cap
+    max_val_windows: int | None = None     # validation samples of the early-stopping loss (evenly spaced)
 
     def validate(self) -> None:
-        self._positive("max_epochs", "patience", "batch_size", "learning_rate")
+        self._positive("max_epochs", "patience", "batch_size", "learning_rate", "max_train_windows",
+                       "max_val_windows")
         if self.num_workers < 0:
             raise ValueError(f"TrainConfig: 'num_workers' must be >= 0, got {self.num_workers}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

@@ -89,6 +89,17 @@ def balanced_sampler(labels: np.ndarray, num_samples: int, generator: torch.Gene
     return WeightedRandomSampler(weights, num_samples, replacement=True, generator=generator)
 
 
+def evenly_spaced(tensors: Tensors, limit: int | None) -> Tensors:
+    """At most ``limit`` samples, evenly spaced over all of them (first and last included; all when
+    ``limit`` is None or not below their number). Samples are ordered by KPI then time, so every KPI
+    and every part of the split stays represented, and the choice is the same every epoch and run."""
+    n = len(tensors[0])
+    if limit is None or n <= limit:
+        return tensors
+    pick = torch.from_numpy(np.linspace(0, n - 1, limit).round().astype(np.int64))
+    return tuple(t[pick] for t in tensors)
+
+
 def to_tensor(array: np.ndarray, dtype=torch.float32) -> torch.Tensor:
     return torch.from_numpy(np.array(array, copy=True)).to(dtype)  # copy: frames may hand out read-only views
 
@@ -145,6 +156,7 @@ class TorchDetector(Detector):
             # shuffled subset that would leak neighbouring windows into validation.
             k = int(n * HOLDOUT_FRACTION) if n >= 10 else 0
             train, val = tuple(t[: n - k] for t in train), tuple(t[n - k:] for t in train)
+        val = evenly_spaced(val, tc.max_val_windows)
         generator = torch.Generator().manual_seed(tc.seed)
         loader = self._loader(train, generator)
         epochs = min(tc.max_epochs, self.config.max_epochs or tc.max_epochs)
@@ -185,7 +197,7 @@ class TorchDetector(Detector):
 
     def _loader(self, tensors: Tensors, generator: torch.Generator) -> DataLoader:
         n = len(tensors[0])
-        draws = min(n, self.config.max_train_windows or n)
+        draws = min(n, self.config.max_train_windows or n, self.train_config.max_train_windows or n)
         dataset = TensorDataset(*tensors)
         sampler = self._sampler(tensors, draws, generator)
         if sampler is None:  # a fresh random subset of `draws` samples every epoch

@@ -151,6 +151,16 @@ class WindowParams(_Section):
         return self
 
 
+class TrainBudget(_Section):
+    """Caps on every neural detector's training, on top of ``train.max_epochs`` and the detector's own
+    ``max_epochs`` / ``max_train_windows`` (None: no cap). The DVC pipeline's train stage applies them;
+    ``kpiguard bench`` trains at the full budget (:func:`pipeline.tools.bench.bench_params` drops them)."""
+
+    max_epochs: int | None = Field(None, ge=1)         # epochs (per phase for vae_lstm)
+    max_train_windows: int | None = Field(None, ge=1)  # training samples drawn per epoch
+    max_val_windows: int | None = Field(None, ge=1)    # validation samples of the early-stopping loss
+
+
 class TrainParams(_Section):
     device: str = "auto"
     seed: int = 0
@@ -161,6 +171,7 @@ class TrainParams(_Section):
     learning_rate: float = Field(1e-3, gt=0)
     num_workers: int = Field(0, ge=0)
     threads: int | None = Field(None, ge=1)  # CPU threads per training task; None: pipeline.threads decides
+    budget: TrainBudget = Field(default_factory=TrainBudget)
 
     @field_validator("device")
     @classmethod

@@ -26,9 +26,15 @@ log = logging.getLogger(__name__)
 
 
 def train_config(params: Params, progress: bool = True) -> TrainConfig:
+    """``train:`` as the detectors' TrainConfig, with ``train.budget``'s caps applied: its epochs cap
+    ``train.max_epochs``, its sample caps become the TrainConfig's."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in params.train.model_dump().items() if k in fields}
-    return TrainConfig(**values, progress=progress) if "progress" in fields else TrainConfig(**values)
+    budget = params.train.budget
+    if budget.max_epochs is not None:
+        values["max_epochs"] = min(values["max_epochs"], budget.max_epochs)
+    values.update(max_train_windows=budget.max_train_windows, max_val_windows=budget.max_val_windows)
+    return TrainConfig(**values, progress=progress)
 
 
 def fit_detector(name: str, params: Params, train: pd.DataFrame, val: pd.DataFrame | None,
@@ -51,6 +57,7 @@ def fit_detector(name: str, params: Params, train: pd.DataFrame, val: pd.DataFra
         "device": str(getattr(detector, "device", "cpu")),
         **threads.current(),
         "epochs": len(detector.history),
+        "budget": params.train.budget.model_dump(),  # the caps it trained under (train.budget)
         "history": detector.history,
         "best_val_loss": min((h["val_loss"] for h in detector.history if h.get("val_loss") is not None),
                              default=None),
