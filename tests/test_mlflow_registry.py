@@ -497,7 +497,7 @@ def test_a_run_shows_its_data_its_training_its_example_and_the_leaderboard_figur
         row = next(line for line in board if line.startswith(f"| {name} |")).split(" | ")
         cell = row[1] if champion["basis"] == "folds" else row[5]
         assert cell == selection.figure(champion["value"])
-        basis = "mean of 3 folds" if champion["basis"] == "folds" else "one split"
+        basis = selection.figure_basis(champion)  # "mean of 3 folds", "mean of 2 of 3 folds" or "one split", as the gate words it
         quoted = selection.figure_with_interval(champion)  # the figure and its bootstrap interval
         assert quoted.startswith(cell)
         assert (f"point_f1 on the validation split ({basis}, {evaluation['events']['val']} labelled events): "
