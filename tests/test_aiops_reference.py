@@ -143,12 +143,16 @@ def test_hand_cases():
     assert M.aiops_f1(lab, alarm.astype(bool), miss, ids, delay=0) == 1.0
 
 
+def random_case(rng) -> tuple[list, int]:
+    """1-3 random KPIs (:func:`random_kpi`) and a delay of 0-7 grid points."""
+    return [random_kpi(rng) for _ in range(int(rng.integers(1, 4)))], int(rng.integers(0, 8))
+
+
 def test_aiops_f1_equals_the_published_rule_on_random_cases():
     rng = np.random.default_rng(2018)
     splits = 0
     for case in range(250):
-        raw = [random_kpi(rng) for _ in range(int(rng.integers(1, 4)))]
-        delay = int(rng.integers(0, 8))
+        raw, delay = random_case(rng)
         thr = float(rng.choice([0.5, 0.8, 0.95]))
         kpis = [(ts, lab, (sc >= thr).astype(int)) for ts, lab, sc in raw]
         tp, fp, fn, y, adj = reference_counts(kpis, delay)
@@ -172,8 +176,7 @@ def test_best_f1_threshold_is_aiops_f1_at_its_threshold():
     rng = np.random.default_rng(7)
     checked = 0
     for _ in range(60):
-        raw = [random_kpi(rng) for _ in range(int(rng.integers(1, 4)))]
-        delay = int(rng.integers(0, 8))
+        raw, delay = random_case(rng)
         lab, sc, miss, ids = pipeline_arrays(raw, rng)
         if not np.any(lab & ~miss):
             continue

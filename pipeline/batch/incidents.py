@@ -51,7 +51,7 @@ def anomaly_spans(scored: pd.DataFrame) -> pd.DataFrame:
     Ties in severity are ordered by KPI and start.
     """
     if scored.empty or not scored[IS_ANOMALY].any():
-        return pd.DataFrame({c: pd.Series(dtype=_span_dtype(c)) for c in SPAN_COLUMNS})
+        return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in SPAN_COLUMNS})
     frame = scored.sort_values([KPI_ID, TIMESTAMP], kind="stable").reset_index(drop=True)
     flag = frame[IS_ANOMALY].to_numpy(dtype=bool)
     ids = frame[KPI_ID].to_numpy()
@@ -207,10 +207,6 @@ def _num(v) -> float | None:
 
 
 def _dtype(column: str) -> str:
+    """The dtype of a span or KPI-incident column, for the empty frames of a day without alarms."""
     return {"kpi_id": "object", "start": "datetime64[ns, UTC]", "end": "datetime64[ns, UTC]",
             "spans": "int64", "points": "int64"}.get(column, "float64")
-
-
-def _span_dtype(column: str) -> str:
-    return {"kpi_id": "object", "start": "datetime64[ns, UTC]", "end": "datetime64[ns, UTC]",
-            "points": "int64"}.get(column, "float64")
