@@ -1,12 +1,18 @@
-"""kpiguard_score: score each day with the champion and publish the daily anomaly report.
+"""kpiguard_score: score with the champion, page on incidents and publish the daily anomaly report.
 
-    day → ingest → validate → score (one task per KPI shard) → write → report → publish
+    slot → ingest → validate → score (one task per KPI shard) → write → report → publish
+                                                                          └→ alert
 
-Runs daily for the day that just ended (its data interval), and again whenever the champion Asset
-(``kpiguard://champion``) updates, re-scoring the latest complete day with the new champion.
-Catchup is off; ``airflow backfill create --dag-id kpiguard_score --from-date .. --to-date ..``
-scores a range. A rerun of a day replaces that day's partition and report. A validation failure
-fails the run at ``validate`` (the Great Expectations result is in its log): nothing is scored.
+Runs on ``score.schedule`` (params.yaml, read when the DAG file is parsed; default ``@daily``): each
+run scores its data interval, the day that just ended or, on a sub-daily cron such as
+``*/5 * * * *``, the five minutes that just ended (with ``score.context`` of history before them),
+writing them into the day's partition; ``alert`` pushes new and continuing incidents to the sinks of
+``alerts:`` (Alertmanager, a webhook; a ledger sends each once), and the day's report is rebuilt so
+far. Whenever the champion Asset (``kpiguard://champion``) updates, a run re-scores the latest
+complete day with the new champion. Catchup is off; ``airflow backfill create --dag-id kpiguard_score
+--from-date .. --to-date ..`` scores a range. A rerun of a day or interval replaces what it wrote
+and sends nothing twice. A validation failure fails the run at ``validate`` (the Great Expectations
+result is in its log): nothing is scored. Sub-daily runs go one at a time (they merge into the day).
 """
 from __future__ import annotations
 
@@ -19,9 +25,21 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 CHAMPION = Asset(name="kpiguard_champion", uri="kpiguard://champion")  # produced by kpiguard_retrain
 
 
+def _schedule() -> str:
+    """``score.schedule`` of the workspace's params.yaml (the import loads no pandas, numpy or torch)."""
+    from pipeline.params import load_params
+    from pipeline.orchestration import workspace
+
+    return load_params(workspace.root() / "params.yaml").score.schedule
+
+
+SCHEDULE = _schedule()
+SUB_DAILY = SCHEDULE not in ("@daily", "@midnight", "0 0 * * *")
+
+
 @dag(dag_id="kpiguard_score",
-     schedule=AssetOrTimeSchedule(timetable=CronDataIntervalTimetable("@daily", timezone="UTC"), assets=[CHAMPION]),
-     start_date=datetime(2026, 1, 1, tzinfo=timezone.utc), catchup=False, max_active_runs=4,
+     schedule=AssetOrTimeSchedule(timetable=CronDataIntervalTimetable(SCHEDULE, timezone="UTC"), assets=[CHAMPION]),
+     start_date=datetime(2026, 1, 1, tzinfo=timezone.utc), catchup=False, max_active_runs=1 if SUB_DAILY else 4,
      params={"day": Param(None, type=["null", "string"], format="date",
                           description="score this day instead of the run's data interval (YYYY-MM-DD)"),
              "input": Param(None, type=["null", "string"],
@@ -30,14 +48,17 @@ CHAMPION = Asset(name="kpiguard_champion", uri="kpiguard://champion")  # produce
      tags=["kpiguard"], doc_md=__doc__)
 def kpiguard_score():
     @task
-    def day(**context) -> str:
+    def slot(**context) -> str:
+        """What this run scores: the ``day`` conf, else its data interval (a day, or a sub-day interval)."""
         if context["params"].get("day"):
             return context["params"]["day"]
-        start = context.get("data_interval_start")
+        start, end = context.get("data_interval_start"), context.get("data_interval_end")
         if context["dag_run"].run_type == "asset_triggered" or start is None:
             # A new champion: re-score the latest complete day.
             return (context["dag_run"].run_after - timedelta(days=1)).date().isoformat()
-        return start.date().isoformat()
+        from pipeline.batch import score
+
+        return score.slot_text(start, end)
 
     @task
     def ingest(d: str, **context) -> dict:
@@ -97,9 +118,20 @@ def kpiguard_score():
         with workspace.inside():
             return daily.publish(workspace.params(), d, os.environ.get("KPIGUARD_REPORT_BUCKET") or None)
 
-    d = day()
+    @task
+    def alert(d: str) -> dict:
+        """Push the incidents to the sinks of ``alerts:`` (none configured: nothing to do); a sink that
+        stays down fails this task, and the ledger resends on the next run."""
+        from pipeline.batch import daily
+        from pipeline.orchestration import workspace
+
+        with workspace.inside():
+            return daily.alert(workspace.params(), d)
+
+    d = slot()
     scored = score.partial(d=d).expand(shard=shards())
-    ingest(d) >> validate(d) >> scored >> write(d) >> report(d) >> publish(d)
+    reported = report(d)
+    ingest(d) >> validate(d) >> scored >> write(d) >> reported >> [publish(d), alert(d)]
 
 
 kpiguard_score()

@@ -295,8 +295,20 @@ class ScoreParams(_Section):
     training_range_tolerance: str = "7D"  # a day starting later than this after the model's data ended is "outside"
     mismatch_factor: float = Field(10.0, gt=0)  # alarm rate above this many times evaluate.alarm_budget: a mismatch
     max_alarm_fraction: float | None = Field(None, ge=0, le=1)  # a day flagging more than this fails the run; None: off
+    schedule: str = "@daily"  # the kpiguard_score DAG's cron (or preset); sub-daily: each run scores its interval
+    alert_lookback: str = "1D"  # sub-daily runs build incidents from this much scored history before the interval's end
 
-    @field_validator("context", "training_range_tolerance")
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: str) -> str:
+        from croniter import croniter  # Airflow's own cron parser: what it accepts, the DAG accepts
+
+        if not croniter.is_valid(v):
+            raise ValueError(f"schedule must be a cron expression (e.g. '*/5 * * * *') or a preset such as "
+                             f"@daily or @hourly, got {v!r}")
+        return v
+
+    @field_validator("context", "training_range_tolerance", "alert_lookback")
     @classmethod
     def _duration(cls, v: str, info) -> str:
         import pandas as pd

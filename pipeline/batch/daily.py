@@ -1,8 +1,15 @@
-"""The daily scoring job, one step per function, for the ``kpiguard_score`` DAG (or by hand).
+"""The scoring job, one step per function, for the ``kpiguard_score`` DAG (or by hand).
 
-    ingest(day) → validate(day) → score_shard(day, i, n) for i < n → write(day) → report(day) → publish(day)
+    ingest(slot) → validate(slot) → score_shard(slot, i, n) for i < n → write(slot) → report(slot)
+      → publish(slot), alert(slot)
 
-Steps hand over files in the day's staging directory, ``<score.staging>/<day>/``, which every worker
+A slot is what one run scores: a day ``YYYY-MM-DD`` (the ``@daily`` schedule) or an interval
+``START/END`` (a sub-daily ``score.schedule`` such as ``*/5 * * * *``: its data interval,
+:func:`pipeline.batch.score.slot_range`). A day's slot replaces its partition whole; an interval's
+replaces its own rows in the partition of its day (:func:`pipeline.batch.score.merge_slot`), so the
+day's partition and report grow through the day and a rerun of an interval changes nothing.
+
+Steps hand over files in the slot's staging directory, ``<score.staging>/<slot key>/``, which every worker
 sees (a shared volume in a deployment). Each step writes its own files atomically and replaces
 what a previous attempt wrote, so a step can be retried alone and a rerun of a day never
 duplicates anything. KPIs are sharded by a stable hash of ``kpi_id``, so ``n`` workers score one
@@ -14,6 +21,7 @@ import io
 import json
 import logging
 import re
+import shutil
 import zlib
 from pathlib import Path
 
@@ -39,21 +47,51 @@ RAW, VALID, QUARANTINE, VALIDATION, MODEL = "raw.parquet", "valid.parquet", "qua
 GRID_QUARANTINE, GRID_SUMMARY, SERVED = ".grid-quarantine.parquet", ".grid.json", ".served.json"
 
 
-def staging(params: Params, day: str) -> Path:
-    return Path(params.score.staging) / _iso(day)
+def staging(params: Params, slot: str) -> Path:
+    return Path(params.score.staging) / slot_key(slot)
 
 
-def ingest(params: Params, day: str, input_spec: str | None = None) -> dict:
-    """The day's rows plus ``score.context`` of history, from ``score.input`` (or an allowed ``input_spec``)."""
-    start, end = score.day_range(day)
+def slot_key(slot: str) -> str:
+    """The slot's staging directory name: the day, or ``<start>_<end>`` (``YYYY-MM-DDTHHMMSSZ``)."""
+    start, end = score.slot_range(slot)
+    if score.is_whole_days(start, end) and end - start == pd.Timedelta(days=1):
+        return start.date().isoformat()
+    return f"{start:%Y-%m-%dT%H%M%SZ}_{end:%Y-%m-%dT%H%M%SZ}"
+
+
+def days_of(slot: str) -> list[str]:
+    """The UTC days a slot touches (one, unless an interval crosses midnight)."""
+    start, end = score.slot_range(slot)
+    return [d.date().isoformat() for d in pd.date_range(start.normalize(), end, freq="D", inclusive="left")]
+
+
+# An interval's staging directory is needed until its run is over (retries included); a day of them
+# (288 at */5) is kept, older ones are removed by the next interval's ingest.
+STAGING_KEEP = pd.Timedelta(days=1)
+_INTERVAL_KEY = re.compile(r"\d{4}-\d{2}-\d{2}T\d{6}Z_(\d{4}-\d{2}-\d{2}T\d{6}Z)")
+
+
+def ingest(params: Params, slot: str, input_spec: str | None = None) -> dict:
+    """The slot's rows plus ``score.context`` of history, from ``score.input`` (or an allowed ``input_spec``)."""
+    start, end = score.slot_range(slot)
     spec = check_input(params, input_spec) if input_spec else params.score.input
     raw = score.read_input(params, spec, start, end)
-    def write(tmp: Path) -> None:  # a new ingest replaces everything downstream of it for that day
+    def write(tmp: Path) -> None:  # a new ingest replaces everything downstream of it for that slot
         raw.to_parquet(tmp / RAW, index=False)
         write_json_atomic(tmp / "input.json", {"input": spec})
 
-    replace_dir_atomic(staging(params, day), write)
-    return {"day": _iso(day), "input": spec, "rows": len(raw), "kpis": int(raw[KPI_ID].nunique())}
+    replace_dir_atomic(staging(params, slot), write)
+    if slot_key(slot) != days_of(slot)[0]:
+        _prune_interval_staging(params, start - STAGING_KEEP)
+    return {"slot": score.slot_text(start, end), "input": spec, "rows": len(raw), "kpis": int(raw[KPI_ID].nunique())}
+
+
+def _prune_interval_staging(params: Params, before: pd.Timestamp) -> None:
+    root = Path(params.score.staging)
+    for folder in root.glob("*_*") if root.is_dir() else ():
+        m = _INTERVAL_KEY.fullmatch(folder.name)
+        if m and folder.is_dir() and pd.Timestamp(m[1]) < before:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def check_input(params: Params, spec: str) -> str:
@@ -86,10 +124,10 @@ def _escapes(rest: str) -> bool:
     return rest.startswith("/") or any(not _SAFE_NAME.fullmatch(part) or part.startswith(".") for part in parts)
 
 
-def validate(params: Params, day: str) -> dict:
+def validate(params: Params, slot: str) -> dict:
     """GX validation of the staged rows; raises DataError (the task fails) past the quarantine limit."""
-    start, end = score.day_range(day)
-    folder = staging(params, day)
+    start, end = score.slot_range(slot)
+    folder = staging(params, slot)
     spec = json.loads((folder / "input.json").read_text())["input"]
     raw = pd.read_parquet(folder / RAW)
     outcome = score.check(params, raw, spec, start, end)  # the DataError names the failed expectations
@@ -107,10 +145,10 @@ def shard_of(kpi_ids: pd.Series, shards: int) -> np.ndarray:
     return kpi_ids.map(codes).to_numpy()
 
 
-def score_shard(params: Params, day: str, shard: int, shards: int, model_uri: str | None = None) -> dict:
+def score_shard(params: Params, slot: str, shard: int, shards: int, model_uri: str | None = None) -> dict:
     """Score the KPIs of one shard with the model (``score.model_uri``, the champion, by default)."""
-    start, end = score.day_range(day)
-    folder = staging(params, day)
+    start, end = score.slot_range(slot)
+    folder = staging(params, slot)
     valid = pd.read_parquet(folder / VALID)
     mine = valid[shard_of(valid[KPI_ID].astype(str), shards) == shard]
     model, info = score.load_model(params, model_uri or params.score.model_uri)  # never runs stored code
@@ -128,11 +166,12 @@ def score_shard(params: Params, day: str, shard: int, shards: int, model_uri: st
             "quarantined": len(placed.quarantine)}
 
 
-def write(params: Params, day: str, shards: int, output: str | None = None) -> dict:
-    """Join the shards into the day's partition (replaced whole); then, past ``score.max_alarm_fraction``,
-    fail (DataError, rule ``max_alarm_fraction``) with the partition written."""
-    start, end = score.day_range(day)
-    folder = staging(params, day)
+def write(params: Params, slot: str, shards: int, output: str | None = None) -> dict:
+    """Join the shards into the day's partition (a day's slot: replaced whole; an interval: its rows
+    replaced in the day's partition); then, past ``score.max_alarm_fraction``, fail (DataError, rule
+    ``max_alarm_fraction``) with the partition written."""
+    start, end = score.slot_range(slot)
+    folder = staging(params, slot)
     parts = [folder / "shards" / f"{i:04d}-of-{shards:04d}.parquet" for i in range(shards)]
     absent = [q.name for p in parts for q in (p, p.with_name(p.stem + GRID_QUARANTINE),
                                               p.with_name(p.stem + GRID_SUMMARY), p.with_name(p.stem + SERVED))
@@ -148,21 +187,29 @@ def write(params: Params, day: str, shards: int, output: str | None = None) -> d
     grid = prep.merge_summaries([json.loads(p.with_name(p.stem + GRID_SUMMARY).read_text()) for p in parts])
     facts = guards.Served.merge([guards.Served.from_dict(json.loads(p.with_name(p.stem + SERVED).read_text()))
                                  for p in parts])
-    partition, = score.write_days(output or params.score.output, start, end, scored,
-                                  pd.concat(held, ignore_index=True), {"model": info, "input": spec},
-                                  params.score.quarantine_output, {_iso(day): grid}, params=params, facts=facts)
-    guards.enforce_max_alarm_fraction(params, [partition], spec)  # after the write: the evidence stays
-    return partition
+    held = pd.concat(held, ignore_index=True)
+    if score.is_whole_days(start, end):
+        partitions = score.write_days(output or params.score.output, start, end, scored, held,
+                                      {"model": info, "input": spec}, params.score.quarantine_output,
+                                      {day: grid for day in days_of(slot)}, params=params, facts=facts)
+    else:
+        partitions = score.merge_slot(output or params.score.output, start, end, scored, held,
+                                      {"model": info, "input": spec}, params.score.quarantine_output, grid,
+                                      params=params, facts=facts)
+    guards.enforce_max_alarm_fraction(params, partitions, spec)  # after the write: the evidence stays
+    return partitions[0] if len(partitions) == 1 else {"partitions": partitions}
 
 
 REPORT_STEP_KEYS = ("day", "kpis_scored", "incident_count", "anomalies", "anomalous_kpis", "quarantined",
                     "interval_changed", "html", "json")
 
 
-def report(params: Params, day: str, output: str | None = None) -> dict:
-    """The DAG's report step: :func:`build_day_report`, returning its counts and paths (the XCom)."""
-    summary = build_day_report(params, day, output)
-    return {k: summary[k] for k in REPORT_STEP_KEYS}
+def report(params: Params, slot: str, output: str | None = None) -> dict:
+    """The DAG's report step: :func:`build_day_report` of the slot's day (so far, for an interval),
+    returning its counts and paths (the XCom)."""
+    summaries = [build_day_report(params, day, output) for day in days_of(slot)]
+    steps = [{k: s[k] for k in REPORT_STEP_KEYS} for s in summaries]
+    return steps[0] if len(steps) == 1 else {"reports": steps}
 
 
 def build_day_report(params: Params, day: str, output: str | None = None) -> dict:
@@ -184,15 +231,17 @@ def build_day_report(params: Params, day: str, output: str | None = None) -> dic
                                    incident_gap=params.score.incident_gap)
 
 
-def publish(params: Params, day: str, bucket: str | None = None) -> dict:
-    """Copy the report to ``s3://<bucket>/daily/`` when a bucket is configured (it is already in reports/)."""
+def publish(params: Params, slot: str, bucket: str | None = None) -> dict:
+    """Copy the slot's day report to ``s3://<bucket>/daily/`` when a bucket is configured (it is already
+    in reports/)."""
     bucket = bucket or params.score.report_bucket
-    local = {ext: Path(params.score.reports) / f"{_iso(day)}.{ext}" for ext in ("html", "json")}
+    local = {f"{day}.{ext}": Path(params.score.reports) / f"{day}.{ext}"
+             for day in days_of(slot) for ext in ("html", "json")}
     if not bucket:
         return {"published": [str(p) for p in local.values()]}
     targets = []
-    for ext, path in local.items():
-        target = f"s3://{bucket}/daily/{_iso(day)}.{ext}"
+    for name, path in local.items():
+        target = f"s3://{bucket}/daily/{name}"
         storage.write_bytes(target, path.read_bytes())
         targets.append(target)
     return {"published": [*map(str, local.values()), *targets]}

@@ -20,6 +20,7 @@ dataset sees the old day or the new one, never a mix, and rerunning a day never 
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import io
 import json
@@ -40,7 +41,7 @@ from pipeline.data.checks import Validator
 from pipeline.errors import DataError
 from pipeline.eval import metrics as M
 from pipeline.io import storage
-from pipeline.io.outputs import replace_dirs_atomic
+from pipeline.io.outputs import replace_dirs_atomic, target_lock
 from pipeline.params import Params
 from pipeline.serving import tracking
 from pipeline.serving.bundle import IS_ANOMALY, OUTPUT_COLUMNS, predict_with
@@ -63,6 +64,36 @@ def day_range(date: str | None = None, start: str | None = None, end: str | None
     if end_ts <= start_ts:
         raise DataError("kpiguard score", "date_range", f"--end {end} must be after --start {start}")
     return start_ts, end_ts
+
+
+def slot_range(slot: str) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """What one scoring run covers: a day ``YYYY-MM-DD`` (``[D, D+1)``) or an interval ``START/END`` of
+    ISO timestamps (UTC when naive; the sub-daily schedule's data interval), ``END`` exclusive."""
+    if "/" not in str(slot):
+        return day_range(slot)
+    text = str(slot)
+    try:
+        start, end = (pd.Timestamp(part.strip()) for part in text.split("/", 1))
+    except ValueError as exc:
+        raise DataError(f"scoring interval {text!r}", "interval_format",
+                        f"expected START/END as ISO timestamps, e.g. 2026-01-28T00:05:00Z/2026-01-28T00:10:00Z "
+                        f"({exc})") from None
+    start, end = (t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC") for t in (start, end))
+    if end <= start:
+        raise DataError(f"scoring interval {text!r}", "interval_format", "END must be after START")
+    return start, end
+
+
+def slot_text(start: pd.Timestamp, end: pd.Timestamp) -> str:
+    """The slot of ``[start, end)``: the day when it is one whole UTC day, else ``START/END``."""
+    start, end = pd.Timestamp(start).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC")
+    if start == start.normalize() and end == start + pd.Timedelta(days=1):
+        return start.date().isoformat()
+    return f"{start.isoformat()}/{end.isoformat()}"
+
+
+def is_whole_days(start: pd.Timestamp, end: pd.Timestamp) -> bool:
+    return start == start.normalize() and end == end.normalize()
 
 
 def _day(text, option: str) -> pd.Timestamp:
@@ -238,6 +269,64 @@ def write_days(output: str, start: pd.Timestamp, end: pd.Timestamp, scored: pd.D
                     "scored_at": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")}
         partitions.append({**write_partition(output, day, rows, held, day_meta, quarantine_output), **day_meta})
     return partitions
+
+
+def merge_slot(output: str, start: pd.Timestamp, end: pd.Timestamp, scored: pd.DataFrame,
+               quarantine: pd.DataFrame, meta: dict, quarantine_output: str | None = None,
+               grid: dict | None = None, params: Params | None = None,
+               facts: guards.Served | None = None) -> list[dict]:
+    """Write a sub-day slot ``[start, end)`` (the sub-daily schedule's data interval) into the partitions of
+    the days it touches: each day's rows and quarantine inside the slot are replaced by these, the rest
+    of the day is kept, and the partition is rewritten whole (:func:`write_days`), so rerunning a slot
+    changes nothing and the day's counts and guards cover everything scored so far. ``_meta.json`` keeps
+    one entry per slot in ``slots`` (its model version and grid summary, ``grid``), which the day's grid
+    fields are merged from; ``model`` is the latest slot's. Writers of one day take turns (a lock
+    beside the partition, local outputs); on S3 the scoring DAG runs one sub-daily run at a time."""
+    params = params or Params()
+    partitions = []
+    for day in pd.date_range(start.normalize(), end, freq="D", inclusive="left"):
+        lo, hi = max(start, day), min(end, day + pd.Timedelta(days=1))
+        target = partition_path(output, day)
+        lock = (contextlib.nullcontext() if storage.is_s3(target)
+                else target_lock(Path(target).with_name(Path(target).name + ".merge")))
+        with lock:
+            old_rows, old_held, old_meta = _existing_day(output, day, quarantine_output)
+            rows = pd.concat([old_rows[~_in(old_rows, lo, hi)], scored[_in(scored, lo, hi)]], ignore_index=True)
+            held = pd.concat([old_held[~_in(old_held, lo, hi)], quarantine[_in(quarantine, lo, hi)]],
+                             ignore_index=True)
+            rows = rows.sort_values([KPI_ID, TIMESTAMP], kind="stable").reset_index(drop=True)
+            slots = {**old_meta.get("slots", {}),
+                     slot_text(lo, hi): {"model_version": (meta.get("model") or {}).get("version"), **(grid or {})}}
+            day_grid = prep.merge_summaries([_grid_of_slots(slots)])
+            partitions += write_days(output, day, day + pd.Timedelta(days=1), rows, held,
+                                     {**meta, "slots": dict(sorted(slots.items()))}, quarantine_output,
+                                     {day.date().isoformat(): day_grid}, params=params, facts=facts)
+    return partitions
+
+
+def _existing_day(output: str, day: pd.Timestamp, quarantine_output: str | None) -> tuple[pd.DataFrame, ...]:
+    """(scores, quarantine, meta) of a day's partition as written, or empty ones."""
+    date = day.date().isoformat()
+    if not storage.exists(partition_file(output, date)):
+        empty = SCORES_SCHEMA.empty_table().to_pandas()
+        return empty, pd.DataFrame({TIMESTAMP: pd.Series(dtype="datetime64[ns, UTC]")}), {}
+    rows = pd.read_parquet(io.BytesIO(storage.read_bytes(partition_file(output, date))))
+    held_path = partition_file(output, date, QUARANTINED, quarantine_output)
+    held = (pd.read_parquet(io.BytesIO(storage.read_bytes(held_path))) if storage.exists(held_path)
+            else pd.DataFrame({TIMESTAMP: pd.Series(dtype="datetime64[ns, UTC]")}))
+    return rows, held, read_meta(output, date)
+
+
+def _grid_of_slots(slots: dict[str, dict]) -> dict:
+    """One day's grid summary from its slots': rows snapped add up; a KPI whose interval changed is
+    listed once, with the rows quarantined in all slots."""
+    changed: dict[str, dict] = {}
+    for entry in slots.values():
+        for c in entry.get("interval_changed", []):
+            seen = changed.setdefault(c["kpi_id"], {**c, "rows_quarantined": 0})
+            seen["rows_quarantined"] += int(c.get("rows_quarantined", 0))
+    return {"off_grid_snapped": sum(int(e.get("off_grid_snapped", 0)) for e in slots.values()),
+            "interval_changed": list(changed.values())}
 
 
 # -- the datasets ------------------------------------------------------------------------------
