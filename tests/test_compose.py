@@ -23,7 +23,7 @@ AIRFLOW_SERVICES = {"airflow-init", "airflow-scheduler", "airflow-api-server", "
                     "airflow-triggerer", "airflow-worker"}
 WORKERS = {"airflow-worker", "gpu-worker"}
 ONE_SHOT = {"buckets", "airflow-init"}
-EXPECTED = {"postgres", "redis", "seaweedfs", "buckets", "mlflow", "gpu-worker"} | AIRFLOW_SERVICES
+EXPECTED = {"postgres", "redis", "seaweedfs", "buckets", "mlflow", "gpu-worker", "prometheus", "alertmanager"} | AIRFLOW_SERVICES
 CODE_ENV = {  # what the kpiguard code, boto3, DVC and MLflow read, with the stack's values
     "MLFLOW_TRACKING_URI": "http://mlflow:5000",
     "AWS_ENDPOINT_URL": "http://seaweedfs:8333",
@@ -315,3 +315,29 @@ def test_dockerignore_keeps_secrets_and_state_out():
     patterns = set((REPO / ".dockerignore").read_text().split())
     assert {".env", ".git", ".venv/", "data/", "models/artifacts/", "reports/", "dvc.lock"} <= patterns
     assert "/.env" in (REPO / ".gitignore").read_text().split()
+
+
+def test_the_scoring_worker_waits_for_prometheus_and_alertmanager(services):
+    needs = services["airflow-worker"]["depends_on"]
+    assert needs["prometheus"]["condition"] == needs["alertmanager"]["condition"] == "service_healthy"
+    for name, port in (("prometheus", "9090"), ("alertmanager", "9093")):
+        assert any(str(p).endswith(f":{port}") and str(p).startswith("127.0.0.1:") for p in services[name]["ports"]), name
+
+
+@pytest.mark.parametrize("name", ["prometheus.yml", "alertmanager.yml"])
+def test_the_alerting_configs_parse_and_route(name):
+    config = yaml.safe_load((REPO / "docker" / name).read_text())
+    if name == "alertmanager.yml":
+        receivers = {r["name"] for r in config["receivers"]}
+        assert config["route"]["receiver"] in receivers and "kpi" in config["route"]["group_by"]
+    else:
+        assert config["scrape_configs"]
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None or shutil.which("amtool") is None,
+                    reason="promtool / amtool (make prometheus) not installed")
+def test_the_alerting_configs_pass_their_own_checkers():
+    for cmd in (["promtool", "check", "config", str(REPO / "docker" / "prometheus.yml")],
+                ["amtool", "check-config", str(REPO / "docker" / "alertmanager.yml")]):
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stdout + run.stderr
