@@ -119,8 +119,21 @@ def cmd_score(args) -> Output:
     from pipeline.batch import score
 
     start, end = score.day_range(args.date, args.start, args.end)
-    result = score.run(p, args.input or p.score.input, start, end, args.output or p.score.output,
+    output = args.output or p.score.output
+    result = score.run(p, args.input or p.score.input, start, end, output,
                        args.model_uri or p.score.model_uri, progress=_progress(args))
+    from pipeline.batch import alerts
+
+    if alerts.enabled(p):  # each day once its partition is written; a failure leaves the partitions in place
+        result["alerts"] = []
+        for part in result["partitions"]:
+            try:
+                result["alerts"].append(alerts.push_day(p, part["date"], output=output))
+            except alerts.AlertError as exc:
+                written = ", ".join(q["path"] for q in result["partitions"])
+                raise alerts.AlertError(exc.source, exc.rule, f"{exc.detail} (the scores are written: {written}; "
+                                        f"`kpiguard alert --date {part['date']}` sends the rest)",
+                                        summary=exc.summary) from None
     return Output(summary.score(result), result)
 
 
@@ -135,6 +148,19 @@ def cmd_report(args) -> Output:
         raise DataError("kpiguard report --date", exc.rule, exc.detail) from None
     result = daily.build_day_report(p, day.date().isoformat(), args.output)
     return Output(summary.report(result), result)
+
+
+def cmd_alert(args) -> Output:
+    p = _params(args)
+    from pipeline.batch import alerts, score
+    from pipeline.errors import DataError
+
+    try:
+        day, _ = score.day_range(args.date)
+    except DataError as exc:  # the rule and detail are score's; the option is alert's
+        raise DataError("kpiguard alert --date", exc.rule, exc.detail) from None
+    result = alerts.push_day(p, day.date().isoformat(), output=args.output)
+    return Output(summary.alert(result), result)
 
 
 def cmd_bench(args) -> Output:
@@ -213,6 +239,9 @@ def nothing_usable(command: str, data: dict) -> str | None:
     elif command == "score":
         if not sum(p["rows"] for p in data["partitions"]):
             return f"0 rows scored in {len(data['partitions'])} partition(s): every row was quarantined"
+    elif command == "alert":
+        if not data["sinks"]:
+            return "no alert sink configured: set alerts.alertmanager.url or alerts.webhook.url"
     elif command == "bench":
         rows = {n: r for n, r in data["summary"].items() if n != "random"}
         if not any(r.get("status") == "ok" for r in rows.values()):
@@ -258,6 +287,8 @@ COMMANDS = {
               "kpiguard score --date 2026-01-28 --json"),
     "report": ("Build a scored day's anomaly report (HTML and JSON): its incidents, most severe first.",
                "kpiguard report --date 2026-01-28"),
+    "alert": ("Send a scored day's incidents to Alertmanager and/or a webhook (alerts.*), each exactly once.",
+              "kpiguard alert --date 2026-01-28 -S alerts.alertmanager.url=http://127.0.0.1:9093"),
     "bench": ("Run ingest, validate, windows, train and evaluate on any sources, outside DVC.",
               "kpiguard bench --train nab:../shared/datasets/nab --detectors robust_zscore,diff_z"),
     "speed": ("Measure how fast each detector trains and scores, on synthetic data.",
@@ -265,8 +296,8 @@ COMMANDS = {
 }
 
 DESCRIPTION = """kpiguard finds anomalies in KPI time series. One command per pipeline stage (ingest, validate,
-windows, train, evaluate, register), the model registry (promote, rollback), batch scoring and its daily
-report (score, report) and tools (bench, speed). Each reads params.yaml; -S section.key=value overrides a parameter."""
+windows, train, evaluate, register), the model registry (promote, rollback), batch scoring, its daily
+report and alerts (score, report, alert) and tools (bench, speed). Each reads params.yaml; -S section.key=value overrides a parameter."""
 
 EPILOG = """examples:
   kpiguard ingest && kpiguard validate        run the first two stages on params.yaml
@@ -365,6 +396,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--date", required=True, help="YYYY-MM-DD: the scored UTC day to report")
     p.add_argument("--output", help="the scores dataset it was written to (default: score.output)")
     p.set_defaults(func=cmd_report)
+
+    p = _command(sub, "alert", parents=[common])
+    p.add_argument("--date", required=True, help="YYYY-MM-DD: the scored UTC day whose incidents to send")
+    p.add_argument("--output", help="the scores dataset it was written to (default: score.output)")
+    p.set_defaults(func=cmd_alert)
 
     p = _command(sub, "bench", parents=[common])
     p.add_argument("--train", help="source spec, e.g. nab:../shared/datasets/nab (required unless --scores-from)")

@@ -12,6 +12,8 @@ message says what to change. Anything else that escapes is a bug in kpiguard.
 - :class:`RegistryError`: a registry operation that cannot be done as asked.
 - :class:`OutputError`: an output cannot be written (a full disk, no permission, a file where a
   directory must be); the previous output is unchanged.
+- :class:`AlertError`: an alert sink (Alertmanager, a webhook) or the alert ledger cannot be used;
+  what was delivered is recorded, and the next run resends the rest.
 """
 from __future__ import annotations
 
@@ -64,6 +66,15 @@ class OutputError(KpiguardError):
 
     def __init__(self, path, detail: str, rule: str = "output_writable"):
         super().__init__(f"output {path}", rule, detail)
+
+
+class AlertError(KpiguardError):
+    """An alert sink or the alert ledger that cannot be used: names the sink and its URL, the HTTP status
+    and body (or the connection error), and that the ledger resends what was not delivered next run."""
+
+    def __init__(self, source: str, rule: str, detail: str, summary: dict | None = None):
+        super().__init__(source, rule, detail)
+        self.summary = summary  # what the push did deliver (pipeline.batch.alerts.push), for callers that log it
 
 
 def output_error(target, exc: OSError) -> OutputError:

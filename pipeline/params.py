@@ -340,6 +340,92 @@ class StorageParams(_Section):
     max_read_mb: float = Field(2048.0, gt=0)
 
 
+class AlertmanagerSink(_Section):
+    url: str | None = None  # e.g. http://127.0.0.1:9093; None: off
+
+
+class WebhookSink(_Section):
+    url: str | None = None  # e.g. a Slack incoming webhook; None: off
+    auth_header_env: str | None = None  # the environment variable holding the Authorization header's value
+    send_resolved: bool = True  # one more post when an incident is over
+
+    @field_validator("auth_header_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        import re
+
+        if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+            raise ValueError(f"auth_header_env names an environment variable (letters, digits, _), got {v!r}")
+        return v
+
+
+# Labels kpiguard sets on every Alertmanager alert; static ``alerts.labels`` must not shadow them.
+ALERT_LABELS = ("alertname", "kpi", "detector", "severity")
+
+
+class AlertParams(_Section):
+    """``alerts``: where incidents go (pipeline/batch/alerts.py). Every sink is off by default."""
+
+    alertmanager: AlertmanagerSink = Field(default_factory=AlertmanagerSink)
+    webhook: WebhookSink = Field(default_factory=WebhookSink)
+    alertname: str = Field("KpiguardAnomaly", min_length=1)
+    labels: dict[str, str] = Field(default_factory=dict)
+    critical_severity: float = Field(2.0, gt=0)  # a KPI this many times over its threshold: severity=critical
+    report_url: str | None = None  # template with {day}, e.g. https://reports.example/{day}.html
+    ledger: str = "sqlite:///data/alerts/ledger.db"
+    max_attempts: int = Field(3, ge=1, le=20)
+    retry_backoff_s: float = Field(1.0, ge=0)
+    timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("alertmanager", "webhook")
+    @classmethod
+    def _http_url(cls, v, info):
+        if v.url is not None and not v.url.startswith(("http://", "https://")):
+            raise ValueError(f"{info.field_name}.url must be an http:// or https:// URL, got {v.url!r}")
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        import re
+
+        bad = [k for k in v if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", k) or k.startswith("__")]
+        if bad:
+            raise ValueError(f"label names must match [a-zA-Z_][a-zA-Z0-9_]* and not start with __: {bad}")
+        taken = sorted(set(v) & set(ALERT_LABELS))
+        if taken:
+            raise ValueError(f"labels {taken} are set by kpiguard on every alert ({', '.join(ALERT_LABELS)})")
+        return v
+
+    @field_validator("report_url")
+    @classmethod
+    def _report_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                v.format(day="2026-01-28")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(f"report_url may use only the placeholder {{day}}, got {v!r} ({exc!r})") from None
+        return v
+
+    @field_validator("ledger")
+    @classmethod
+    def _ledger(cls, v: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(v)
+        except ArgumentError:
+            raise ValueError(f"ledger must be a SQLAlchemy URL such as sqlite:///data/alerts/ledger.db or "
+                             f"postgresql+psycopg2://user@host/db, got {v!r}") from None
+        return v
+
+    def sinks(self) -> dict[str, str]:
+        """The configured sinks, name -> URL (empty: alerting is off)."""
+        return {name: sink.url for name, sink in (("alertmanager", self.alertmanager), ("webhook", self.webhook))
+                if sink.url}
+
+
 class Params(_Section):
     # Sections default by factory: building a default section runs its validators, which import what they
     # check; at import time nothing is built.
@@ -354,6 +440,7 @@ class Params(_Section):
     mlflow: MlflowParams = Field(default_factory=MlflowParams)
     score: ScoreParams = Field(default_factory=ScoreParams)
     storage: StorageParams = Field(default_factory=StorageParams)
+    alerts: AlertParams = Field(default_factory=AlertParams)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

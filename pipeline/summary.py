@@ -119,7 +119,21 @@ def score(result: dict) -> str:
     if "incidents" in result:
         spans += f" ({_plural(result['incidents'], 'incident')})"
     return (f"score: {_n(rows)} rows, {_n(anomalies)} anomalies{spans}, {_n(quarantined)} quarantined with {which} "
-            f"{ARROW} {where}{_grid(parts)}" + "".join(f"\nscore: warning: {w}" for w in _guards(parts)))
+            f"{ARROW} {where}{_grid(parts)}" + "".join(f"\nscore: warning: {w}" for w in _guards(parts))
+            + "".join(f"\nscore: {alert(pushed)}" for pushed in result.get("alerts") or []))
+
+
+def alert(result: dict) -> str:
+    """``result``: what ``pipeline.batch.alerts.push_day`` returns (per sink: counts and incident ids)."""
+    head = f"alert {result['day']}: {_plural(result['incidents'], 'incident')}"
+    if not result["sinks"]:
+        return f"{head}; no sink configured (alerts.alertmanager.url, alerts.webhook.url): nothing sent"
+    parts = []
+    for name, s in result["sinks"].items():
+        counts = ", ".join(f"{s[k]} {k}" for k in ("sent", "updated", "unchanged", "resolved", "busy")
+                           if s[k] or k in ("sent", "unchanged"))
+        parts.append(f"{name} {s['url']}: {counts}")
+    return f"{head} {ARROW} " + "; ".join(parts)
 
 
 def _days(parts: list[dict]) -> str:

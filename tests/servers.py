@@ -7,6 +7,8 @@
 - :func:`s3_server`: a session-scoped pytest fixture around :func:`weed_s3`. Register it in
   ``tests/conftest.py`` with ``from servers import s3_server  # noqa: F401`` (or
   ``from tests.servers import ...`` when tests/ is a package).
+- :func:`http_receiver`: a local HTTP server in a thread that records every POST (a webhook receiver),
+  answering a chosen status; :func:`alertmanager`: a real Alertmanager routing every alert to one.
 """
 from __future__ import annotations
 
@@ -324,6 +326,116 @@ def mlflow_server(tmp_dir: str | Path, backend_uri: str | None = None, artifacts
                 return resp.status == 200
 
         wait_until(ready, timeout, f"mlflow server at {url}", proc, log_path, interval=0.5)
+        yield url
+    finally:
+        stop_process(proc)
+
+
+# -- a recording HTTP receiver and Alertmanager ------------------------------------------------------
+class Receiver:
+    """What :func:`http_receiver` got: ``posts`` (path, headers, JSON body or text), and the ``status``
+    (and ``body``) it answers with, which a test may change while it runs."""
+
+    def __init__(self, url: str, status: int, body: str):
+        import threading
+
+        self.url, self.status, self.body = url, status, body
+        self.delay_s = 0.0  # before answering: a slow sink, so that concurrent senders overlap
+        self.posts: list[dict] = []
+        self.lock = threading.Lock()
+
+    def bodies(self, path: str | None = None) -> list:
+        with self.lock:
+            return [p["json"] for p in self.posts if path is None or p["path"] == path]
+
+    def wait_for(self, count: int, timeout: float = 15.0, path: str | None = None) -> list:
+        wait_until(lambda: len(self.bodies(path)) >= count, timeout, f"{count} post(s) to {self.url}")
+        return self.bodies(path)
+
+
+@contextlib.contextmanager
+def http_receiver(status: int = 200, body: str = "") -> Iterator[Receiver]:
+    """A threaded ``http.server`` on a free loopback port recording each POST; stopped on exit."""
+    import http.server
+    import json
+    import threading
+
+    port = free_port()
+    receiver = Receiver(f"http://{LOOPBACK}:{port}", status, body)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            data = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+            try:
+                parsed = json.loads(data)
+            except ValueError:
+                parsed = data
+            with receiver.lock:
+                receiver.posts.append({"path": self.path, "headers": dict(self.headers), "json": parsed})
+                status, answer, delay = receiver.status, receiver.body.encode(), receiver.delay_s
+            time.sleep(delay)
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *_):  # the test's output stays readable
+            pass
+
+    server = http.server.ThreadingHTTPServer((LOOPBACK, port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield receiver
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+ALERTMANAGER_BINARY = "/usr/bin/prometheus-alertmanager"
+ALERTMANAGER_START_TIMEOUT_S = 30
+
+
+def alertmanager_binary() -> str:
+    found = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if Path(ALERTMANAGER_BINARY).exists():
+        return ALERTMANAGER_BINARY
+    if found:
+        return found
+    pytest.skip(f"{ALERTMANAGER_BINARY} is not installed (Debian package prometheus-alertmanager)")
+    raise AssertionError  # unreachable
+
+
+@contextlib.contextmanager
+def alertmanager(tmp_dir: str | Path, receiver_url: str, timeout: float = ALERTMANAGER_START_TIMEOUT_S
+                 ) -> Iterator[str]:
+    """A real Alertmanager on a free loopback port (clustering off) sending every alert, each in its own
+    group (group_wait and group_interval 1s, repeat_interval a day), to the webhook ``receiver_url``,
+    resolved ones too; yields its URL. Stopped by PID on exit."""
+    import urllib.request
+
+    import yaml
+
+    tmp_dir = Path(tmp_dir)
+    (tmp_dir / "am-data").mkdir(parents=True, exist_ok=True)
+    config = {"route": {"receiver": "test", "group_by": ["..."], "group_wait": "1s", "group_interval": "1s",
+                        "repeat_interval": "24h"},
+              "receivers": [{"name": "test", "webhook_configs": [{"url": receiver_url, "send_resolved": True}]}]}
+    (tmp_dir / "alertmanager.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    url = f"http://{LOOPBACK}:{port}"
+    log_path = tmp_dir / f"alertmanager-{port}.log"
+    cmd = [alertmanager_binary(), f"--config.file={tmp_dir / 'alertmanager.yml'}",
+           f"--storage.path={tmp_dir / 'am-data'}", f"--web.listen-address={LOOPBACK}:{port}",
+           "--cluster.listen-address="]
+    proc = start_process(cmd, log_path, cwd=tmp_dir)
+    try:
+        def ready() -> bool:
+            with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as resp:
+                return resp.status == 200
+
+        wait_until(ready, timeout, f"alertmanager at {url}", proc, log_path)
         yield url
     finally:
         stop_process(proc)

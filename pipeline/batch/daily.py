@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.frame import KPI_ID
+from models.frame import KPI_ID, TIMESTAMP
 from pipeline.batch import guards
+from pipeline.batch import incidents as incidents_mod
 from pipeline.batch import report as report_mod
 from pipeline.batch import score
 from pipeline.data import prep
@@ -218,6 +219,15 @@ def build_day_report(params: Params, day: str, output: str | None = None) -> dic
     and ``kpiguard report --date D``. The model it names is the one the partition's ``_meta.json``
     records (what scored it); no staging file is needed, so a day scored by ``kpiguard score`` reports
     the same way. A missing partition is a DataError (rule ``partition_exists``)."""
+    day = _iso(day)
+    scored, meta = read_day(params, day, output)
+    return report_mod.build_report(scored, day, meta.get("model"), params.score.reports, partition=meta,
+                                   incident_gap=params.score.incident_gap)
+
+
+def read_day(params: Params, day: str, output: str | None = None) -> tuple[pd.DataFrame, dict]:
+    """(scored rows, ``_meta.json``) of the day's written partition of ``output`` (default ``score.output``);
+    a missing partition is a DataError (rule ``partition_exists``)."""
     output, day = output or params.score.output, _iso(day)
     path = score.partition_file(output, day)
     if not storage.exists(path):
@@ -226,9 +236,14 @@ def build_day_report(params: Params, day: str, output: str | None = None) -> dic
     # Not score.read_partition: a day whose every row was quarantined has a scores file without rows, and
     # its report (nothing scored, the quarantine by rule) is what the on-call engineer needs to see.
     scored = pd.read_parquet(io.BytesIO(storage.read_bytes(path)))
-    meta = score.read_meta(output, day)
-    return report_mod.build_report(scored, day, meta.get("model"), params.score.reports, partition=meta,
-                                   incident_gap=params.score.incident_gap)
+    return scored, score.read_meta(output, day)
+
+
+def day_incidents(params: Params, day: str, output: str | None = None) -> list[dict]:
+    """The incidents of the day's written partition, as its report lists them (same ids, same detector)."""
+    scored, meta = read_day(params, day, output)
+    scored = scored.assign(**{TIMESTAMP: pd.to_datetime(scored[TIMESTAMP], utc=True)})
+    return incidents_mod.incidents(scored, params.score.incident_gap, (meta.get("model") or {}).get("detector"))
 
 
 def publish(params: Params, slot: str, bucket: str | None = None) -> dict:

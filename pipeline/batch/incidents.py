@@ -119,7 +119,8 @@ def incidents(scored: pd.DataFrame, gap: str | pd.Timedelta, detector: str | Non
     point of any of its KPIs), ``duration_s`` (end - start: 0 for one point in time), ``peak_score``
     (the highest calibrated surprise), ``severity`` (the highest of its spans', as spans define it),
     ``kpis`` (most severe first), ``detector``, ``spans`` and ``points`` (flagged) in it, and
-    ``per_kpi``: per KPI, in the order of ``kpis``, its ``peak_at``, ``peak_score``, ``threshold`` and
+    ``per_kpi``: per KPI, in the order of ``kpis``, its ``start`` / ``end`` (first and last flagged point of
+    its KPI incidents in it), ``peak_at``, ``peak_score``, ``threshold`` and
     ``severity`` there, the ``observed`` value and ``expected``, ``expected_low``, ``expected_high``
     with ``expected_from`` (module docstring; ``None`` where unknown). Ordered by severity, then peak
     score (both descending), then start.
@@ -159,7 +160,8 @@ def _incident(members: pd.DataFrame, rows_of: dict[str, pd.DataFrame], detector:
         rows = rows_of[str(kpi)]
         flagged = rows[rows[IS_ANOMALY].astype(bool) & rows[TIMESTAMP].between(start, end)]
         peak = flagged.loc[flagged[SCORE].idxmax()]  # the first of equal scores: rows are in time order
-        kpis.append({"kpi_id": str(kpi), "peak_at": peak[TIMESTAMP].isoformat(),
+        kpis.append({"kpi_id": str(kpi), "start": own["start"].min().isoformat(), "end": own["end"].max().isoformat(),
+                     "peak_at": peak[TIMESTAMP].isoformat(),
                      "peak_score": float(peak[SCORE]), "threshold": float(peak[THRESHOLD]),
                      "severity": float(own["severity"].max()), "observed": _num(peak[VALUE]),
                      **expected_at(rows, peak[TIMESTAMP])})
