@@ -97,7 +97,7 @@ def test_dagbag_imports_without_errors_and_structure(airflow):
     assert "kpiguard://champion" in score["assets"] or "kpiguard_champion" in score["assets"]
     down = {t: set(v["downstream"]) for t, v in score["tasks"].items()}
     assert down["ingest"] == {"validate"} and down["validate"] == {"score"} and down["score"] == {"write"}
-    assert down["write"] == {"report"} and down["report"] == {"publish"}
+    assert down["write"] == {"report"} and down["report"] == {"publish", "alert"}
     assert all(v["queue"] == "default" for v in score["tasks"].values())
 
 
@@ -198,3 +198,67 @@ def test_score_validation_failure_stops_before_scoring(airflow):
     assert "max_quarantined_fraction" in result["log"] and "expect_column_values_to_not_be_null" in result["log"]
     assert not (workspace / "data/scores" / f"date={bad_day}").exists()
     assert not (workspace / f"reports/daily/{bad_day}.html").exists()
+
+
+def test_score_every_five_minutes_writes_each_interval_and_updates_one_incident(airflow):
+    """score.schedule "*/5 * * * *": each run scores its five minutes into the day's partition and pushes
+    the incidents; an incident that continues into the next interval is updated, not posted again, and a
+    rerun of an interval changes nothing (the webhook sink's ledger, a real local receiver)."""
+    from pipeline.data import synthetic
+    from pipeline.params import load_params
+    from tests.servers import http_receiver
+
+    env, workspace = airflow
+    if not (workspace / "mlflow.db").exists():
+        pytest.skip("needs the champion from the retrain test")
+    params_path = workspace / "params.yaml"
+    original = params_path.read_text()
+    day0 = pd.Timestamp(DAY, tz="UTC")
+    frame = synthetic.generate(load_params(params_path).synthetic, day0 - pd.Timedelta("3D"), day0 + pd.Timedelta("1D"))
+    kpi = frame["kpi_id"].iloc[0]
+    mine = frame["kpi_id"] == kpi
+    # a level shift of 50 standard deviations from 00:05 on: flagged at 00:05 (first run) and 00:10 (second)
+    frame.loc[mine & (frame["timestamp"] >= day0 + pd.Timedelta("5min")), "value"] += 50 * frame.loc[mine, "value"].std()
+    landing = workspace.parent / "landing"
+    landing.mkdir(exist_ok=True)
+    frame.to_csv(landing / "live.csv", index=False)
+    conf = {"input": f"csv:{landing / 'live.csv'}"}
+    partition = workspace / "data/scores" / f"date={DAY}"
+    try:
+        with http_receiver() as receiver:
+            raw = yaml.safe_load(original)
+            raw["score"]["schedule"] = "*/5 * * * *"
+            raw.setdefault("alerts", {}).setdefault("webhook", {})["url"] = receiver.url
+            params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+            if partition.exists():  # the daily test's day: the intervals start from an empty day
+                import shutil
+
+                shutil.rmtree(partition)
+
+            first = run_dag(env, "kpiguard_score", logical_date=f"{DAY}T00:10:00+00:00", conf=conf)
+            assert first["state"] == "success", first["log"][-4000:]
+            assert first["tasks"]["alert"] == "success" and first["tasks"]["publish"] == "success"
+            rows = pd.read_parquet(partition / "scores.parquet")
+            assert set(rows["timestamp"]) == {day0 + pd.Timedelta("5min")}  # the interval [00:05, 00:10) only
+            assert rows.loc[rows["kpi_id"] == kpi, "is_anomaly"].all()
+            posts = [p["json"] for p in receiver.posts]
+            assert [(p["status"], p["incident"]["kpis"]) for p in posts] == [("firing", [kpi])]
+
+            second = run_dag(env, "kpiguard_score", logical_date=f"{DAY}T00:15:00+00:00", conf=conf)
+            assert second["state"] == "success", second["log"][-4000:]
+            rows = pd.read_parquet(partition / "scores.parquet")
+            assert set(rows["timestamp"]) == {day0 + pd.Timedelta("5min"), day0 + pd.Timedelta("10min")}
+            meta = json.loads((partition / "_meta.json").read_text())
+            assert len(meta["slots"]) == 2 and meta["rows"] == len(rows)
+            assert len(receiver.posts) == 1  # the incident continued: updated in the ledger, not posted again
+            report = json.loads((workspace / f"reports/daily/{DAY}.json").read_text())
+            ours = [i for i in report["incidents"] if kpi in i["kpis"]]
+            assert len(ours) == 1 and pd.Timestamp(ours[0]["start"]) == day0 + pd.Timedelta("5min")
+            assert pd.Timestamp(ours[0]["end"]) == day0 + pd.Timedelta("10min")
+
+            again = run_dag(env, "kpiguard_score", logical_date=f"{DAY}T00:15:00+00:00", conf=conf)
+            assert again["state"] == "success"
+            pd.testing.assert_frame_equal(pd.read_parquet(partition / "scores.parquet"), rows)
+            assert len(receiver.posts) == 1
+    finally:
+        params_path.write_text(original)

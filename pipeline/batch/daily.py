@@ -246,6 +246,43 @@ def day_incidents(params: Params, day: str, output: str | None = None) -> list[d
     return incidents_mod.incidents(scored, params.score.incident_gap, (meta.get("model") or {}).get("detector"))
 
 
+def window_incidents(params: Params, start: pd.Timestamp, end: pd.Timestamp, output: str | None = None) -> list[dict]:
+    """The incidents of the scored rows of ``[start, end)`` (the written partitions of the days it
+    touches; a day not written yet adds nothing): what a sub-daily run pushes, so that an incident
+    that began in an earlier interval, or the day before, keeps its start and is updated."""
+    frames, detector = [], None
+    for day in pd.date_range(start.normalize(), end, freq="D", inclusive="left"):
+        try:
+            scored, meta = read_day(params, day.date().isoformat(), output)
+        except DataError:
+            continue
+        stamps = pd.to_datetime(scored[TIMESTAMP], utc=True)
+        frames.append(scored.assign(**{TIMESTAMP: stamps})[(stamps >= start) & (stamps < end)])
+        detector = (meta.get("model") or {}).get("detector") or detector
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return incidents_mod.incidents(rows, params.score.incident_gap, detector) if len(rows) else []
+
+
+def alert(params: Params, slot: str, output: str | None = None) -> dict:
+    """The DAG's alert step: push the slot's incidents to the sinks of ``alerts:`` (none: nothing to do).
+
+    A day's slot pushes that day's incidents (:func:`pipeline.batch.alerts.push_day`); an interval pushes
+    those of the ``score.alert_lookback`` before its end, judged at its end. The ledger sends each
+    incident once and updates a continuing one; a sink that stays down raises AlertError (the task
+    fails) after recording what was delivered, and the next run resends the rest."""
+    from pipeline.batch import alerts
+
+    if not alerts.enabled(params):
+        return {"slot": slot, "sinks": {}, "skipped": "no sink configured (alerts: in params.yaml)"}
+    start, end = score.slot_range(slot)
+    if score.is_whole_days(start, end):
+        pushed = [alerts.push_day(params, day, output=output) for day in days_of(slot)]
+        return pushed[0] if len(pushed) == 1 else {"days": pushed}
+    found = window_incidents(params, end - pd.Timedelta(params.score.alert_lookback), end, output)
+    # report_url None: each incident links the report of its start day (alerts.report_url)
+    return {"slot": score.slot_text(start, end), **alerts.push(params, found, now=end)}
+
+
 def publish(params: Params, slot: str, bucket: str | None = None) -> dict:
     """Copy the slot's day report to ``s3://<bucket>/daily/`` when a bucket is configured (it is already
     in reports/)."""
