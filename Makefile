@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test install browser lock airflow mlflow clean
+.PHONY: run test install browser prometheus lock airflow mlflow clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,7 @@ run: install
 	  print("Champion: models:/%s@champion = version %s (%s)" % (p.mlflow.serving_model, v.version, v.tags.get("kpiguard.detector")))'
 	@echo "Score a day with the champion:  .venv/bin/kpiguard score --date 2026-01-28"
 
-test: install browser
+test: install browser prometheus
 	$(BIN)/python -m pytest
 
 # Headless Chromium and its driver (Debian packages) for the report's real-browser test (tests/test_report.py).
@@ -43,6 +43,16 @@ browser:
 	elif [ "$$(id -u)" = 0 ]; then $(BROWSER_APT); \
 	elif command -v sudo >/dev/null; then sudo sh -c '$(BROWSER_APT)'; \
 	else echo "make browser: not root and no sudo; as root run: $(BROWSER_APT)" >&2; fi
+
+# Prometheus (with promtool) and Alertmanager (Debian packages) for the tests that read KPIs from a real
+# Prometheus and push incidents to a real Alertmanager (tests/test_prometheus_source.py, tests/test_alerts.py);
+# the same binaries a new user runs in README's "From Prometheus to a page".
+PROMETHEUS_APT := apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-alertmanager
+prometheus:
+	@if [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] && [ -x /usr/bin/prometheus-alertmanager ]; then exit 0; \
+	elif [ "$$(id -u)" = 0 ]; then $(PROMETHEUS_APT); \
+	elif command -v sudo >/dev/null; then sudo sh -c '$(PROMETHEUS_APT)'; \
+	else echo "make prometheus: not root and no sudo; as root run: $(PROMETHEUS_APT)" >&2; fi
 
 # Re-resolve every dependency from pyproject.toml in a throwaway venv and rewrite requirements.lock.
 lock:

@@ -88,16 +88,56 @@ class CsvColumns(_Section):
         return self
 
 
+class PrometheusParams(_Section):
+    """How a ``prometheus:URL?query=PROMQL`` source reads ``/api/v1/query_range`` (pipeline.data.sources)."""
+
+    step: str = "1m"                     # the query's resolution: one point per KPI per step
+    start: str | None = None             # None: end - range
+    end: str | None = None               # None: now (both rounded down to the step)
+    range: str = "30D"                   # how far back start is when it is None
+    kpi_labels: list[str] | None = None  # the labels that name a KPI; None: all of the series' labels
+    auth_header_env: str | None = None   # environment variable holding the Authorization header value
+    max_points_per_query: int = Field(11_000, ge=2)  # Prometheus refuses more per series and query
+
+    @field_validator("step", "range")
+    @classmethod
+    def _positive(cls, v: str, info) -> str:
+        import pandas as pd
+
+        try:
+            ok = pd.Timedelta(v) > pd.Timedelta(0)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{info.field_name} must be a positive duration such as 1m or 30D, got {v!r}")
+        return v
+
+    @field_validator("start", "end")
+    @classmethod
+    def _time(cls, v: str | None, info) -> str | None:
+        import pandas as pd
+
+        if v is not None:
+            try:
+                pd.Timestamp(v)
+            except ValueError:
+                raise ValueError(f"{info.field_name} must be a timestamp such as 2026-01-01 or "
+                                 f"2026-01-01T12:00:00Z, got {v!r}") from None
+        return v
+
+
 class DataParams(_Section):
     train: str = "synthetic:"
     test: str | None = None
     csv: CsvColumns = Field(default_factory=CsvColumns)
+    prometheus: PrometheusParams = Field(default_factory=PrometheusParams)
 
     @field_validator("train", "test")
     @classmethod
     def _spec_has_scheme(cls, v: str | None) -> str | None:
         if v is not None and ":" not in v:
-            raise ValueError(f"source spec {v!r} needs a scheme: synthetic:, nab:DIR, aiops:FILE or csv:PATH")
+            raise ValueError(f"source spec {v!r} needs a scheme: synthetic:, nab:DIR, aiops:FILE, csv:PATH or "
+                             "prometheus:URL?query=PROMQL")
         return v
 
 

@@ -439,3 +439,59 @@ def alertmanager(tmp_dir: str | Path, receiver_url: str, timeout: float = ALERTM
         yield url
     finally:
         stop_process(proc)
+
+
+# -- Prometheus ---------------------------------------------------------------------------------
+PROMETHEUS_START_TIMEOUT_S = 60
+
+
+def openmetrics(frame, metric: str = "kpi", label: str = "name") -> str:
+    """OpenMetrics text of a canonical frame (``kpi_id``, ``timestamp``, ``value``): one gauge ``metric``,
+    its series told apart by ``label`` = the KPI id; NaN values are written as NaN samples."""
+    import numpy as np
+    import pandas as pd
+
+    epoch = pd.Timestamp("1970-01-01", tz="UTC")  # not astype(int64): the unit of the stamps varies
+    seconds = ((pd.to_datetime(frame["timestamp"], utc=True) - epoch) // pd.Timedelta("1s")).to_numpy()
+    names = frame["kpi_id"].astype(str).to_numpy()
+    values = frame["value"].to_numpy(dtype=float)
+    lines = [f"# HELP {metric} a KPI", f"# TYPE {metric} gauge"]
+    lines += [f'{metric}{{{label}="{n}"}} {"NaN" if np.isnan(v) else repr(float(v))} {t}'
+              for n, v, t in zip(names, values, seconds)]
+    return "\n".join(lines) + "\n# EOF\n"
+
+
+@contextlib.contextmanager
+def prometheus(tmp_dir: str | Path, history: str | None = None, timeout: float = PROMETHEUS_START_TIMEOUT_S
+               ) -> Iterator[str]:
+    """A real Prometheus on a free loopback port holding ``history`` (OpenMetrics text, backfilled with
+    ``promtool tsdb create-blocks-from openmetrics``) and scraping nothing; yields its URL. Stopped by PID."""
+    import urllib.request
+
+    binary, promtool = shutil.which("prometheus"), shutil.which("promtool")
+    if not binary or not promtool:
+        pytest.skip("prometheus / promtool are not installed (make prometheus: Debian package prometheus)")
+    tmp_dir = Path(tmp_dir)
+    tsdb = tmp_dir / "tsdb"
+    tsdb.mkdir(parents=True, exist_ok=True)
+    if history is not None:
+        (tmp_dir / "history.om").write_text(history)
+        run = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(tmp_dir / "history.om"),
+                              str(tsdb)], capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, f"promtool backfill failed:\n{run.stdout[-2000:]}{run.stderr[-2000:]}"
+    (tmp_dir / "prometheus.yml").write_text("global: {}\n")  # scrapes nothing: the history is all it has
+    port = free_port()
+    url = f"http://{LOOPBACK}:{port}"
+    log_path = tmp_dir / f"prometheus-{port}.log"
+    proc = start_process([binary, f"--storage.tsdb.path={tsdb}", f"--web.listen-address={LOOPBACK}:{port}",
+                          f"--config.file={tmp_dir / 'prometheus.yml'}", "--storage.tsdb.retention.time=100y"],
+                         log_path, cwd=tmp_dir)
+    try:
+        def ready() -> bool:
+            with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as resp:
+                return resp.status == 200
+
+        wait_until(ready, timeout, f"prometheus at {url}", proc, log_path)
+        yield url
+    finally:
+        stop_process(proc)

@@ -42,13 +42,13 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from pipeline.errors import AlertError
+from pipeline.io.storage import shown_url
 from pipeline.params import AlertParams, Params
 
 log = logging.getLogger(__name__)
@@ -550,14 +550,6 @@ def slack_text(record: dict, status: str, url: str | None, gap: pd.Timedelta) ->
     link = f" <{url}|Report>" if url else ""
     return (f"{head}: {kpi_line(worst)}{also}; from {_clock(record['start'])} to {_clock(record['end'])} UTC, "
             f"detector {record.get('detector') or 'unknown'}.{link}")
-
-
-def shown_url(url: str) -> str:
-    """``url`` without user, password, query or fragment: where secrets of a URL usually sit."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _v(value) -> str:

@@ -14,6 +14,10 @@ spec               reads
                    a timestamp column and one column per KPI, named by its header (Grafana's
                    "Series joined by time"); no labels; an empty cell is no point. Naive
                    timestamps are local times in ``data.csv.timezone``.
+``prometheus:URL`` ``URL?query=PROMQL``: Prometheus's ``/api/v1/query_range`` at ``data.prometheus.step``
+                   over ``[start, end)`` (default: the last ``data.prometheus.range`` up to now), one
+                   KPI per returned series (:func:`prometheus_kpi_id`); no labels. Everything after
+                   ``query=`` is the PromQL (percent-escapes decoded, ``+`` kept as it is).
 =================  ==============================================================================
 
 DIR, FILE and PATH may be local, ``s3://bucket/prefix`` or (single files) ``http(s)://``.
@@ -26,6 +30,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import urllib.parse
 
 import numpy as np
 import pandas as pd
@@ -39,7 +45,7 @@ from pipeline.params import CsvColumns, Params
 
 log = logging.getLogger(__name__)
 
-SCHEMES = ("synthetic", "nab", "aiops", "csv")
+SCHEMES = ("synthetic", "nab", "aiops", "csv", "prometheus")
 NAB_COLUMNS = (TIMESTAMP, VALUE)
 AIOPS_COLUMNS = {"timestamp": TIMESTAMP, "value": VALUE, "label": LABEL, "KPI ID": KPI_ID}
 
@@ -70,6 +76,8 @@ def read_source(spec: str, params: Params, start=None, end=None) -> pd.DataFrame
     scheme, arg = parse_spec(spec)
     if scheme == "synthetic":
         frame = to_canonical(synthetic.generate(params.synthetic, start, end), spec)
+    elif scheme == "prometheus":
+        frame = read_prometheus(arg, params, start, end)  # asks for [start, end) only
     else:
         reader = {"nab": read_nab, "aiops": read_aiops, "csv": read_csv}[scheme]
         frame = reader(arg, params) if scheme == "csv" else reader(arg)
@@ -197,6 +205,137 @@ def _read_wide(path: str, cols: CsvColumns) -> pd.DataFrame:
     long = pd.DataFrame({KPI_ID: np.concatenate(ids), TIMESTAMP: np.concatenate(times),
                          VALUE: np.concatenate(values)})
     return to_canonical(long, path)
+
+
+def read_prometheus(arg: str, params: Params, start=None, end=None) -> pd.DataFrame:
+    """``URL?query=PROMQL`` through ``/api/v1/query_range``: one KPI per series, a point per step in
+    ``[start, end)``; NaN samples and the steps a series has no sample at (gaps, stale series) are no row.
+
+    The range is split into queries of at most ``data.prometheus.max_points_per_query`` steps (Prometheus
+    refuses more than 11,000 points per series in one query); each is one bounded HTTP read
+    (``storage:``). Errors name the URL, the query and Prometheus's own error text.
+    """
+    cfg = params.data.prometheus
+    base, promql = _prometheus_target(arg)
+    shown = f"prometheus:{storage.shown_url(base)} query {promql!r}"
+    step = pd.Timedelta(cfg.step)
+    stop = _utc(end if end is not None else cfg.end if cfg.end is not None else pd.Timestamp.now(tz="UTC"))
+    first = _utc(start) if start is not None else (_utc(cfg.start) if cfg.start is not None else stop - pd.Timedelta(cfg.range))
+    first, stop = first.ceil(step), stop  # steps at first, first + step, ... < stop
+    if stop <= first:
+        raise DataError(shown, "prometheus_range", f"empty range: start {first} is not before end {stop}")
+    headers = {"Accept": "application/json"}
+    if cfg.auth_header_env:
+        value = os.environ.get(cfg.auth_header_env)
+        if not value:
+            raise DataError(shown, "prometheus_auth", f"data.prometheus.auth_header_env names {cfg.auth_header_env}, "
+                            "which is not set in the environment (it holds the Authorization header value)")
+        headers["Authorization"] = value
+    per_query = cfg.max_points_per_query - 1  # the end of a query_range is inclusive
+    series: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+    chunk_start = first
+    while chunk_start < stop:
+        chunk_end = min(chunk_start + per_query * step, stop - pd.Timedelta(1, "ns"))
+        chunk_end = chunk_start + ((chunk_end - chunk_start) // step) * step  # the last step before stop
+        for labels, times, values in _prometheus_chunk(base, promql, chunk_start, chunk_end, step, headers, shown):
+            kpi = prometheus_kpi_id(labels, cfg.kpi_labels)
+            owner = series.setdefault(kpi, ([], [], labels))
+            if owner[2] != labels:
+                raise DataError(shown, "unique_kpi_ids", f"series {_series_text(owner[2])} and {_series_text(labels)} "
+                                f"both get KPI id {kpi!r} from data.prometheus.kpi_labels = {cfg.kpi_labels}; add a "
+                                "label that tells them apart, or aggregate them in the query", column=KPI_ID)
+            owner[0].append(times)
+            owner[1].append(values)
+        chunk_start = chunk_end + step
+    if not series:
+        raise DataError(shown, "prometheus_no_series",
+                        f"the query returned no series between {first.isoformat()} and {stop.isoformat()}; check "
+                        "the metric name and label matchers (try the query in Prometheus's graph page) and the "
+                        "range (data.prometheus.start / end / range)")
+    frames = []
+    for kpi, (times, values, _) in sorted(series.items()):
+        t, v = np.concatenate(times), np.concatenate(values)
+        present = ~np.isnan(v)  # a NaN sample is no point, as a step without a sample is
+        frames.append(pd.DataFrame({KPI_ID: kpi, TIMESTAMP: pd.to_datetime(t[present], unit="s", utc=True),
+                                    VALUE: v[present]}))
+    return to_canonical(pd.concat(frames, ignore_index=True), shown)
+
+
+def prometheus_kpi_id(labels: dict[str, str], kpi_labels: list[str] | None) -> str:
+    """The KPI id of a series: with ``kpi_labels``, their values joined by ``/`` in that order (a missing
+    label is empty), e.g. ``api/host-1``; without, the series as Prometheus writes it,
+    ``name{a="x",b="y"}`` (labels sorted, values escaped as in its exposition format). Control
+    characters are escaped, so an id is one printable line."""
+    if kpi_labels:
+        return "/".join(_printable(labels.get(name, "")) for name in kpi_labels)
+    name = labels.get("__name__", "")
+    rest = ",".join(f'{k}="{_escape_label(v)}"' for k, v in sorted(labels.items()) if k != "__name__")
+    return _printable(f"{name}{{{rest}}}" if rest or not name else name)
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _series_text(labels: dict[str, str]) -> str:
+    return prometheus_kpi_id(labels, None)
+
+
+def _prometheus_target(arg: str) -> tuple[str, str]:
+    """``(base URL, PromQL)`` of ``URL?query=PROMQL``."""
+    url, sep, rest = arg.partition("?")
+    if not sep or not rest.startswith("query=") or not rest[len("query="):].strip():
+        raise DataError(f"prometheus:{arg}", "source_spec",
+                        "a Prometheus source looks like prometheus:http://host:9090?query=<PromQL>, e.g. "
+                        "prometheus:http://127.0.0.1:9090?query=rate(http_requests_total[5m])")
+    if not storage.is_http(url):
+        raise DataError(f"prometheus:{arg}", "source_spec", f"{url!r} is not an http:// or https:// URL")
+    return url.rstrip("/"), urllib.parse.unquote(rest[len("query="):]).strip()
+
+
+def _prometheus_chunk(base: str, promql: str, first: pd.Timestamp, last: pd.Timestamp, step: pd.Timedelta,
+                      headers: dict[str, str], shown: str):
+    """(labels, unix seconds, values) of each series of one ``query_range`` call over ``[first, last]``."""
+    query = urllib.parse.urlencode({"query": promql, "start": f"{first.timestamp():.3f}",
+                                    "end": f"{last.timestamp():.3f}", "step": f"{step.total_seconds():g}"})
+    try:
+        body = storage.http_get(f"{base}/api/v1/query_range?{query}", headers, shown)
+    except DataError as exc:
+        raise DataError(shown, exc.rule, _prometheus_error(str(exc.detail))) from None
+    try:
+        answer = json.loads(body)
+        if answer.get("status") != "success":
+            raise DataError(shown, "prometheus_query", _prometheus_error(body.decode("utf-8", "replace")))
+        data = answer["data"]
+        if data.get("resultType") != "matrix":
+            raise DataError(shown, "prometheus_query", f"the query gives a {data.get('resultType')}, not a range "
+                            "vector of series; query an instant vector (e.g. a metric or rate(...))")
+        for warning in answer.get("warnings") or []:
+            log.warning("%s: Prometheus warns: %s", shown, warning)
+        for item in data["result"]:
+            pairs = np.asarray(item.get("values") or [], dtype=object).reshape(-1, 2)
+            yield (dict(item.get("metric") or {}), pairs[:, 0].astype(float),
+                   pd.to_numeric(pd.Series(pairs[:, 1], dtype=object), errors="coerce").to_numpy(float))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(shown, "prometheus_answer", f"not a Prometheus query_range answer ({exc}): "
+                        f"{body[:200].decode('utf-8', 'replace')!r}") from None
+
+
+def _prometheus_error(text: str) -> str:
+    """Prometheus's own ``errorType: error`` out of an answer (or an error detail quoting one)."""
+    start = text.find("{")
+    try:
+        answer = json.loads(text[start:]) if start >= 0 else None
+    except ValueError:
+        answer = None
+    if isinstance(answer, dict) and answer.get("error"):
+        prefix = text[:start].rstrip(": ")
+        return f"{prefix + ': ' if prefix else ''}Prometheus says {answer.get('errorType', 'error')}: {answer['error']}"
+    return text
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import os
 import time
 import urllib.error
 import urllib.request
+from urllib.parse import urlsplit, urlunsplit
 import zlib
 from pathlib import Path
 from typing import Iterable
@@ -238,35 +239,64 @@ def _s3_keys(path: str) -> list[str]:
 # HTTP
 
 
-def _http_read(url: str) -> bytes:
+def _http_read(url: str, headers: dict[str, str] | None = None, shown: str | None = None) -> bytes:
+    """GET ``url`` within the bounds of ``storage:``; ``headers`` are sent (an Authorization header is never
+    shown), ``shown`` is how errors name the request (default: the URL). A 4xx is not retried and its
+    error names the status and the start of the server's answer (an API's own error text)."""
     last: Exception | None = None
+    shown = shown or url
     cap = max_read_bytes()
+    request = urllib.request.Request(url, headers=headers or {})
     for attempt in range(_settings.max_attempts):
         if attempt:
             time.sleep(HTTP_BACKOFF_S * 2 ** (attempt - 1))
         try:
-            with urllib.request.urlopen(url, timeout=_http_timeout()) as resp:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=_http_timeout()) as resp:  # noqa: S310
                 length = resp.headers.get("Content-Length")
                 if length and length.isdigit() and int(length) > cap:
-                    raise _too_big(url, int(length), "the response")
+                    raise _too_big(shown, int(length), "the response")
                 chunks, size = [], 0
                 while chunk := resp.read(min(READ_CHUNK, cap + 1 - size)):
                     chunks.append(chunk)
                     size += len(chunk)
                     if size > cap:
-                        raise _too_big(url, f"over {cap}", "the response")
+                        raise _too_big(shown, f"over {cap}", "the response")
                 return b"".join(chunks)
         except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                raise StorageError(url, "file_exists", "HTTP 404: no such file") from exc
+            answer = _error_body(exc)
+            if exc.code == 404 and not answer:
+                raise StorageError(shown, "file_exists", "HTTP 404: no such file") from exc
             if exc.code < 500 and exc.code != 429:
-                raise StorageError(url, "http_request", f"HTTP {exc.code} {exc.reason}") from exc
+                raise StorageError(shown, "http_request", f"HTTP {exc.code} {exc.reason}{answer}") from exc
             last = exc
+            last.reason = f"HTTP {exc.code} {exc.reason}{answer}"
         except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
             last = exc
     reason = getattr(last, "reason", last)
-    raise StorageError(url, "http_reachable",
+    raise StorageError(shown, "http_reachable",
                        f"no answer in {_attempts_text()}: {reason}; check the URL and that the server is up") from last
+
+
+def _error_body(exc: urllib.error.HTTPError) -> str:
+    """``: <the start of the answer>`` of an HTTP error, or "" (a plain 404 page is not worth quoting)."""
+    try:
+        text = exc.read(2000).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+    return f": {text[:500]}" if text and not text.lstrip().startswith("<") else ""
+
+
+def shown_url(url: str) -> str:
+    """``url`` without user, password, query or fragment: where secrets of a URL usually sit."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def http_get(url: str, headers: dict[str, str] | None = None, shown: str | None = None) -> bytes:
+    """The body of a GET of ``url`` (an HTTP API), bounded as every remote read; see :func:`_http_read`."""
+    return _http_read(url, headers, shown)
 
 
 def _http_timeout() -> float:
