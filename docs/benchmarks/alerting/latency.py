@@ -99,8 +99,9 @@ def main() -> None:
             for i, end in enumerate(ends):
                 kpi, before = f"kpi_{i}", len(pager.posts)
                 t0 = time.perf_counter()
+                log = tmp / f"run-{i}.log"  # a file, not a pipe: a full pipe would stall the run
                 proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "dag_runner.py"), "kpiguard_score",
-                                         end.isoformat(), "{}"], cwd=work, env=env, stdout=subprocess.PIPE,
+                                         end.isoformat(), "{}"], cwd=work, env=env, stdout=log.open("w"),
                                         stderr=subprocess.STDOUT, text=True)
                 alert_s = page_s = None
                 while alert_s is None or page_s is None:
@@ -109,10 +110,10 @@ def main() -> None:
                     if page_s is None and len(pager.posts) > before:
                         page_s = time.perf_counter() - t0
                     if time.perf_counter() - t0 > 600:
-                        raise SystemExit(f"no alert for {kpi} after 600 s:\n{proc.stdout.read()[-3000:]}")
+                        raise SystemExit(f"no alert for {kpi} after 600 s:\n{log.read_text()[-3000:]}")
                     time.sleep(0.1)
-                output, _ = proc.communicate(timeout=600)
-                result = [ln for ln in output.splitlines() if ln.startswith("DAG_RESULT ")]
+                proc.wait(timeout=600)
+                result = [ln for ln in log.read_text().splitlines() if ln.startswith("DAG_RESULT ")]
                 state = json.loads(result[-1][len("DAG_RESULT "):])["state"] if result else "unknown"
                 runs.append({"interval_end": end.isoformat(), "spike_at": spikes[kpi].isoformat(), "kpi": kpi,
                              "dag_state": state, "run_start_to_alert_s": round(alert_s, 1),
