@@ -122,13 +122,13 @@ def cmd_score(args) -> Output:
     output = args.output or p.score.output
     result = score.run(p, args.input or p.score.input, start, end, output,
                        args.model_uri or p.score.model_uri, progress=_progress(args))
-    from pipeline.batch import alerts
+    from pipeline.batch import alerts, daily
 
     if alerts.enabled(p):  # each day once its partition is written; a failure leaves the partitions in place
         result["alerts"] = []
         for part in result["partitions"]:
             try:
-                result["alerts"].append(alerts.push_day(p, part["date"], output=output))
+                result["alerts"].append(daily.push_day(p, part["date"], output=output))
             except alerts.AlertError as exc:
                 written = ", ".join(q["path"] for q in result["partitions"])
                 raise alerts.AlertError(exc.source, exc.rule, f"{exc.detail} (the scores are written: {written}; "
@@ -137,29 +137,31 @@ def cmd_score(args) -> Output:
     return Output(summary.score(result), result)
 
 
-def cmd_report(args) -> Output:
-    p = _params(args)
-    from pipeline.batch import daily, score
+def _day_option(command: str, date: str) -> str:
+    """``--date`` of ``command`` as YYYY-MM-DD; a bad day is a DataError naming that command's option."""
+    from pipeline.batch import score
     from pipeline.errors import DataError
 
     try:
-        day, _ = score.day_range(args.date)
-    except DataError as exc:  # the rule and detail are score's; the option is report's
-        raise DataError("kpiguard report --date", exc.rule, exc.detail) from None
-    result = daily.build_day_report(p, day.date().isoformat(), args.output)
+        day, _ = score.day_range(date)
+    except DataError as exc:  # the rule and detail are score's; the option is the command's
+        raise DataError(f"kpiguard {command} --date", exc.rule, exc.detail) from None
+    return day.date().isoformat()
+
+
+def cmd_report(args) -> Output:
+    p = _params(args)
+    from pipeline.batch import daily
+
+    result = daily.build_day_report(p, _day_option("report", args.date), args.output)
     return Output(summary.report(result), result)
 
 
 def cmd_alert(args) -> Output:
     p = _params(args)
-    from pipeline.batch import alerts, score
-    from pipeline.errors import DataError
+    from pipeline.batch import daily
 
-    try:
-        day, _ = score.day_range(args.date)
-    except DataError as exc:  # the rule and detail are score's; the option is alert's
-        raise DataError("kpiguard alert --date", exc.rule, exc.detail) from None
-    result = alerts.push_day(p, day.date().isoformat(), output=args.output)
+    result = daily.push_day(p, _day_option("alert", args.date), output=args.output)
     return Output(summary.alert(result), result)
 
 

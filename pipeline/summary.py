@@ -124,7 +124,7 @@ def score(result: dict) -> str:
 
 
 def alert(result: dict) -> str:
-    """``result``: what ``pipeline.batch.alerts.push_day`` returns (per sink: counts and incident ids)."""
+    """``result``: what ``pipeline.batch.daily.push_day`` returns (per sink: counts and incident ids)."""
     head = f"alert {result['day']}: {_plural(result['incidents'], 'incident')}"
     if not result["sinks"]:
         return f"{head}; no sink configured (alerts.alertmanager.url, alerts.webhook.url): nothing sent"

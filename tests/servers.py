@@ -413,7 +413,6 @@ def alertmanager(tmp_dir: str | Path, receiver_url: str, timeout: float = ALERTM
     """A real Alertmanager on a free loopback port (clustering off) sending every alert, each in its own
     group (group_wait and group_interval 1s, repeat_interval a day), to the webhook ``receiver_url``,
     resolved ones too; yields its URL. Stopped by PID on exit."""
-    import urllib.request
 
     import yaml
 
@@ -429,14 +428,24 @@ def alertmanager(tmp_dir: str | Path, receiver_url: str, timeout: float = ALERTM
     cmd = [alertmanager_binary(), f"--config.file={tmp_dir / 'alertmanager.yml'}",
            f"--storage.path={tmp_dir / 'am-data'}", f"--web.listen-address={LOOPBACK}:{port}",
            "--cluster.listen-address="]
-    proc = start_process(cmd, log_path, cwd=tmp_dir)
+    with ready_server(cmd, log_path, tmp_dir, url, "alertmanager", timeout):
+        yield url
+
+
+@contextlib.contextmanager
+def ready_server(cmd: list[str], log_path: Path, cwd: Path, url: str, what: str, timeout: float) -> Iterator[None]:
+    """Run ``cmd`` until its ``<url>/-/ready`` answers 200 (Prometheus and Alertmanager both have it);
+    stopped by PID on exit."""
+    import urllib.request
+
+    proc = start_process(cmd, log_path, cwd=cwd)
     try:
         def ready() -> bool:
             with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as resp:
                 return resp.status == 200
 
-        wait_until(ready, timeout, f"alertmanager at {url}", proc, log_path)
-        yield url
+        wait_until(ready, timeout, f"{what} at {url}", proc, log_path)
+        yield
     finally:
         stop_process(proc)
 
@@ -466,8 +475,6 @@ def prometheus(tmp_dir: str | Path, history: str | None = None, timeout: float =
                ) -> Iterator[str]:
     """A real Prometheus on a free loopback port holding ``history`` (OpenMetrics text, backfilled with
     ``promtool tsdb create-blocks-from openmetrics``) and scraping nothing; yields its URL. Stopped by PID."""
-    import urllib.request
-
     binary, promtool = shutil.which("prometheus"), shutil.which("promtool")
     if not binary or not promtool:
         pytest.skip("prometheus / promtool are not installed (make prometheus: Debian package prometheus)")
@@ -483,15 +490,7 @@ def prometheus(tmp_dir: str | Path, history: str | None = None, timeout: float =
     port = free_port()
     url = f"http://{LOOPBACK}:{port}"
     log_path = tmp_dir / f"prometheus-{port}.log"
-    proc = start_process([binary, f"--storage.tsdb.path={tsdb}", f"--web.listen-address={LOOPBACK}:{port}",
-                          f"--config.file={tmp_dir / 'prometheus.yml'}", "--storage.tsdb.retention.time=100y"],
-                         log_path, cwd=tmp_dir)
-    try:
-        def ready() -> bool:
-            with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as resp:
-                return resp.status == 200
-
-        wait_until(ready, timeout, f"prometheus at {url}", proc, log_path)
+    cmd = [binary, f"--storage.tsdb.path={tsdb}", f"--web.listen-address={LOOPBACK}:{port}",
+           f"--config.file={tmp_dir / 'prometheus.yml'}", "--storage.tsdb.retention.time=100y"]
+    with ready_server(cmd, log_path, tmp_dir, url, "prometheus", timeout):
         yield url
-    finally:
-        stop_process(proc)

@@ -135,7 +135,7 @@ def test_alertmanager_shows_the_incident_notifies_once_and_a_rerun_adds_nothing(
                    report_url="https://reports.example/{day}.html")
     (incident,) = daily.day_incidents(p, t.day)
 
-    pushed = alerts.push_day(p, t.day)
+    pushed = daily.push_day(p, t.day)
     sink = pushed["sinks"]["alertmanager"]
     assert (sink["sent"], sink["updated"], sink["unchanged"]) == (1, 0, 0)
     assert sink["incidents"]["sent"] == [incident["id"]] and sink["url"] == f"{am_url}/api/v2/alerts"
@@ -158,7 +158,7 @@ def test_alertmanager_shows_the_incident_notifies_once_and_a_rerun_adds_nothing(
     assert note["status"] == "firing" and [a["labels"]["kpi"] for a in note["alerts"]] == ["cpu"]
 
     before = ledger_rows(p)
-    again = alerts.push_day(p, t.day)["sinks"]["alertmanager"]
+    again = daily.push_day(p, t.day)["sinks"]["alertmanager"]
     assert (again["sent"], again["updated"], again["unchanged"]) == (0, 0, 1)
     time.sleep(QUIET_S)
     assert len(notifications(receiver, name)) == 1 and ledger_rows(p) == before
@@ -172,7 +172,7 @@ def test_an_extended_incident_keeps_one_alert_with_its_first_labels_and_a_later_
     p = params_for(tmp_path, alertmanager={"url": am_url}, alertname=name)
     write_day(tmp_path / "scores", t.day, {"cpu": {t.at(6): 4.5, t.at(5): 4.5}})  # 1.5× its threshold: warning
     (first,) = daily.day_incidents(p, t.day)
-    assert alerts.push_day(p, t.day)["sinks"]["alertmanager"]["sent"] == 1
+    assert daily.push_day(p, t.day)["sinks"]["alertmanager"]["sent"] == 1
     (cpu,) = am_alerts(am_url, name)
     assert cpu["labels"]["severity"] == "warning"
 
@@ -180,7 +180,7 @@ def test_an_extended_incident_keeps_one_alert_with_its_first_labels_and_a_later_
     write_day(tmp_path / "scores", t.day, {"cpu": {t.at(6): 4.5, t.at(5): 4.5, t.at(1): 9.0}, "mem": {t.at(2): 6.0}})
     (grown,) = daily.day_incidents(p, t.day)
     assert grown["id"] != first["id"] and grown["kpis"] == ["cpu", "mem"]
-    sink = alerts.push_day(p, t.day)["sinks"]["alertmanager"]
+    sink = daily.push_day(p, t.day)["sinks"]["alertmanager"]
     assert (sink["sent"], sink["updated"], sink["unchanged"]) == (1, 1, 0)  # mem is new; cpu continues
     later, mem = am_alerts(am_url, name)
     assert later["labels"] == cpu["labels"] and later["fingerprint"] == cpu["fingerprint"]
@@ -201,7 +201,7 @@ def test_a_sink_answering_500_fails_clearly_marks_nothing_sent_and_the_next_run_
     with http_receiver(status=500, body="upstream broken") as down:
         p = params_for(tmp_path, alertmanager={"url": down.url}, alertname=name)
         with pytest.raises(AlertError) as failed:
-            alerts.push_day(p, t.day)
+            daily.push_day(p, t.day)
         message = str(failed.value)
         assert f"alertmanager sink {down.url}/api/v2/alerts" in message and "rule 'sink_reachable'" in message
         assert "HTTP 500" in message and "upstream broken" in message and "2 attempt(s)" in message
@@ -220,9 +220,9 @@ def test_a_sink_answering_500_fails_clearly_marks_nothing_sent_and_the_next_run_
         assert line.startswith("kpiguard alert: error: alertmanager sink") and "HTTP 500" in line
 
     p = params_for(tmp_path, alertmanager={"url": am_url}, alertname=name)
-    assert alerts.push_day(p, t.day)["sinks"]["alertmanager"]["sent"] == 1
+    assert daily.push_day(p, t.day)["sinks"]["alertmanager"]["sent"] == 1
     assert [a["labels"]["kpi"] for a in am_alerts(am_url, name)] == ["cpu"]
-    assert alerts.push_day(p, t.day)["sinks"]["alertmanager"]["sent"] == 0
+    assert daily.push_day(p, t.day)["sinks"]["alertmanager"]["sent"] == 0
     (row,) = ledger_rows(p)
     assert row["status"] == "firing" and row["attempts"] == 5 and row["last_error"] is None  # 2 + 2 failed, 1 ok
 
@@ -235,7 +235,7 @@ def test_a_refused_payload_or_no_server_is_a_clear_error(tmp_path, status, rule,
         url = refusing.url if status else f"http://127.0.0.1:{closed_port()}"
         p = params_for(tmp_path, alertmanager={"url": url})
         with pytest.raises(AlertError, match=f"rule '{rule}'") as failed:
-            alerts.push_day(p, t.day)
+            daily.push_day(p, t.day)
         assert len(refusing.posts) == posts  # a 400 is not retried: the payload would not change
     assert url in str(failed.value) and ("HTTP 400" in str(failed.value) if status else "ConnectionError" in str(failed.value))
 
@@ -248,7 +248,7 @@ def test_the_webhook_posts_an_incident_once_not_again_as_it_continues_and_once_w
         p = params_for(tmp_path, ledger_url, webhook={"url": hook.url + "/services/T0/B0", "auth_header_env":
                                                       "KPIGUARD_TEST_HOOK_AUTH"}, report_url="https://r.example/{day}")
         (incident,) = daily.day_incidents(p, t.day)
-        pushed = alerts.push_day(p, t.day)
+        pushed = daily.push_day(p, t.day)
         assert pushed["sinks"]["webhook"]["sent"] == 1 and "s3cret" not in json.dumps(pushed)
         (post,) = hook.posts
         assert post["path"] == "/services/T0/B0" and post["headers"]["Authorization"] == "Bearer s3cret"
@@ -259,23 +259,23 @@ def test_the_webhook_posts_an_incident_once_not_again_as_it_continues_and_once_w
         assert f"<https://r.example/{t.day}|Report>" in body["text"] and "\n" not in body["text"]
 
         before = ledger_rows(p)
-        assert alerts.push_day(p, t.day)["sinks"]["webhook"]["unchanged"] == 1
+        assert daily.push_day(p, t.day)["sinks"]["webhook"]["unchanged"] == 1
         assert len(hook.posts) == 1 and ledger_rows(p) == before
 
         write_day(tmp_path / "scores", t.day, {"cpu": {t.at(4): 6.0, t.at(3): 9.0, t.at(1): 7.0}, "mem": {t.at(2): 6.0}})
         (grown,) = daily.day_incidents(p, t.day)
-        sink = alerts.push_day(p, t.day)["sinks"]["webhook"]
+        sink = daily.push_day(p, t.day)["sinks"]["webhook"]
         assert (sink["sent"], sink["updated"], sink["incidents"]["updated"]) == (0, 1, [grown["id"]])
         assert len(hook.posts) == 1
         (row,) = ledger_rows(p)
         assert (row["incident_key"], json.loads(row["kpis"])) == (incident["id"], ["cpu", "mem"])
 
         over = t.at(1) + GAP + pd.Timedelta("1min")
-        sink = alerts.push_day(p, t.day, now=over)["sinks"]["webhook"]
+        sink = daily.push_day(p, t.day, now=over)["sinks"]["webhook"]
         assert sink["resolved"] == 1 and len(hook.posts) == 2
         resolved = hook.posts[1]["json"]
         assert resolved["status"] == "resolved" and resolved["incident"] == grown and "is over" in resolved["text"]
-        assert alerts.push_day(p, t.day, now=over)["sinks"]["webhook"]["unchanged"] == 1
+        assert daily.push_day(p, t.day, now=over)["sinks"]["webhook"]["unchanged"] == 1
         assert len(hook.posts) == 2 and ledger_rows(p)[0]["status"] == "resolved"
 
 
@@ -284,12 +284,12 @@ def test_a_firing_incident_gets_its_resolved_post_from_a_later_push_without_it(t
     write_day(tmp_path / "scores", t.day, {"cpu": {t.at(2): 6.0}})
     with http_receiver() as hook:
         p = params_for(tmp_path, webhook={"url": hook.url})
-        alerts.push_day(p, t.day)
+        daily.push_day(p, t.day)
         sink = alerts.push(p, [], now=t.at(2) + GAP)["sinks"]["webhook"]  # the next day's push: nothing new
         assert sink["resolved"] == 1 and [b["status"] for b in hook.bodies()] == ["firing", "resolved"]
         quiet = params_for(tmp_path, webhook={"url": hook.url, "send_resolved": False})
         write_day(tmp_path / "scores", t.day, {"mem": {t.at(2): 6.0}})  # an incident over when first pushed
-        alerts.push_day(quiet, t.day, now=t.at(2) + GAP)
+        daily.push_day(quiet, t.day, now=t.at(2) + GAP)
         assert [b["status"] for b in hook.bodies()] == ["firing", "resolved", "resolved"]
 
 
@@ -304,7 +304,7 @@ def test_concurrent_pushes_post_an_incident_once(tmp_path, ledger_url):
 
         def run():
             try:
-                results.append(alerts.push_day(p, t.day)["sinks"]["webhook"])
+                results.append(daily.push_day(p, t.day)["sinks"]["webhook"])
             except Exception as exc:  # noqa: BLE001 - reported below
                 errors.append(exc)
 
@@ -326,7 +326,7 @@ def test_a_missing_auth_variable_sends_nothing_and_says_which(tmp_path):
     with http_receiver() as hook, env_vars({"KPIGUARD_TEST_NO_SUCH_AUTH": None}):
         p = params_for(tmp_path, webhook={"url": hook.url, "auth_header_env": "KPIGUARD_TEST_NO_SUCH_AUTH"})
         with pytest.raises(AlertError, match="rule 'auth_header_env'.*KPIGUARD_TEST_NO_SUCH_AUTH"):
-            alerts.push_day(p, t.day)
+            daily.push_day(p, t.day)
         assert hook.posts == []
 
 

@@ -1,7 +1,6 @@
 """Incident sinks: Alertmanager and a generic (Slack-compatible) webhook, each sent exactly once.
 
     push(params, found, now=...)      the incident records of :func:`pipeline.batch.incidents.incidents`
-    push_day(params, day)             the incidents of a day's written partition (as its report lists them)
 
 Every configured sink (``alerts.alertmanager.url``, ``alerts.webhook.url``; none by default) gets:
 
@@ -124,18 +123,6 @@ def push(params: Params, found: list[dict], *, now: pd.Timestamp, report_url: st
         raise AlertError(" and ".join(e.source for e in failures), "sink_delivers",
                          "; ".join(f"{e.source}: {e.detail}" for e in failures), summary=result)
     return result
-
-
-def push_day(params: Params, day: str, now: pd.Timestamp | None = None, *, output: str | None = None) -> dict:
-    """:func:`push` the incidents of the day's written partition of ``output`` (default ``score.output``),
-    the ones its report lists, with the day's ``alerts.report_url``."""
-    from pipeline.batch import daily
-
-    day = pd.Timestamp(day).date().isoformat()
-    found = daily.day_incidents(params, day, output)
-    url = params.alerts.report_url.format(day=day) if params.alerts.report_url else None
-    return {"day": day, **push(params, found, now=pd.Timestamp.now(tz="UTC") if now is None else now,
-                               report_url=url)}
 
 
 def enabled(params: Params) -> bool:

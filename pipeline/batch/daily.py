@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from models.frame import KPI_ID, TIMESTAMP
-from pipeline.batch import guards
+from pipeline.batch import alerts, guards
 from pipeline.batch import incidents as incidents_mod
 from pipeline.batch import report as report_mod
 from pipeline.batch import score
@@ -246,6 +246,16 @@ def day_incidents(params: Params, day: str, output: str | None = None) -> list[d
     return incidents_mod.incidents(scored, params.score.incident_gap, (meta.get("model") or {}).get("detector"))
 
 
+def push_day(params: Params, day: str, now: pd.Timestamp | None = None, *, output: str | None = None) -> dict:
+    """:func:`pipeline.batch.alerts.push` the incidents of the day's written partition of ``output``
+    (default ``score.output``), the ones its report lists, with the day's ``alerts.report_url``."""
+    day = pd.Timestamp(day).date().isoformat()
+    found = day_incidents(params, day, output)
+    url = params.alerts.report_url.format(day=day) if params.alerts.report_url else None
+    return {"day": day, **alerts.push(params, found, now=pd.Timestamp.now(tz="UTC") if now is None else now,
+                                      report_url=url)}
+
+
 def window_incidents(params: Params, start: pd.Timestamp, end: pd.Timestamp, output: str | None = None) -> list[dict]:
     """The incidents of the scored rows of ``[start, end)`` (the written partitions of the days it
     touches; a day not written yet adds nothing): what a sub-daily run pushes, so that an incident
@@ -266,17 +276,15 @@ def window_incidents(params: Params, start: pd.Timestamp, end: pd.Timestamp, out
 def alert(params: Params, slot: str, output: str | None = None) -> dict:
     """The DAG's alert step: push the slot's incidents to the sinks of ``alerts:`` (none: nothing to do).
 
-    A day's slot pushes that day's incidents (:func:`pipeline.batch.alerts.push_day`); an interval pushes
+    A day's slot pushes that day's incidents (:func:`push_day`); an interval pushes
     those of the ``score.alert_lookback`` before its end, judged at its end. The ledger sends each
     incident once and updates a continuing one; a sink that stays down raises AlertError (the task
     fails) after recording what was delivered, and the next run resends the rest."""
-    from pipeline.batch import alerts
-
     if not alerts.enabled(params):
         return {"slot": slot, "sinks": {}, "skipped": "no sink configured (alerts: in params.yaml)"}
     start, end = score.slot_range(slot)
     if score.is_whole_days(start, end):
-        pushed = [alerts.push_day(params, day, output=output) for day in days_of(slot)]
+        pushed = [push_day(params, day, output=output) for day in days_of(slot)]
         return pushed[0] if len(pushed) == 1 else {"days": pushed}
     found = window_incidents(params, end - pd.Timedelta(params.score.alert_lookback), end, output)
     # report_url None: each incident links the report of its start day (alerts.report_url)
