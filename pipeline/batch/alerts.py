@@ -32,6 +32,7 @@ the other sinks were served: the next run sends them.
 """
 from __future__ import annotations
 
+import abc
 import datetime as dt
 import hashlib
 import json
@@ -242,7 +243,10 @@ class Alert:
             self.record, self.kpi = other.record, other.kpi
 
 
-class _Sink:
+class _Sink(abc.ABC):
+    """What both sinks share: the ledger, the clock, the counts; each says where it posts and how an
+    incident splits into its alerts."""
+
     name = ""
 
     def __init__(self, cfg: AlertParams, ledger: Ledger, gap: pd.Timedelta, now: pd.Timestamp,
@@ -252,8 +256,8 @@ class _Sink:
         self.counts = {k: 0 for k in OUTCOMES}
         self.ids: dict[str, list[str]] = {k: [] for k in OUTCOMES}
 
-    def endpoint(self) -> str:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def endpoint(self) -> str: ...
 
     def summary(self) -> dict:
         return {"url": shown_url(self.url), **self.counts,
@@ -270,8 +274,8 @@ class _Sink:
         return [(Alert(r["alert_key"], r["incident_key"], r["kpis"], r["start_at"], r["end_at"], r["payload"]), r)
                 for r in rows if r["alert_key"] not in seen]
 
-    def push(self, found: list[dict]) -> dict:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def push(self, found: list[dict]) -> dict: ...
 
     def alerts(self, found: list[dict]) -> tuple[list[Alert], dict[str, dict]]:
         """The alerts of ``found`` keyed as the ledger knows them, and the ledger's rows of those keys."""
@@ -292,8 +296,8 @@ class _Sink:
                 } if keys else {}
         return list(wanted.values()), rows
 
-    def split(self, incident: dict, incident_key: str) -> list[Alert]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def split(self, incident: dict, incident_key: str) -> list[Alert]: ...
 
     def over(self, end: pd.Timestamp) -> bool:
         return self.now >= end + self.gap
