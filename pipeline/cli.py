@@ -165,6 +165,37 @@ def cmd_alert(args) -> Output:
     return Output(summary.alert(result), result)
 
 
+def cmd_review(args) -> Output:
+    p = _params(args)
+    from pipeline.review import service
+
+    if args.action == "list":
+        result = service.day_review(p, _day_option("review list", args.date), args.output)
+    elif args.action == "verdict":
+        result = service.give_verdict(p, _day_option("review verdict", args.date), args.incident, args.verdict,
+                                      _reviewer(args), note=args.note, kpi=args.kpi, output=args.output)
+    elif args.action == "miss":
+        result = service.report_miss(p, args.kpi, args.start, args.end, _reviewer(args), note=args.note)
+    elif args.action == "done":
+        result = service.mark_reviewed(p, _day_option("review done", args.date), _reviewer(args))
+    else:
+        result = service.export(p, args.out)
+    return Output(summary.review(args.action, result), result)
+
+
+def _reviewer(args) -> str:
+    """--reviewer, else the login name: a verdict always says who gave it."""
+    return args.reviewer or os.environ.get("KPIGUARD_REVIEWER") or os.environ.get("USER") or os.environ.get("LOGNAME") or ""
+
+
+def cmd_serve(args) -> Output:
+    p = _params(args)
+    from pipeline.review import server
+
+    result = server.serve(p, host=args.host, port=args.port)
+    return Output(f"serve: stopped after {result.get('requests', 0)} requests", result)
+
+
 def cmd_bench(args) -> Output:
     from models import registry
 
@@ -291,6 +322,10 @@ COMMANDS = {
                "kpiguard report --date 2026-01-28"),
     "alert": ("Send a scored day's incidents to Alertmanager and/or a webhook (alerts.*), each exactly once.",
               "kpiguard alert --date 2026-01-28 -S alerts.alertmanager.url=http://127.0.0.1:9093"),
+    "review": ("List a day's incidents with their verdicts, give a verdict, report a miss, export the labels.",
+               "kpiguard review verdict --date 2026-01-28 --incident inc-20260128-1010-1a2b3c4d --verdict confirmed"),
+    "serve": ("Serve the daily reports with a verdict button on each incident and a missed-anomaly form.",
+              "KPIGUARD_REVIEW_TOKEN=s3cret kpiguard serve --port 8765"),
     "bench": ("Run ingest, validate, windows, train and evaluate on any sources, outside DVC.",
               "kpiguard bench --train nab:../shared/datasets/nab --detectors robust_zscore,diff_z"),
     "speed": ("Measure how fast each detector trains and scores, on synthetic data.",
@@ -299,7 +334,7 @@ COMMANDS = {
 
 DESCRIPTION = """kpiguard finds anomalies in KPI time series. One command per pipeline stage (ingest, validate,
 windows, train, evaluate, register), the model registry (promote, rollback), batch scoring, its daily
-report and alerts (score, report, alert) and tools (bench, speed). Each reads params.yaml; -S section.key=value overrides a parameter."""
+report and alerts (score, report, alert), reviews (review, serve) and tools (bench, speed). Each reads params.yaml; -S section.key=value overrides a parameter."""
 
 EPILOG = """examples:
   kpiguard ingest && kpiguard validate        run the first two stages on params.yaml
@@ -403,6 +438,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--date", required=True, help="YYYY-MM-DD: the scored UTC day whose incidents to send")
     p.add_argument("--output", help="the scores dataset it was written to (default: score.output)")
     p.set_defaults(func=cmd_alert)
+
+    p = _command(sub, "review", parents=[common])
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    who = argparse.ArgumentParser(add_help=False)
+    who.add_argument("--reviewer", help="who gives it (default: $KPIGUARD_REVIEWER, else the login name)")
+    who.add_argument("--note", help="a few words kept with it")
+    a = actions.add_parser("list", parents=[common], help="the day's incidents and their verdicts")
+    a.add_argument("--date", required=True, help="YYYY-MM-DD: the scored UTC day")
+    a.add_argument("--output", help="the scores dataset it was written to (default: score.output)")
+    a = actions.add_parser("verdict", parents=[common, who], help="confirm or dismiss an incident")
+    a.add_argument("--date", required=True, help="YYYY-MM-DD: the incident's day (its report)")
+    a.add_argument("--incident", required=True, help="the incident id, as the report and `review list` show it")
+    a.add_argument("--verdict", required=True, choices=["confirmed", "false_alarm"])
+    a.add_argument("--kpi", help="only this KPI of the incident (default: all its KPIs)")
+    a.add_argument("--output", help="the scores dataset it was written to (default: score.output)")
+    a = actions.add_parser("miss", parents=[common, who], help="report an anomaly no incident caught")
+    a.add_argument("--kpi", required=True)
+    a.add_argument("--start", required=True, help="ISO time, UTC unless it says otherwise")
+    a.add_argument("--end", required=True, help="ISO time (inclusive)")
+    a = actions.add_parser("done", parents=[common, who],
+                           help="mark a day reviewed: what nobody flagged on it is normal")
+    a.add_argument("--date", required=True, help="YYYY-MM-DD")
+    a = actions.add_parser("export", parents=[common], help="write the label set (paths.labels; DVC stage labels)")
+    a.add_argument("--out", help="directory (default: paths.labels)")
+    p.set_defaults(func=cmd_review)
+
+    p = _command(sub, "serve", parents=[common])
+    p.add_argument("--host", help="default: reviews.host (127.0.0.1)")
+    p.add_argument("--port", type=int, help="default: reviews.port")
+    p.set_defaults(func=cmd_serve)
 
     p = _command(sub, "bench", parents=[common])
     p.add_argument("--train", help="source spec, e.g. nab:../shared/datasets/nab (required unless --scores-from)")

@@ -83,3 +83,8 @@ def output_error(target, exc: OSError) -> OutputError:
     where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(target) else ""
     return OutputError(target, f"{reason}{where}; the previous output at this path is unchanged "
                                "(free space or fix the permissions, then rerun: reruns are idempotent)")
+
+
+class ReviewError(KpiguardError):
+    """A review that cannot be stored as given (an unknown incident, a malformed range, a verdict not in
+    the list), or a review store that cannot be used: names the store or the incident and the rule."""

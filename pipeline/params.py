@@ -31,6 +31,7 @@ class _Section(BaseModel):
 
 
 class Paths(_Section):
+    labels: str = "data/labels"  # the reviewed label set (pipeline/review): spans.parquet, labels.json
     raw: str = "data/raw"
     validated: str = "data/validated"
     quarantine: str = "data/quarantine"
@@ -466,6 +467,30 @@ class AlertParams(_Section):
                 if sink.url}
 
 
+class ReviewParams(_Section):
+    """``reviews``: the people's verdicts on incidents and their reports of missed anomalies
+    (pipeline/review/), and how they become training labels."""
+
+    store: str = "sqlite:///reviews.db"  # SQLAlchemy URL; postgresql+psycopg2://user@host/db in a deployment
+    apply: bool = True  # merge the exported labels into an unlabelled data.train (when there are enough)
+    host: str = "127.0.0.1"  # kpiguard serve
+    port: int = Field(8765, ge=1, le=65535)
+    token_env: str = Field("KPIGUARD_REVIEW_TOKEN", min_length=1)  # the environment variable holding the write token
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(v)
+        except ArgumentError:
+            raise ValueError(f"store must be a SQLAlchemy URL such as sqlite:///reviews.db or "
+                             f"postgresql+psycopg2://user@host/db, got {v!r}") from None
+        return v
+
+
 class Params(_Section):
     # Sections default by factory: building a default section runs its validators, which import what they
     # check; at import time nothing is built.
@@ -481,6 +506,7 @@ class Params(_Section):
     score: ScoreParams = Field(default_factory=ScoreParams)
     storage: StorageParams = Field(default_factory=StorageParams)
     alerts: AlertParams = Field(default_factory=AlertParams)
+    reviews: ReviewParams = Field(default_factory=ReviewParams)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -219,3 +219,24 @@ def bench(report: dict, out: str, metric: str | None = None) -> str:
     data = report["data"]
     return (f"bench: {len(ok)}/{len(rows)} detectors ok on {data['kpis']} KPIs ({report['protocol']}) in "
             f"{report['wall_s']} s; {best} {ARROW} {out}/results.md")
+
+
+def review(action: str, result: dict) -> str:
+    """``result``: what the ``pipeline.review.service`` function behind ``kpiguard review ACTION`` returns."""
+    if action == "list":
+        lines = [f"review {result['day']}: {_plural(len(result['incidents']), 'incident')}"
+                 + (", day marked reviewed" if result["reviewed"] else "")
+                 + (f", {len(result['misses'])} reported miss(es)" if result["misses"] else "")]
+        for inc in result["incidents"]:
+            lines.append(f"  {inc['id']}  {inc['start']} → {inc['end']}  severity {_f1(inc['severity'])}  "
+                         f"{', '.join(inc['kpis'][:3])}{' …' if len(inc['kpis']) > 3 else ''}  "
+                         f"verdict: {inc['verdict'] or '-'}")
+        return "\n".join(lines)
+    if action == "verdict":
+        return f"review: {result['incident']} {ARROW} {result['verdict']} on {', '.join(result['kpis'])}"
+    if action == "miss":
+        return f"review: missed anomaly #{result['miss']} on {result['kpi']} {result['start']} → {result['end']}"
+    if action == "done":
+        return f"review: {result['day']} marked reviewed"
+    by = ", ".join(f"{v} {k}" for k, v in result["by_origin"].items()) or "no reviews yet"
+    return f"labels: {_plural(result['spans'], 'span')} ({by}), digest {result['digest']} {ARROW} {result['path']}"

@@ -1,0 +1,115 @@
+"""What a reviewer does, for ``kpiguard review``, ``kpiguard serve`` and the DVC stage ``labels``:
+list a day's incidents with their verdicts, give a verdict, report a missed anomaly, mark a day
+reviewed, and export the label set (:mod:`pipeline.review.labels`) that training merges.
+
+Incidents are looked up in the day's scored partition (the ids of its report), so a verdict on an
+incident that does not exist is refused with the ids that do.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.batch import daily
+from pipeline.errors import ReviewError
+from pipeline.io.outputs import replace_dir_atomic
+from pipeline.params import Params
+from pipeline.review import labels as labels_mod
+from pipeline.review.store import ReviewStore
+
+SPANS_FILE, SUMMARY_FILE = "spans.parquet", "labels.json"
+
+
+def open_store(params: Params) -> ReviewStore:
+    return ReviewStore(params.reviews.store)
+
+
+def day_review(params: Params, day: str, output: str | None = None) -> dict:
+    """The day's incidents (most severe first), each with its latest verdicts per KPI; whether the day
+    is marked reviewed; the misses reported on it."""
+    found = daily.day_incidents(params, day, output)
+    with open_store(params) as store:
+        verdicts, misses, days = store.verdicts(), store.misses(), store.reviewed_days()
+    by_incident = {i: part for i, part in verdicts.groupby("incident_id")} if len(verdicts) else {}
+    day = pd.Timestamp(day).date().isoformat()
+    listed = []
+    for inc in found:
+        part = by_incident.get(inc["id"])
+        given = {} if part is None else {r["kpi_id"]: {"verdict": r["verdict"], "reviewer": r["reviewer"],
+                                                        "note": r["note"], "at": r["created_at"].isoformat()}
+                                         for _, r in part.iterrows()}
+        listed.append({"id": inc["id"], "start": inc["start"], "end": inc["end"], "kpis": inc["kpis"],
+                       "severity": inc["severity"], "peak_score": inc["peak_score"], "verdicts": given,
+                       "verdict": _overall(given, inc["kpis"])})
+    on_day = misses[(misses["start_at"].dt.date.astype(str) <= day) & (misses["end_at"].dt.date.astype(str) >= day)] \
+        if len(misses) else misses
+    return {"day": day, "reviewed": day in days, "incidents": listed,
+            "misses": [{"kpi": r["kpi_id"], "start": r["start_at"].isoformat(), "end": r["end_at"].isoformat(),
+                        "reviewer": r["reviewer"], "note": r["note"]} for _, r in on_day.iterrows()]}
+
+
+def give_verdict(params: Params, day: str, incident_id: str, verdict: str, reviewer: str,
+                 note: str | None = None, kpi: str | None = None, output: str | None = None) -> dict:
+    """Store ``verdict`` on the day's incident ``incident_id`` (all its KPIs, or ``kpi``)."""
+    found = daily.day_incidents(params, day, output)
+    incident = next((i for i in found if i["id"] == incident_id), None)
+    if incident is None:
+        known = ", ".join(i["id"] for i in found[:10]) or "none"
+        raise ReviewError(f"incident {incident_id!r} of {pd.Timestamp(day).date()}", "incident_known",
+                          f"the day's report has no such incident; its incidents: {known}"
+                          + (f" (and {len(found) - 10} more)" if len(found) > 10 else ""))
+    with open_store(params) as store:
+        return store.add_verdict(incident, verdict, reviewer, note=note, kpi=kpi, day_incidents=found)
+
+
+def report_miss(params: Params, kpi: str, start, end, reviewer: str, note: str | None = None) -> dict:
+    with open_store(params) as store:
+        return store.add_miss(kpi, start, end, reviewer, note=note)
+
+
+def mark_reviewed(params: Params, day: str, reviewer: str) -> dict:
+    with open_store(params) as store:
+        return store.mark_reviewed(day, reviewer)
+
+
+def current_spans(params: Params) -> pd.DataFrame:
+    with open_store(params) as store:
+        return labels_mod.label_spans(store.verdicts(), store.misses(), store.reviewed_days())
+
+
+def export(params: Params, out_dir: str | Path | None = None) -> dict:
+    """Write the label set to ``out_dir`` (default ``paths.labels``): ``spans.parquet`` and ``labels.json``
+    (digest, counts by origin). The same store gives the same bytes, so DVC sees no change on a rerun."""
+    out_dir = Path(out_dir or params.paths.labels)
+    spans = current_spans(params)
+    summary = {"digest": labels_mod.digest(spans), "spans": int(len(spans)),
+               "by_origin": {str(k): int(v) for k, v in spans["origin"].value_counts().sort_index().items()},
+               "kpis": int(spans["kpi_id"].dropna().nunique()),
+               "store": ReviewStore.shown_url(params.reviews.store)}
+
+    def write(tmp: Path) -> None:
+        spans.to_parquet(tmp / SPANS_FILE, index=False)
+        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+    replace_dir_atomic(out_dir, write)
+    return {**summary, "path": str(out_dir)}
+
+
+def read_export(labels_dir: str | Path) -> tuple[pd.DataFrame, dict] | None:
+    """(spans, summary) of an exported label set; None when there is none."""
+    labels_dir = Path(labels_dir)
+    if not (labels_dir / SPANS_FILE).exists():
+        return None
+    return (pd.read_parquet(labels_dir / SPANS_FILE),
+            json.loads((labels_dir / SUMMARY_FILE).read_text()))
+
+
+def _overall(given: dict, kpis: list[str]) -> str | None:
+    verdicts = {given[k]["verdict"] for k in kpis if k in given}
+    if not verdicts:
+        return None
+    if len(verdicts) == 1 and len(given) >= len(kpis):
+        return verdicts.pop()
+    return "mixed" if len(verdicts) > 1 else "partial"
