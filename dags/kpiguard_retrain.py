@@ -1,6 +1,6 @@
 """kpiguard_retrain: the DVC pipeline as an Airflow DAG, weekly by default.
 
-    ingest → validate → windows → train (one task per detector, gpu queue) → record_training
+    labels → ingest → validate → windows → train (one task per detector, gpu queue) → record_training
       → evaluate → register → champion_changed? → announce_champion (Asset kpiguard://champion)
                              └→ training_report (fails the run if a detector failed)
 
@@ -84,7 +84,8 @@ def kpiguard_retrain():
     names = detectors()
     trained = train.expand(detector=names)
     statuses = record_training()
-    dvc_repro("ingest", "--force") >> dvc_repro("validate") >> dvc_repro("windows") >> names  # --force: new source rows
+    # labels: the reviewers' verdicts since the last run (reviews.store) become the label set ingest merges
+    dvc_repro("labels") >> dvc_repro("ingest", "--force") >> dvc_repro("validate") >> dvc_repro("windows") >> names  # --force: new source rows
     trained >> statuses
     serving = register()
     statuses >> dvc_repro("evaluate") >> serving

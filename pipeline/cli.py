@@ -325,7 +325,7 @@ COMMANDS = {
     "review": ("List a day's incidents with their verdicts, give a verdict, report a miss, export the labels.",
                "kpiguard review verdict --date 2026-01-28 --incident inc-20260128-1010-1a2b3c4d --verdict confirmed"),
     "serve": ("Serve the daily reports with a verdict button on each incident and a missed-anomaly form.",
-              "KPIGUARD_REVIEW_TOKEN=s3cret kpiguard serve --port 8765"),
+              "kpiguard serve --port 8765   (with KPIGUARD_REVIEW_TOKEN set: writes need it)"),
     "bench": ("Run ingest, validate, windows, train and evaluate on any sources, outside DVC.",
               "kpiguard bench --train nab:../shared/datasets/nab --detectors robust_zscore,diff_z"),
     "speed": ("Measure how fast each detector trains and scores, on synthetic data.",

@@ -1,6 +1,6 @@
 """What a reviewer does, for ``kpiguard review``, ``kpiguard serve`` and the DVC stage ``labels``:
 list a day's incidents with their verdicts, give a verdict, report a missed anomaly, mark a day
-reviewed, and export the label set (:mod:`pipeline.review.labels`) that training merges.
+reviewed, and export the label set (:mod:`pipeline.data.review_labels`) that training merges.
 
 Incidents are looked up in the day's scored partition (the ids of its report), so a verdict on an
 incident that does not exist is refused with the ids that do.
@@ -13,13 +13,11 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.batch import daily
+from pipeline.data import review_labels as labels_mod
 from pipeline.errors import ReviewError
 from pipeline.io.outputs import replace_dir_atomic
 from pipeline.params import Params
-from pipeline.review import labels as labels_mod
 from pipeline.review.store import ReviewStore
-
-SPANS_FILE, SUMMARY_FILE = "spans.parquet", "labels.json"
 
 
 def open_store(params: Params) -> ReviewStore:
@@ -84,26 +82,17 @@ def export(params: Params, out_dir: str | Path | None = None) -> dict:
     (digest, counts by origin). The same store gives the same bytes, so DVC sees no change on a rerun."""
     out_dir = Path(out_dir or params.paths.labels)
     spans = current_spans(params)
-    summary = {"digest": labels_mod.digest(spans), "spans": int(len(spans)),
+    summary = {"digest": labels_mod.digest(spans), "spans": len(spans),
                "by_origin": {str(k): int(v) for k, v in spans["origin"].value_counts().sort_index().items()},
                "kpis": int(spans["kpi_id"].dropna().nunique()),
                "store": ReviewStore.shown_url(params.reviews.store)}
 
     def write(tmp: Path) -> None:
-        spans.to_parquet(tmp / SPANS_FILE, index=False)
-        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        spans.to_parquet(tmp / labels_mod.SPANS_FILE, index=False)
+        (tmp / labels_mod.SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
     replace_dir_atomic(out_dir, write)
     return {**summary, "path": str(out_dir)}
-
-
-def read_export(labels_dir: str | Path) -> tuple[pd.DataFrame, dict] | None:
-    """(spans, summary) of an exported label set; None when there is none."""
-    labels_dir = Path(labels_dir)
-    if not (labels_dir / SPANS_FILE).exists():
-        return None
-    return (pd.read_parquet(labels_dir / SPANS_FILE),
-            json.loads((labels_dir / SUMMARY_FILE).read_text()))
 
 
 def _overall(given: dict, kpis: list[str]) -> str | None:

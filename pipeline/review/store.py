@@ -19,10 +19,8 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from pipeline.data.review_labels import VERDICTS
 from pipeline.errors import ReviewError
-
-CONFIRMED, FALSE_ALARM = "confirmed", "false_alarm"
-VERDICTS = (CONFIRMED, FALSE_ALARM)
 
 METADATA = sa.MetaData()
 SCHEMA = sa.Table("kpiguard_review_schema", METADATA, sa.Column("version", sa.Integer, primary_key=True))
@@ -251,7 +249,7 @@ def _db(value) -> dt.datetime:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 def _reviewer(name: str) -> str:

@@ -27,7 +27,6 @@ import numpy as np
 import pandas as pd
 
 from models.frame import KPI_ID, LABEL, TIMESTAMP
-
 from pipeline.io.outputs import write_json_atomic
 from pipeline.params import Params
 from pipeline.serving import tracking
@@ -54,7 +53,8 @@ def run(params: Params) -> dict:
         try:
             run_id, model_uri, reused = log_detector_run(client, experiment, params, name, result)
             model = params.mlflow.detector_model_prefix + name
-            version, new = register_version(client, model, model_uri, run_id, {TAG + "detector": name},
+            version, new = register_version(client, model, model_uri, run_id,
+                                            {TAG + "detector": name, **labels_tags(params)},
                                             role=f"every tracked version of the {name} detector")
             decision = gate.decide(model, version) if new else {"decision": "unchanged"}
         except tracking.TrackingError:
@@ -80,7 +80,7 @@ def register_serving(client, params: Params, gate: "Gate", best: str | None, log
     run_id, model_uri, detector_version = logged
     version, new = register_version(client, serving, model_uri, run_id, {
         TAG + "detector": best, TAG + "detector_model": detector_version.name,
-        TAG + "detector_version": str(detector_version.version)},
+        TAG + "detector_version": str(detector_version.version), **labels_tags(params)},
         role="the served model; each version wraps the validation-best detector of one pipeline run")
     decision = gate.decide(serving, version) if new else {"decision": "unchanged"}
     return {"model": serving, "version": str(version.version), "detector": best, **decision}
@@ -131,7 +131,8 @@ def log_detector_run(client, experiment: str, params: Params, name: str, evaluat
                 "champion_metric": params.evaluate.champion_metric, "champion_folds": params.evaluate.champion_folds,
                 "detector_name": name, "params_digest": params.digest(),
                 "git_commit": commit,
-                "data_dvc_md5": tracking.data_version(params) or "unknown (no dvc.lock)"})
+                "data_dvc_md5": tracking.data_version(params) or "unknown (no dvc.lock)",
+                **{k.removeprefix(TAG): v for k, v in labels_tags(params).items()}})
             log_datasets(splits)
             _log_history(client, run_id, train_report.get("history") or [], span[1] if span else None)
             mlflow.log_metrics(_final_metrics(evaluation, train_report))
@@ -144,6 +145,16 @@ def log_detector_run(client, experiment: str, params: Params, name: str, evaluat
         if span:
             client.set_terminated(run_id, "FINISHED", end_time=span[1])
         return run_id, info.model_uri, False
+
+
+def labels_tags(params: Params) -> dict[str, str]:
+    """The reviewed label set the training data carried (ingest's manifest): its digest and whether it was
+    merged, so a model version names the verdicts it learnt from."""
+    manifest = _read_json(Path(params.paths.raw) / "manifest.json")
+    reviews = (manifest.get("train") or {}).get("reviews") or {}
+    if "digest" not in reviews:
+        return {TAG + "labels_digest": "none", TAG + "labels_applied": "false"}
+    return {TAG + "labels_digest": reviews["digest"], TAG + "labels_applied": str(bool(reviews["applied"])).lower()}
 
 
 def training_range(params: Params) -> dict[str, str] | None:

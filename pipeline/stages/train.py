@@ -66,7 +66,7 @@ def fit_detector(name: str, params: Params, train: pd.DataFrame, val: pd.DataFra
 
 
 def _utc(epoch_s: float) -> str:
-    return datetime.datetime.fromtimestamp(epoch_s, datetime.timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.datetime.fromtimestamp(epoch_s, datetime.UTC).isoformat(timespec="milliseconds")
 
 
 def run(params: Params, name: str, progress: bool = True) -> dict:

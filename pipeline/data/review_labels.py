@@ -17,16 +17,21 @@ the labelled frame (and counted), never guessed. A source with its own labels ke
 from __future__ import annotations
 
 import hashlib
+import json
+import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from models.frame import KPI_ID, LABEL, TIMESTAMP
-from pipeline.review.store import CONFIRMED, FALSE_ALARM
 
+CONFIRMED, FALSE_ALARM = "confirmed", "false_alarm"  # the verdicts a reviewer gives (pipeline/review)
+VERDICTS = (CONFIRMED, FALSE_ALARM)
 MISSED, REVIEWED_DAY = "missed", "reviewed_day"
 SPAN_COLUMNS = ("kpi_id", "start", "end", "label", "origin")
 ONE_DAY = pd.Timedelta(days=1)
+SPANS_FILE, SUMMARY_FILE = "spans.parquet", "labels.json"  # the exported label set (kpiguard review export)
 
 
 def label_spans(verdicts: pd.DataFrame, misses: pd.DataFrame, reviewed_days: list[str]) -> pd.DataFrame:
@@ -78,7 +83,7 @@ def apply_labels(frame: pd.DataFrame, spans: pd.DataFrame) -> tuple[pd.DataFrame
     if LABEL in frame.columns:
         return frame, {"applied": False, "reason": "the source has its own labels (they win)"}
     if spans.empty or frame.empty:
-        return frame, {"applied": False, "reason": "no reviews yet", "rows": int(len(frame))}
+        return frame, {"applied": False, "reason": "no reviews yet", "rows": len(frame)}
     ones = np.zeros(len(frame), dtype=bool)
     covered = np.zeros(len(frame), dtype=bool)
     stamps = pd.to_datetime(frame[TIMESTAMP], utc=True).to_numpy("datetime64[ns]").astype("int64")
@@ -99,9 +104,15 @@ def apply_labels(frame: pd.DataFrame, spans: pd.DataFrame) -> tuple[pd.DataFrame
     out = frame.loc[covered].copy()
     out[LABEL] = ones[covered].astype("int8")
     out = out.reset_index(drop=True)
-    return out, {"applied": True, "rows": int(len(out)), "anomalous_rows": int(ones.sum()),
+    return out, {"applied": True, "rows": len(out), "anomalous_rows": int(ones.sum()),
                  "normal_rows": int((covered & ~ones).sum()), "unreviewed_rows": int((~covered).sum()),
                  "kpis": int(out[KPI_ID].nunique()), "events": events(out)}
+
+
+def enough_events(params) -> int:
+    """Reviewed events needed before the reviewed labels replace the label-free path: enough that the
+    validation split (``windows.val_fraction`` of each KPI) is expected to hold ``evaluate.min_events``."""
+    return math.ceil(params.evaluate.min_events / max(params.windows.val_fraction, 1e-9))
 
 
 def events(frame: pd.DataFrame) -> int:
@@ -132,3 +143,12 @@ def _covered(t: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     edges, depth = edges[order], np.cumsum(steps[order])
     at = np.searchsorted(edges, t, side="right") - 1
     return (at >= 0) & (depth[np.clip(at, 0, None)] > 0)
+
+
+def read_export(labels_dir: str | Path) -> tuple[pd.DataFrame, dict] | None:
+    """(spans, summary) of an exported label set; None when there is none."""
+    labels_dir = Path(labels_dir)
+    if not (labels_dir / SPANS_FILE).exists():
+        return None
+    return (pd.read_parquet(labels_dir / SPANS_FILE),
+            json.loads((labels_dir / SUMMARY_FILE).read_text()))
