@@ -117,13 +117,16 @@ def test_retrain_end_to_end_is_green_and_announces_the_champion(airflow):
     trains = {f"train@{n}" for n in ("robust_zscore", "isolation_forest", "dense_autoencoder")}
     assert trains | {"ingest", "validate", "windows", "evaluate", "register"} <= set(lock)
     status = subprocess.run([str(BIN / "dvc"), "status", "--json"], cwd=workspace, capture_output=True, text=True, env=env)
-    assert json.loads(status.stdout or "{}") == {}  # DVC agrees the workspace is what the run produced
+    # DVC agrees the workspace is what the run produced; labels reads the review store, which DVC cannot
+    # hash, so it is always changed (and its unchanged output reruns nothing)
+    assert json.loads(status.stdout or "{}") == {"labels": ["always changed"]}
 
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{workspace / 'mlflow.db'}"
     champion = MlflowClient(uri, registry_uri=uri).get_model_version_by_alias("kpiguard", "champion")
     assert champion.tags["kpiguard.detector"] == summary["serving"]["detector"]
+    assert champion.tags["kpiguard.labels_digest"] == json.loads((workspace / "data/labels/labels.json").read_text())["digest"]
 
     again = run_dag(env, "kpiguard_retrain")  # nothing changed: nothing retrains, no new champion
     assert again["state"] == "success" and again["tasks"]["train"] == "skipped"
