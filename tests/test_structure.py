@@ -18,12 +18,13 @@ from tests.conftest import REPO
 PIPELINE = REPO / "pipeline"
 # The packages that know nothing of how they are used: they never import the ones that use them.
 FOUNDATION = ("data", "io", "eval")
-USERS = ("stages", "serving", "batch", "tools", "orchestration", "cli", "runtime", "summary")
+USERS = ("stages", "serving", "batch", "review", "tools", "orchestration", "cli", "runtime", "summary")
 # What may use what (beyond the foundation, params, errors, threads and models, which everyone may use).
 MAY_IMPORT = {
     "serving": set(),
     "stages": {"serving"},
     "batch": {"serving"},
+    "review": {"batch"},  # verdicts are given on the incidents of a day's scored partition
     "orchestration": {"runtime"},
     "tools": {"stages", "serving", "runtime"},
     "runtime": {"io"},
