@@ -11,6 +11,8 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "datasets"
 needs_shared = pytest.mark.skipif(not SHARED.exists(),
                                   reason=f"{SHARED} absent: real-data tests need ../shared/datasets")
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
@@ -51,6 +53,28 @@ def small_params(tmp_path):
     raw = small_params_dict()
     raw["paths"] = {k: str(tmp_path / v) for k, v in raw["paths"].items()}
     return parse_params(raw)
+
+
+@pytest.fixture
+def chromium():
+    """A headless Chromium (selenium) that keeps the page's console log (``get_log("browser")``)."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} missing: run `make browser` (Debian chromium + chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium missing: run `make install`")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1200,1600"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
 
 
 from tests.servers import s3_server  # noqa: E402,F401  (session-scoped real S3: weed mini)

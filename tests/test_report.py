@@ -13,8 +13,6 @@ import pytest
 
 from pipeline.batch.report import SPAN_COLUMNS, anomaly_spans, build_report
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 DAY = "2026-03-01"
 CHAMPION = {"model": "kpiguard", "version": "3", "detector": "vae_lstm", "run_id": "abc",
             "run_url": "http://mlflow.example:5000/#/experiments/1/runs/abc",
@@ -114,6 +112,7 @@ def test_build_report_writes_summary_and_page(report, tmp_path):
     assert page.index('<table class="incidents">') < page.index('<table class="spans">')  # incidents first
     incident_rows = page.split('<table class="incidents">')[1].split("</tbody>")[0].split("</tr>")[1:-1]
     assert len(incident_rows) == 4
+    assert re.findall(r'<tr[^>]*data-incident="([^"]+)"', page) == [i["id"] for i in summary["incidents"]]
     cells = [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", incident_rows[2])]
     assert cells[:6] == [summary["incidents"][2]["id"], "08:20", "25 min", "cpu/host-1", "2.500", "2.50"]
     assert re.fullmatch(r"[\d.]+ vs [\d.]+ \([\d.]+ – [\d.]+\) day quantiles", cells[6]), cells[6]
@@ -204,27 +203,6 @@ def test_build_report_shows_the_scorers_checks_as_banners_and_copies_them(tmp_pa
 def test_build_report_rejects_non_date_day(tmp_path):
     with pytest.raises(ValueError):
         build_report(day_frame(), "../escape", CHAMPION, tmp_path)
-
-
-@pytest.fixture
-def chromium():
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    if missing:
-        pytest.skip(f"{', '.join(missing)} missing: run `make browser` (Debian chromium + chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium missing: run `make install`")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1200,1600"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.mark.timeout(180)

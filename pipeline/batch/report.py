@@ -214,8 +214,10 @@ def _incidents_html(summary: dict, anchors: dict[str, str]) -> list[str]:
     for inc in found:
         kpis = ", ".join(_kpi_link(k, anchors) for k in inc["kpis"])
         bands = "<br>".join(_band_html(k, len(inc["kpis"]) > 1) for k in inc["per_kpi"])
-        row = '<tr class="severe">' if inc["severity"] >= 2 else "<tr>"
-        out.append(f"{row}<td><code>{e(inc['id'])}</code></td><td>{e(_clock(inc['start']))}</td>"
+        # data-incident: the row's stable id, by which `kpiguard serve` puts its verdict buttons on it
+        severe = ' class="severe"' if inc["severity"] >= 2 else ""
+        out.append(f'<tr{severe} data-incident="{e(inc["id"], quote=True)}">'
+                   f"<td><code>{e(inc['id'])}</code></td><td>{e(_clock(inc['start']))}</td>"
                    f'<td class="num">{e(_duration(inc["duration_s"]))}</td><td>{kpis}</td>'
                    f'<td class="num">{_fmt(inc["peak_score"])}</td><td class="num">{_fmt(inc["severity"], 2)}</td>'
                    f'<td class="band">{bands}</td></tr>')
