@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 
 from pipeline.batch import daily
+from pipeline.data.review_labels import apply_labels, read_export
 from pipeline.params import load_params
 from pipeline.review import service
-from pipeline.review.labels import apply_labels
 from pipeline.review.store import ReviewStore
 from tests.conftest import REPO
 from tests.servers import start_process, stop_process, wait_until
@@ -123,7 +123,7 @@ def incidents(site: Site) -> list[dict]:
 
 def rows_labelled_one(site: Site) -> tuple[set[tuple[str, str]], int]:
     """(kpi, HH:MM) of the day's rows that the exported label set makes anomalous, and the rows labelled."""
-    exported, _ = service.read_export(service.export(site.params)["path"])
+    exported, _ = read_export(service.export(site.params)["path"])
     scored, _ = daily.read_day(site.params, DAY)
     labelled, _ = apply_labels(scored[["kpi_id", "timestamp", "value"]], exported)
     ones = labelled[labelled["label"] == 1]

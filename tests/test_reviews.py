@@ -14,7 +14,8 @@ from pipeline.batch import daily
 from pipeline.data import review_labels as L
 from pipeline.errors import ReviewError
 from pipeline.params import parse_params
-from pipeline.review import service, store as store_mod
+from pipeline.review import service
+from pipeline.review import store as store_mod
 from pipeline.review.store import ReviewStore
 from pipeline.stages import ingest
 from tests.conftest import small_params_dict
