@@ -242,8 +242,9 @@ def locked_version(package: str) -> str:
 def build(dockerfile: str, tag: str, mounts: list[str], build_args: list[str]) -> None:
     started = time.monotonic()
     print(f"{tag}: buildah bud -f {dockerfile} (log: {LOGS.relative_to(REPO) / tag}.log)")
-    command = ["buildah", "bud", "--isolation", "chroot", "--layers", "--pull=never", "--format", "docker",
-               "-f", dockerfile, "-t", tag]
+    # --force-rm: a failed step leaves no working container behind
+    command = ["buildah", "bud", "--isolation", "chroot", "--layers", "--force-rm", "--pull=never",
+               "--format", "docker", "-f", dockerfile, "-t", tag]
     command += [f"--volume={m}" for m in mounts]
     command += [f"--build-arg={a}" for a in build_args]
     step, last = "", collections.deque(maxlen=FAILURE_LINES)
