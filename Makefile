@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test install browser prometheus lock airflow mlflow clean
+.PHONY: run test install browser prometheus image-tools images images-test lock airflow mlflow clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,26 @@ prometheus:
 	elif [ "$$(id -u)" = 0 ]; then $(PROMETHEUS_APT); \
 	elif command -v sudo >/dev/null; then sudo sh -c '$(PROMETHEUS_APT)'; \
 	else echo "make prometheus: not root and no sudo; as root run: $(PROMETHEUS_APT)" >&2; fi
+
+# buildah and debootstrap (Debian packages): `make images` builds the compose stack's images with them,
+# without a Docker daemon or a registry (docs/deploy.md, "Building the images").
+IMAGE_TOOLS_APT := apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah debootstrap
+image-tools:
+	@if [ -x /usr/bin/buildah ] && [ -x /usr/sbin/debootstrap ]; then exit 0; \
+	elif [ "$$(id -u)" = 0 ]; then $(IMAGE_TOOLS_APT); \
+	elif command -v sudo >/dev/null; then sudo sh -c '$(IMAGE_TOOLS_APT)'; \
+	else echo "make image-tools: not root and no sudo; as root run: $(IMAGE_TOOLS_APT)" >&2; fi
+
+# kpiguard-airflow and kpiguard-mlflow with buildah, on a local Debian 12 base built once from this
+# machine's apt mirror (docker/build_images.py); as root. TORCH_WHEELS: a directory with the lock's torch
+# wheel (else torch comes from PyTorch's CPU index).
+TORCH_WHEELS ?= /opt/wheels
+images: install image-tools
+	$(BIN)/python docker/build_images.py --torch-wheels $(TORCH_WHEELS)
+
+# The images' smoke tests (tests/test_images.py, marker `images`; plain `make test` leaves them out)
+images-test: images
+	$(BIN)/python -m pytest -m images tests/test_images.py
 
 # Re-resolve every dependency from pyproject.toml in a throwaway venv and rewrite requirements.lock.
 lock:

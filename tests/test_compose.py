@@ -298,10 +298,32 @@ def test_gpu_dockerfile():
 
 def test_airflow_dockerfile():
     text = (DOCKER / "Dockerfile.airflow").read_text()
-    assert text.count("\nFROM ") == 1 and "\nFROM python:3.11-slim-bookworm\n" in text
+    # one stage; its base a build argument whose default is the public python image (docs/deploy.md)
+    assert text.count("\nFROM ") == 1 and "\nARG BASE=python:3.11-slim-bookworm\nFROM ${BASE}\n" in text
+    assert "ENV PYTHONDONTWRITEBYTECODE" in text and "PATH=/opt/venv/bin:${PATH}" in text
     assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in text
     assert '-c requirements.lock ".[deploy]"' in text
     assert "AIRFLOW_HOME=/opt/airflow" in text and "KPIGUARD_WORKSPACE=/opt/kpiguard" in text
+
+
+def test_mlflow_dockerfile():
+    text = (DOCKER / "Dockerfile.mlflow").read_text()
+    assert "\nARG BASE=python:3.11-slim-bookworm\nFROM ${BASE}\n" in text and "PATH=/opt/venv/bin:${PATH}" in text
+
+
+@pytest.mark.parametrize("name", ["airflow", "gpu-worker", "mlflow"])
+def test_build_time_pip_configuration_is_an_arg_never_an_env(name):
+    """docker/build_images.py passes this machine's pip configuration as PIP_CONFIG_FILE for the build only."""
+    text = (DOCKER / f"Dockerfile.{name}").read_text()
+    uses = [line for line in text.splitlines() if "PIP_CONFIG_FILE" in line and not line.startswith("#")]
+    assert uses == ["ARG PIP_CONFIG_FILE"]
+
+
+@pytest.mark.parametrize("name", ["airflow", "gpu-worker"])
+def test_torch_from_a_wheel_directory_or_its_index(name):
+    text = (DOCKER / f"Dockerfile.{name}").read_text()
+    assert "ARG TORCH_WHEELS=\n" in text
+    assert 'torch_from="--find-links=${TORCH_WHEELS}"' in text and 'torch_from="--extra-index-url=${TORCH_INDEX_URL}"' in text
 
 
 def test_lock_pins_what_the_images_install():
