@@ -451,15 +451,7 @@ class AlertParams(_Section):
     @field_validator("ledger")
     @classmethod
     def _ledger(cls, v: str) -> str:
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
-
-        try:
-            make_url(v)
-        except ArgumentError:
-            raise ValueError(f"ledger must be a SQLAlchemy URL such as sqlite:///data/alerts/ledger.db or "
-                             f"postgresql+psycopg2://user@host/db, got {v!r}") from None
-        return v
+        return _database_url(v, "ledger", "sqlite:///data/alerts/ledger.db")
 
     def sinks(self) -> dict[str, str]:
         """The configured sinks, name -> URL (empty: alerting is off)."""
@@ -480,15 +472,20 @@ class ReviewParams(_Section):
     @field_validator("store")
     @classmethod
     def _store(cls, v: str) -> str:
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
+        return _database_url(v, "store", "sqlite:///reviews.db")
 
-        try:
-            make_url(v)
-        except ArgumentError:
-            raise ValueError(f"store must be a SQLAlchemy URL such as sqlite:///reviews.db or "
-                             f"postgresql+psycopg2://user@host/db, got {v!r}") from None
-        return v
+
+def _database_url(v: str, field: str, example: str) -> str:
+    """``v`` when SQLAlchemy can parse it as a database URL; else the error that names ``field``."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(v)
+    except ArgumentError:
+        raise ValueError(f"{field} must be a SQLAlchemy URL such as {example} or "
+                         f"postgresql+psycopg2://user@host/db, got {v!r}") from None
+    return v
 
 
 class Params(_Section):
