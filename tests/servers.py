@@ -494,3 +494,16 @@ def prometheus(tmp_dir: str | Path, history: str | None = None, timeout: float =
            f"--config.file={tmp_dir / 'prometheus.yml'}", "--storage.tsdb.retention.time=100y"]
     with ready_server(cmd, log_path, tmp_dir, url, "prometheus", timeout):
         yield url
+
+
+@contextlib.contextmanager
+def database_url(kind: str, sqlite_file: Path, prefix: str) -> Iterator[str]:
+    """A SQLAlchemy URL of ``kind``: "sqlite" (the file ``sqlite_file``) or "postgresql" (a fresh database
+    on this machine's server, dropped after; the test skips when there is no server)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{sqlite_file}"
+        return
+    if not postgres_available():
+        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+    with postgres_database(prefix) as url:
+        yield url

@@ -27,10 +27,9 @@ from tests.scored_days import write_day
 from tests.servers import (
     alertmanager,
     closed_port,
+    database_url,
     env_vars,
     http_receiver,
-    postgres_available,
-    postgres_database,
     wait_until,
 )
 
@@ -95,12 +94,7 @@ def am(tmp_path_factory):
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def ledger_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'alerts' / 'ledger.db'}"
-        return
-    if not postgres_available():
-        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
-    with postgres_database("kpiguard_alerts") as url:
+    with database_url(request.param, tmp_path / 'alerts' / 'ledger.db', "kpiguard_alerts") as url:
         yield url
 
 

@@ -20,7 +20,7 @@ from pipeline.review.store import ReviewStore
 from pipeline.stages import ingest
 from tests.conftest import small_params_dict
 from tests.scored_days import write_day
-from tests.servers import postgres_available, postgres_database
+from tests.servers import database_url
 
 DAY = "2026-01-28"
 
@@ -38,12 +38,7 @@ def params_for(tmp_path: Path, store: str | None = None, **sections):
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'reviews.db'}"
-        return
-    if not postgres_available():
-        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
-    with postgres_database("kpiguard_reviews") as url:
+    with database_url(request.param, tmp_path / 'reviews.db', "kpiguard_reviews") as url:
         yield url
 
 
