@@ -173,7 +173,8 @@ def cmd_review(args) -> Output:
         result = service.day_review(p, _day_option("review list", args.date), args.output)
     elif args.action == "verdict":
         result = service.give_verdict(p, _day_option("review verdict", args.date), args.incident, args.verdict,
-                                      _reviewer(args), note=args.note, kpi=args.kpi, output=args.output)
+                                      _reviewer(args), note=args.note, kpi=args.kpi, output=args.output,
+                                      start=args.start, end=args.end)
     elif args.action == "miss":
         result = service.report_miss(p, args.kpi, args.start, args.end, _reviewer(args), note=args.note)
     elif args.action == "done":
@@ -452,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--incident", required=True, help="the incident id, as the report and `review list` show it")
     a.add_argument("--verdict", required=True, choices=["confirmed", "false_alarm"])
     a.add_argument("--kpi", help="only this KPI of the incident (default: all its KPIs)")
+    a.add_argument("--start", help="the anomaly's own start, where it began before the alarm (ISO, UTC unless it "
+                   "says otherwise; default: the incident's span)")
+    a.add_argument("--end", help="the anomaly's own end (ISO, inclusive; with --start)")
     a.add_argument("--output", help="the scores dataset it was written to (default: score.output)")
     a = actions.add_parser("miss", parents=[common, who], help="report an anomaly no incident caught")
     a.add_argument("--kpi", required=True)

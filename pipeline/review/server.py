@@ -91,9 +91,10 @@ class Write(NamedTuple):
 
 
 WRITES = {
-    "/api/verdict": Write(("day", "incident", "verdict", "reviewer"), ("note", "kpi"),
+    "/api/verdict": Write(("day", "incident", "verdict", "reviewer"), ("note", "kpi", "start", "end"),
                           lambda p, f: service.give_verdict(p, _body_day(f["day"]), f["incident"], f["verdict"],
-                                                            f["reviewer"], note=f.get("note"), kpi=f.get("kpi"))),
+                                                            f["reviewer"], note=f.get("note"), kpi=f.get("kpi"),
+                                                            start=f.get("start"), end=f.get("end"))),
     "/api/miss": Write(("kpi", "start", "end", "reviewer"), ("note",),
                        lambda p, f: service.report_miss(p, f["kpi"], f["start"], f["end"], f["reviewer"],
                                                         note=f.get("note"))),

@@ -49,8 +49,10 @@ def day_review(params: Params, day: str, output: str | None = None) -> dict:
 
 
 def give_verdict(params: Params, day: str, incident_id: str, verdict: str, reviewer: str,
-                 note: str | None = None, kpi: str | None = None, output: str | None = None) -> dict:
-    """Store ``verdict`` on the day's incident ``incident_id`` (all its KPIs, or ``kpi``)."""
+                 note: str | None = None, kpi: str | None = None, output: str | None = None,
+                 start=None, end=None) -> dict:
+    """Store ``verdict`` on the day's incident ``incident_id`` (all its KPIs, or ``kpi``), over the
+    anomaly's own extent ``start`` – ``end`` where given (:meth:`ReviewStore.add_verdict`)."""
     found = daily.day_incidents(params, day, output)
     incident = next((i for i in found if i["id"] == incident_id), None)
     if incident is None:
@@ -59,7 +61,8 @@ def give_verdict(params: Params, day: str, incident_id: str, verdict: str, revie
                           f"the day's report has no such incident; its incidents: {known}"
                           + (f" (and {len(found) - 10} more)" if len(found) > 10 else ""))
     with open_store(params) as store:
-        return store.add_verdict(incident, verdict, reviewer, note=note, kpi=kpi, day_incidents=found)
+        return store.add_verdict(incident, verdict, reviewer, note=note, kpi=kpi, day_incidents=found,
+                                 start=start, end=end)
 
 
 def report_miss(params: Params, kpi: str, start, end, reviewer: str, note: str | None = None) -> dict:

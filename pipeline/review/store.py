@@ -124,10 +124,16 @@ class ReviewStore:
 
     # -- writes ---------------------------------------------------------------------------------
     def add_verdict(self, incident: dict, verdict: str, reviewer: str, note: str | None = None,
-                    kpi: str | None = None, day_incidents: list[dict] | None = None) -> dict:
+                    kpi: str | None = None, day_incidents: list[dict] | None = None,
+                    start=None, end=None) -> dict:
         """Record ``verdict`` on ``incident`` (a record of :func:`pipeline.batch.incidents.incidents`),
         on all its KPIs or on ``kpi`` only. ``day_incidents``, the day's incidents: when every one of them
-        then has a verdict, the day counts as reviewed (:meth:`mark_reviewed`)."""
+        then has a verdict, the day counts as reviewed (:meth:`mark_reviewed`).
+
+        ``start`` / ``end``: the anomaly's own extent where the reviewer sees it differ from the alarms'
+        (an alarm raised after the anomaly began, or ending before it did); it must overlap the incident's
+        span on each KPI it applies to. The verdict's label then covers it instead of the alarms' span, so
+        the labels say when the anomaly began, not when the detector noticed."""
         if verdict not in VERDICTS:
             raise ReviewError(f"incident {incident.get('id')}", "verdict_known",
                               f"verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
@@ -135,12 +141,21 @@ class ReviewStore:
         if kpi is not None and kpi not in spans:
             raise ReviewError(f"incident {incident['id']}", "kpi_in_incident",
                               f"KPI {kpi!r} is not one of its KPIs ({', '.join(spans)})")
+        chosen = {name: k for name, k in spans.items() if kpi is None or name == kpi}
+        extent = None
+        if start is not None or end is not None:
+            extent = parse_range(start, end, f"the extent of incident {incident['id']}")
+            for name, k in chosen.items():
+                if extent[1] < _utc(k["start"]) or extent[0] > _utc(k["end"]):
+                    raise ReviewError(f"incident {incident['id']}", "extent_overlaps_incident",
+                                      f"{extent[0].isoformat()} – {extent[1].isoformat()} does not overlap its span "
+                                      f"on {name} ({k['start']} – {k['end']})")
         day = _day(incident["start"])
         now = _now()
-        rows = [{"incident_id": incident["id"], "day": day, "kpi_id": name, "start_at": _db(k["start"]),
-                 "end_at": _db(k["end"]), "verdict": verdict, "note": note, "reviewer": _reviewer(reviewer),
-                 "created_at": now}
-                for name, k in spans.items() if kpi is None or name == kpi]
+        rows = [{"incident_id": incident["id"], "day": day, "kpi_id": name,
+                 "start_at": _db(extent[0] if extent else k["start"]), "end_at": _db(extent[1] if extent else k["end"]),
+                 "verdict": verdict, "note": note, "reviewer": _reviewer(reviewer), "created_at": now}
+                for name, k in chosen.items()]
         try:
             with self.engine.begin() as conn:
                 conn.execute(sa.insert(VERDICT_ROWS), rows)
