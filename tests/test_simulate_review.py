@@ -171,6 +171,7 @@ def test_the_simulation_runs_the_review_loop_end_to_end(tmp_path):
     assert rounds[0]["labels"]["applied"] is False
     assert rounds[-1]["labels"]["applied"] is True and not rounds[-1]["label_free"]  # the verdicts decide
     assert report["ceiling"]["status"] == "ok" and 0 < report["ceiling"]["final"]["aiops_f1"] <= 1
+    assert report["metric"] == "aiops_f1" and report["ceiling"]["final"]["metric"] == report["ceiling"]["final"]["aiops_f1"]
     for row in rounds:
         assert 0 <= row["final"]["aiops_f1"] <= 1
     # what the store holds is what the rounds say they gave, and every confirmation is a real anomaly

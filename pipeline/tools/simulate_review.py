@@ -102,13 +102,18 @@ def served_alarms(params, name: str, full: pd.DataFrame, raw_scores: np.ndarray)
     return calibrated, threshold.apply(calibrated, full[KPI_ID].to_numpy()), threshold
 
 
-def block_metrics(part: pd.DataFrame, alarms: np.ndarray, delay: int) -> dict:
+def block_metrics(part: pd.DataFrame, alarms: np.ndarray, delay: int, metric: str = "aiops_f1") -> dict:
+    """A block's figures against the hidden labels: ``metric`` (the headline, by its published rule; NAB's
+    with no probation, since the block follows the history the model learnt from), ``aiops_f1``, event
+    recall and precision, the labelled segments and the alarm rate."""
     from pipeline.eval import metrics
 
     args = (part[LABEL].to_numpy(), alarms, part[MISSING].to_numpy(), part[KPI_ID].to_numpy())
     kpis = part[KPI_ID].nunique()
     days = (~part[MISSING].to_numpy()).sum() / max(1, kpis) / _points_per_day(part)
-    return {"aiops_f1": metrics.aiops_f1(*args, delay=delay), "event_recall": metrics.event_recall(*args),
+    headline = metrics.METRICS[metric].compute(*args, delay=delay, probation=0)
+    return {"metric": headline, "aiops_f1": metrics.aiops_f1(*args, delay=delay),
+            "event_recall": metrics.event_recall(*args),
             "event_precision": metrics.event_precision(*args), "segments": int(_segments(part).shape[0]),
             "alarms_per_kpi_day": float(alarms.sum() / max(1, kpis) / max(days, 1e-9))}
 
@@ -175,7 +180,7 @@ def review_round(store, part: pd.DataFrame, scores: np.ndarray, alarms: np.ndarr
 def simulate(base, train_spec: str, out: Path, detectors: list[str], rounds: int = 4, length: str = "7D",
              history: str | None = "30D", final_fraction: float = 0.3, shift_unit: str = "7D",
              min_history: str | None = None, miss_probability: float = 0.5, seed: int = 0,
-             extent: bool = False, command: str = "") -> dict:
+             extent: bool = False, metric: str = "aiops_f1", command: str = "") -> dict:
     from pipeline.data.prep import load_splits
     from pipeline.data.sources import read_source
     from pipeline.params import parse_params
@@ -201,7 +206,11 @@ def simulate(base, train_spec: str, out: Path, detectors: list[str], rounds: int
              len(plan["shifts"]), len(plan["dropped"]), bounds[0], final)
     final_rows = data[data[TIMESTAMP] >= final]
     rng = np.random.default_rng(seed)
-    setup = {"command": command, "train": train_spec, "detectors": detectors, "miss_probability": miss_probability,
+    if metric not in ("aiops_f1", "nab_standard", "rpa_f1", "event_recall", "point_f1"):
+        raise ValueError(f"--metric {metric}: the simulation reports a thresholded metric: aiops_f1, nab_standard, "
+                         "rpa_f1, event_recall or point_f1")
+    setup = {"command": command, "train": train_spec, "detectors": detectors, "metric": metric,
+             "miss_probability": miss_probability,
              "extent": extent, "seed": seed}
     ev = base.evaluate
 
@@ -217,7 +226,7 @@ def simulate(base, train_spec: str, out: Path, detectors: list[str], rounds: int
         _, alarms, _ = served_alarms(params, CEILING, ceiling_full,
                                      np.load(ceiling_dir / "work" / "scores" / f"{CEILING}.npy"))
         test = (ceiling_full["split"] == "test").to_numpy()
-        ceiling_final = block_metrics(ceiling_full[test], alarms[test], ev.delay)
+        ceiling_final = block_metrics(ceiling_full[test], alarms[test], ev.delay, metric)
 
     rows = []
     for r in range(rounds + 1):
@@ -247,17 +256,17 @@ def simulate(base, train_spec: str, out: Path, detectors: list[str], rounds: int
         test = (full["split"] == "test").to_numpy()
         stamps = full[TIMESTAMP]
         in_final = test & (stamps >= final).to_numpy()
-        row["final"] = block_metrics(full[in_final], alarms[in_final], ev.delay)
+        row["final"] = block_metrics(full[in_final], alarms[in_final], ev.delay, metric)
         if r < rounds:
             nxt = test & (stamps < bounds[r + 1]).to_numpy()
-            row["next_round"] = block_metrics(full[nxt], alarms[nxt], ev.delay)
+            row["next_round"] = block_metrics(full[nxt], alarms[nxt], ev.delay, metric)
             days = [str(d.date()) for d in pd.date_range(bounds[r], bounds[r + 1] - pd.Timedelta(1, "ns"), freq="D")]
             with service.open_store(base) as store:
                 row["review"] = review_round(store, full[nxt].reset_index(drop=True), scores[nxt], alarms[nxt],
                                              threshold, base.score.incident_gap, miss_probability, rng, days,
                                              extent)
         rows.append(row)
-        log.info("round %d: %s served, final aiops_f1 %s", r, champion, row["final"]["aiops_f1"])
+        log.info("round %d: %s served, final %s %s", r, champion, metric, row["final"]["metric"])
         _write(out, plan, rows, ceiling_row, ceiling_final, started, setup)
     return _write(out, plan, rows, ceiling_row, ceiling_final, started, setup)
 
@@ -278,25 +287,30 @@ def _write(out: Path, plan: dict, rows: list, ceiling_row: dict, ceiling_final: 
 
 
 def markdown(report: dict) -> str:
-    ceiling = (report["ceiling"].get("final") or {}).get("aiops_f1")
+    metric = report.get("metric", "aiops_f1")  # results written before --metric existed: aiops_f1
+
+    def headline(block: dict) -> float | None:
+        return block.get("metric", block.get(metric))
+
+    ceiling = headline(report["ceiling"].get("final") or {})
     lines = [f"Command: `{report['command']}`", "",
              f"{len(report['kpis'])} KPIs ({len(report['dropped'])} left out: too little history); final block from "
              f"{report['final_from']}; misses reported with probability {report['miss_probability']}; "
              f"confirmations label {CONFIRMS[report['extent']]}; "
              f"{report['hardware']}; wall time {report['wall_s']} s.", "",
-             f"Ceiling: `{CEILING}` with every label, final block `aiops_f1` {_f(ceiling)}.", "",
+             f"Ceiling: `{CEILING}` with every label, final block `{metric}` {_f(ceiling)}.", "",
              "| after reviews | served | path | reviewed events (train) | verdicts so far (confirmed / dismissed) "
-             "| misses reported so far | next round `aiops_f1` | final block `aiops_f1` | share of ceiling "
+             f"| misses reported so far | next round `{metric}` | final block `{metric}` | share of ceiling "
              "| final event recall / precision |",
              "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     confirmed = dismissed = reported = marked = 0
     for row in report["rounds"]:
         fin, nxt = row.get("final") or {}, row.get("next_round") or {}
-        share = None if ceiling in (None, 0) or fin.get("aiops_f1") is None else fin["aiops_f1"] / ceiling
+        share = None if ceiling in (None, 0) or headline(fin) is None else headline(fin) / ceiling
         events = row["labels"].get("events")
         lines.append(f"| {row['round']} | {row['champion']} | {'label-free' if row['label_free'] else 'labelled'} "
                      f"| {events if events is not None else 0} | {confirmed} / {dismissed} | {reported} "
-                     f"| {_f(nxt.get('aiops_f1'))} | {_f(fin.get('aiops_f1'))} | {_f(share, '.0%')} "
+                     f"| {_f(headline(nxt))} | {_f(headline(fin))} | {_f(share, '.0%')} "
                      f"| {_f(fin.get('event_recall'))} / {_f(fin.get('event_precision'))} |")
         review = row.get("review") or {}
         confirmed += review.get("confirmed", 0)
@@ -351,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--extent", action=argparse.BooleanOptionalAction, default=False,
                     help="a confirmation marks the anomaly's own extent (default: the alarms' span, as the issue specifies)")
+    ap.add_argument("--metric", default="aiops_f1",
+                    help="the headline figure of each block, by its published rule (NAB: nab_standard)")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("-S", dest="overrides", action="append", default=[], help="section.key=value, as the CLI's")
     args = ap.parse_args(argv)
@@ -359,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         base = load_params(args.params, args.overrides)
         report = simulate(base, args.train, args.out, [d.strip() for d in args.detectors.split(",") if d.strip()],
                           args.rounds, args.round_length, args.history, args.final_fraction, args.shift_unit,
-                          args.min_history, args.miss_probability, args.seed, args.extent,
+                          args.min_history, args.miss_probability, args.seed, args.extent, args.metric,
                           command="python -m pipeline.tools.simulate_review " + " ".join(argv or sys.argv[1:]))
     except (KpiguardError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
