@@ -179,6 +179,14 @@ def cmd_review(args) -> Output:
         result = service.report_miss(p, args.kpi, args.start, args.end, _reviewer(args), note=args.note)
     elif args.action == "done":
         result = service.mark_reviewed(p, _day_option("review done", args.date), _reviewer(args))
+    elif args.action == "mutes":
+        result = service.mute_overview(p, all_rules=args.all)
+    elif args.action == "mute":
+        incidents = [i for i in (args.incidents or "").split(",") if i.strip()]
+        result = service.confirm_mute(p, args.kpi, args.direction, args.from_time, args.to_time, args.max_severity,
+                                      _reviewer(args), note=args.note, incidents=incidents)
+    elif args.action == "unmute":
+        result = service.lift_mute(p, args.rule, _reviewer(args))
     else:
         result = service.export(p, args.out)
     return Output(summary.review(args.action, result), result)
@@ -323,7 +331,8 @@ COMMANDS = {
                "kpiguard report --date 2026-01-28"),
     "alert": ("Send a scored day's incidents to Alertmanager and/or a webhook (alerts.*), each exactly once.",
               "kpiguard alert --date 2026-01-28 -S alerts.alertmanager.url=http://127.0.0.1:9093"),
-    "review": ("List a day's incidents with their verdicts, give a verdict, report a miss, export the labels.",
+    "review": ("List a day's incidents with their verdicts, give a verdict, report a miss, mute a repeated false "
+               "alarm, export the labels.",
                "kpiguard review verdict --date 2026-01-28 --incident inc-20260128-1010-1a2b3c4d --verdict confirmed"),
     "serve": ("Serve the daily reports with a verdict button on each incident and a missed-anomaly form.",
               "kpiguard serve --port 8765   (with KPIGUARD_REVIEW_TOKEN set: writes need it)"),
@@ -464,6 +473,22 @@ def build_parser() -> argparse.ArgumentParser:
     a = actions.add_parser("done", parents=[common, who],
                            help="mark a day reviewed: what nobody flagged on it is normal")
     a.add_argument("--date", required=True, help="YYYY-MM-DD")
+    a = actions.add_parser("mutes", parents=[common],
+                           help="the mute rules repeated dismissals suggest (each as a ready command) and those confirmed")
+    a.add_argument("--all", action="store_true", help="list lifted rules too")
+    a = actions.add_parser("mute", parents=[common, who],
+                           help="confirm a mute rule: matching incidents are reported apart and not alerted")
+    a.add_argument("--kpi", required=True)
+    a.add_argument("--direction", required=True, help="up, down or any: the observed value at the peak against the "
+                   "expected one")
+    a.add_argument("--from", dest="from_time", required=True, metavar="HH:MM",
+                   help="the window's start, time of day in UTC")
+    a.add_argument("--to", dest="to_time", required=True, metavar="HH:MM",
+                   help="its end (inclusive; before --from: the window wraps past midnight)")
+    a.add_argument("--max-severity", required=True, help="mute only KPI incidents at most this many times their threshold")
+    a.add_argument("--incidents", help="ID,ID: the dismissed incidents the rule is made of (a suggestion's)")
+    a = actions.add_parser("unmute", parents=[common, who], help="lift a mute rule (it stays on record, disabled)")
+    a.add_argument("--rule", required=True, help="the rule id, as `review mutes` lists it")
     a = actions.add_parser("export", parents=[common], help="write the label set (paths.labels; DVC stage labels)")
     a.add_argument("--out", help="directory (default: paths.labels)")
     p.set_defaults(func=cmd_review)

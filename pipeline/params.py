@@ -468,11 +468,26 @@ class ReviewParams(_Section):
     host: str = "127.0.0.1"  # kpiguard serve
     port: int = Field(8765, ge=1, le=65535)
     token_env: str = Field("KPIGUARD_REVIEW_TOKEN", min_length=1)  # the environment variable holding the write token
+    mute_tolerance: str = "30min"  # a dismissed alarm's time of day, widened by this each side, is its pattern's window
 
     @field_validator("store")
     @classmethod
     def _store(cls, v: str) -> str:
         return _database_url(v, "store", "sqlite:///reviews.db")
+
+    @field_validator("mute_tolerance")
+    @classmethod
+    def _mute_tolerance(cls, v: str) -> str:
+        import pandas as pd
+
+        try:
+            tolerance = pd.Timedelta(v)
+        except ValueError:
+            raise ValueError(f"mute_tolerance must be a duration such as 30min or 1h, got {v!r}") from None
+        # 12 h each side is the whole day: every dismissal of a KPI would look like one pattern
+        if not pd.Timedelta(0) <= tolerance < pd.Timedelta("12h"):
+            raise ValueError(f"mute_tolerance must be at least 0 and under 12h, got {v!r}")
+        return v
 
 
 def _database_url(v: str, field: str, example: str) -> str:

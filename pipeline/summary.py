@@ -126,6 +126,8 @@ def score(result: dict) -> str:
 def alert(result: dict) -> str:
     """``result``: what ``pipeline.batch.daily.push_day`` returns (per sink: counts and incident ids)."""
     head = f"alert {result['day']}: {_plural(result['incidents'], 'incident')}"
+    if result.get("muted"):
+        head += f" ({len(result['muted'])} more muted by a mute rule: not sent)"
     if not result["sinks"]:
         return f"{head}; no sink configured (alerts.alertmanager.url, alerts.webhook.url): nothing sent"
     parts = []
@@ -177,6 +179,10 @@ def report(summary: dict) -> str:
         notes.append(f"alarm rate {times}× the budget: likely a model/data mismatch")
     if (summary.get("training_range") or {}).get("outside"):
         notes.append("the day is outside the model's training range")
+    if summary.get("muted_incidents"):
+        notes.append(f"{len(summary['muted_incidents'])} more muted by mute rules (listed apart, not alerted)")
+    if summary.get("mutes_unavailable"):
+        notes.append("mute rules not applied: the review store could not be read")
     return (f"report {summary['day']}: {_plural(summary['incident_count'], 'incident')}, {flagged} "
             f"({_plural(summary['anomalies'], 'anomaly span')}) {ARROW} {summary['html']} "
             f"(json: {summary['json']})" + "".join(f"; {n}" for n in notes))
@@ -221,6 +227,22 @@ def bench(report: dict, out: str, metric: str | None = None) -> str:
             f"{report['wall_s']} s; {best} {ARROW} {out}/results.md")
 
 
+def _mutes(result: dict) -> str:
+    """``kpiguard review mutes``: each suggestion with its ready command, then the rules."""
+    from pipeline.data import review_mutes as mutes  # pandas: not for `kpiguard --help`
+    lines = [f"mute suggestions: {len(result['suggestions'])} (false alarms dismissed on 2 days or more, same KPI "
+             f"and direction, time of day ±{result['tolerance']} overlapping)"]
+    for s in result["suggestions"]:
+        lines += [f"  {s['kpi_id']} {s['direction']} {s['from']}–{s['to']} UTC, severity ≤ {s['max_severity']:g}: "
+                  f"{len(s['verdicts'])} dismissals on {', '.join(s['days'])}", f"    {s['command']}"]
+    lines.append(f"mute rules: {len(result['rules'])}")
+    for r in result["rules"]:
+        lifted = f", lifted {r['disabled_at'][:16]} by {r['disabled_by']}" if r.get("disabled_at") else ""
+        note = f" — {r['note']}" if r.get("note") else ""
+        lines.append(f"  {mutes.describe(r)}{note}{lifted}")
+    return "\n".join(lines)
+
+
 def review(action: str, result: dict) -> str:
     """``result``: what the ``pipeline.review.service`` function behind ``kpiguard review ACTION`` returns."""
     if action == "list":
@@ -228,10 +250,19 @@ def review(action: str, result: dict) -> str:
                  + (", day marked reviewed" if result["reviewed"] else "")
                  + (f", {len(result['misses'])} reported miss(es)" if result["misses"] else "")]
         for inc in result["incidents"]:
+            muted = f"  muted by rule {', '.join(f'#{r}' for r in inc['muted_by'])}" if inc.get("muted_by") else ""
             lines.append(f"  {inc['id']}  {inc['start']} → {inc['end']}  severity {_f1(inc['severity'])}  "
                          f"{', '.join(inc['kpis'][:3])}{' …' if len(inc['kpis']) > 3 else ''}  "
-                         f"verdict: {inc['verdict'] or '-'}")
+                         f"verdict: {inc['verdict'] or '-'}{muted}")
         return "\n".join(lines)
+    if action == "mutes":
+        return _mutes(result)
+    from pipeline.data import review_mutes as mutes
+
+    if action == "mute":
+        return f"review: mute rule {mutes.describe(result)} confirmed; `kpiguard review unmute --rule {result['id']}` lifts it"
+    if action == "unmute":
+        return f"review: mute rule {mutes.describe(result)} lifted by {result['disabled_by']}"
     if action == "verdict":
         return f"review: {result['incident']} {ARROW} {result['verdict']} on {', '.join(result['kpis'])}"
     if action == "miss":

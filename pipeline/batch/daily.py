@@ -34,7 +34,8 @@ from pipeline.batch import incidents as incidents_mod
 from pipeline.batch import report as report_mod
 from pipeline.batch import score
 from pipeline.data import prep
-from pipeline.errors import DataError
+from pipeline.data import review_mutes as mutes_mod
+from pipeline.errors import DataError, ReviewError
 from pipeline.io import storage
 from pipeline.io.outputs import replace_dir_atomic, write_json_atomic
 from pipeline.params import Params
@@ -221,8 +222,28 @@ def build_day_report(params: Params, day: str, output: str | None = None) -> dic
     the same way. A missing partition is a DataError (rule ``partition_exists``)."""
     day = _iso(day)
     scored, meta = read_day(params, day, output)
+    rules, unavailable = mute_rules(params)
     return report_mod.build_report(scored, day, meta.get("model"), params.score.reports, partition=meta,
-                                   incident_gap=params.score.incident_gap)
+                                   incident_gap=params.score.incident_gap, mutes=rules,
+                                   mutes_unavailable=unavailable)
+
+
+def mute_rules(params: Params) -> tuple[list[dict], str | None]:
+    """(the review store's active mute rules, None) or, where the store cannot be read, ([], why): a
+    report and its alerts then go out unmuted, since a store that is down must not silence anything."""
+    try:
+        return mutes_mod.read_active_rules(params.reviews.store), None
+    except ReviewError as exc:
+        log.warning("mute rules not applied: %s", exc)
+        return [], str(exc)
+
+
+def unmuted(params: Params, found: list[dict]) -> tuple[list[dict], dict]:
+    """(the incidents of ``found`` to alert on, what the mute rules held back): ``muted``, their ids."""
+    rules, unavailable = mute_rules(params)
+    kept, muted = mutes_mod.apply_mutes(found, rules)
+    return kept, {"muted": [i["id"] for i in muted],
+                  **({"mutes_unavailable": unavailable} if unavailable else {})}
 
 
 def read_day(params: Params, day: str, output: str | None = None) -> tuple[pd.DataFrame, dict]:
@@ -248,12 +269,13 @@ def day_incidents(params: Params, day: str, output: str | None = None) -> list[d
 
 def push_day(params: Params, day: str, now: pd.Timestamp | None = None, *, output: str | None = None) -> dict:
     """:func:`pipeline.batch.alerts.push` the incidents of the day's written partition of ``output``
-    (default ``score.output``), the ones its report lists, with the day's ``alerts.report_url``."""
+    (default ``score.output``), the ones its report lists, with the day's ``alerts.report_url``; those
+    the review store's mute rules mute are not pushed (``muted``: their ids)."""
     day = pd.Timestamp(day).date().isoformat()
-    found = day_incidents(params, day, output)
+    found, held = unmuted(params, day_incidents(params, day, output))
     url = params.alerts.report_url.format(day=day) if params.alerts.report_url else None
     return {"day": day, **alerts.push(params, found, now=pd.Timestamp.now(tz="UTC") if now is None else now,
-                                      report_url=url)}
+                                      report_url=url), **held}
 
 
 def window_incidents(params: Params, start: pd.Timestamp, end: pd.Timestamp, output: str | None = None) -> list[dict]:
@@ -286,9 +308,9 @@ def alert(params: Params, slot: str, output: str | None = None) -> dict:
     if score.is_whole_days(start, end):
         pushed = [push_day(params, day, output=output) for day in days_of(slot)]
         return pushed[0] if len(pushed) == 1 else {"days": pushed}
-    found = window_incidents(params, end - pd.Timedelta(params.score.alert_lookback), end, output)
+    found, held = unmuted(params, window_incidents(params, end - pd.Timedelta(params.score.alert_lookback), end, output))
     # report_url None: each incident links the report of its start day (alerts.report_url)
-    return {"slot": score.slot_text(start, end), **alerts.push(params, found, now=end)}
+    return {"slot": score.slot_text(start, end), **alerts.push(params, found, now=end), **held}
 
 
 def publish(params: Params, slot: str, bucket: str | None = None) -> dict:

@@ -11,7 +11,8 @@ An *anomaly span* is a run of consecutive flagged points of one KPI. One real an
 spans (on several KPIs, split wherever the score dips under threshold for a point), so the on-call
 engineer triages *incidents* (:mod:`pipeline.batch.incidents`: spans at most ``score.incident_gap``
 apart, on one KPI or across KPIs, joined), which the report lists first, most severe first; the spans
-stay in the JSON and, folded, on the page.
+stay in the JSON and, folded, on the page. Incidents that the reviewers' mute rules mute
+(:mod:`pipeline.data.review_mutes`) are listed apart, folded under "Muted" with the rule that mutes each.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from models.frame import KPI_ID, TIMESTAMP, VALUE
 from pipeline.batch import incidents as incidents_mod
 # Spans are what incidents are made of, so they live there; SPAN_COLUMNS is imported from here too.
 from pipeline.batch.incidents import IS_ANOMALY, SCORE, SPAN_COLUMNS, THRESHOLD, anomaly_spans, span_records  # noqa: F401
+from pipeline.data import review_mutes as mutes_mod
 from pipeline.io.outputs import write_json_atomic, write_text_atomic
 from pipeline.params import ScoreParams
 
@@ -56,7 +58,8 @@ details summary { cursor: pointer; margin: .5em 0; }
 
 
 def build_report(scored: pd.DataFrame, day: str, champion: dict | None, out_dir: str | Path,
-                 max_plots: int = 20, partition: dict | None = None, incident_gap: str = INCIDENT_GAP) -> dict:
+                 max_plots: int = 20, partition: dict | None = None, incident_gap: str = INCIDENT_GAP,
+                 mutes: list[dict] | None = None, mutes_unavailable: str | None = None) -> dict:
     """Write ``<out_dir>/<day>.html`` and ``<out_dir>/<day>.json``; return the summary with both paths.
 
     Plots are drawn for the ``max_plots`` KPIs whose worst span is most severe. ``partition``: the
@@ -64,13 +67,17 @@ def build_report(scored: pd.DataFrame, day: str, champion: dict | None, out_dir:
     not scored (quarantined, by rule), snapped to the grid, and KPIs whose interval changed the
     report shows, so the on-call engineer sees what was not looked at, and whose checks of the day
     (``alarm_check``, ``training_range``) it copies and shows as a banner when they fail.
-    ``incident_gap``: ``score.incident_gap`` (:mod:`pipeline.batch.incidents`).
+    ``incident_gap``: ``score.incident_gap`` (:mod:`pipeline.batch.incidents`). ``mutes``: the review
+    store's active mute rules (:mod:`pipeline.data.review_mutes`); the incidents they mute are listed apart,
+    as ``muted_incidents`` (each naming its rules in ``muted_by``), not among ``incidents``.
+    ``mutes_unavailable``: why the rules could not be read, shown on the page.
     """
     day = dt.date.fromisoformat(day).isoformat()  # also keeps the file names inside out_dir
     scored = scored.assign(**{TIMESTAMP: pd.to_datetime(scored[TIMESTAMP], utc=True)})
     spans = anomaly_spans(scored)
     champion = champion or {}
-    found = incidents_mod.incidents(scored, incident_gap, champion.get("detector"), spans=spans)
+    found, muted = mutes_mod.apply_mutes(incidents_mod.incidents(scored, incident_gap, champion.get("detector"),
+                                                                 spans=spans), mutes or [])
     kpis = sorted(scored[KPI_ID].astype(str).unique())
     flagged = list(dict.fromkeys(spans["kpi_id"].astype(str)))  # most severe first
     quiet = sorted(set(kpis) - set(flagged))
@@ -84,6 +91,9 @@ def build_report(scored: pd.DataFrame, day: str, champion: dict | None, out_dir:
         "champion": champion,
         "incident_gap": str(incident_gap),
         "incidents": found,
+        "muted_incidents": muted,
+        "mute_rules": len(mutes or []),
+        **({"mutes_unavailable": mutes_unavailable} if mutes_unavailable else {}),
         "spans": span_records(spans),
         "kpis_without_anomalies": quiet,
         **_not_scored(partition),
@@ -162,6 +172,8 @@ def render_html(summary: dict, plots: dict[str, str]) -> str:
         '<table class="summary">',
         f'<tr><td>KPIs scored</td><td class="num">{summary["kpis_scored"]}</td></tr>',
         f'<tr><td>Incidents</td><td class="num">{summary.get("incident_count", 0)}</td></tr>',
+        *([f'<tr><td>Muted incidents (mute rules)</td><td class="num">{len(summary["muted_incidents"])}</td></tr>']
+          if summary.get("muted_incidents") else []),
         f'<tr><td>KPIs flagged</td><td class="num">{summary["anomalous_kpis"]}</td></tr>',
         f'<tr><td>Anomaly spans</td><td class="num">{summary["anomalies"]}</td></tr>',
         f'<tr><td>Rows quarantined (not scored)</td><td class="num">{summary.get("quarantined", 0)}</td></tr>',
@@ -173,7 +185,7 @@ def render_html(summary: dict, plots: dict[str, str]) -> str:
     elif not summary["spans"]:
         parts.append(f'<p class="quiet">No anomalies: all {summary["kpis_scored"]} KPIs stayed within threshold.</p>')
     else:
-        parts += [*_incidents_html(summary, anchors), *_spans_html(summary, anchors)]
+        parts += [*_incidents_html(summary, anchors), *_muted_html(summary, anchors), *_spans_html(summary, anchors)]
     parts += [*_not_scored_html(summary), *_champion_html(summary["champion"])]
     if plots:
         parts.append("<h2>Flagged KPIs</h2>")
@@ -212,16 +224,44 @@ def _incidents_html(summary: dict, anchors: dict[str, str]) -> list[str]:
            '<table class="incidents"><thead><tr><th>incident</th><th>start (UTC)</th><th>duration</th><th>KPIs</th>'
            "<th>peak score</th><th>severity</th><th>observed vs expected (band)</th></tr></thead><tbody>"]
     for inc in found:
-        kpis = ", ".join(_kpi_link(k, anchors) for k in inc["kpis"])
-        bands = "<br>".join(_band_html(k, len(inc["kpis"]) > 1) for k in inc["per_kpi"])
-        # data-incident: the row's stable id, by which `kpiguard serve` puts its verdict buttons on it
-        severe = ' class="severe"' if inc["severity"] >= 2 else ""
-        out.append(f'<tr{severe} data-incident="{e(inc["id"], quote=True)}">'
-                   f"<td><code>{e(inc['id'])}</code></td><td>{e(_clock(inc['start']))}</td>"
-                   f'<td class="num">{e(_duration(inc["duration_s"]))}</td><td>{kpis}</td>'
-                   f'<td class="num">{_fmt(inc["peak_score"])}</td><td class="num">{_fmt(inc["severity"], 2)}</td>'
-                   f'<td class="band">{bands}</td></tr>')
+        out.append(_incident_row(inc, anchors))
     out.append("</tbody></table>")
+    if not found:
+        out.append('<p class="quiet">No incidents beside the muted ones below.</p>')
+    return out
+
+
+def _incident_row(inc: dict, anchors: dict[str, str], extra: str = "") -> str:
+    e = html.escape
+    kpis = ", ".join(_kpi_link(k, anchors) for k in inc["kpis"])
+    bands = "<br>".join(_band_html(k, len(inc["kpis"]) > 1) for k in inc["per_kpi"])
+    # data-incident: the row's stable id, by which `kpiguard serve` puts its verdict buttons on it
+    severe = ' class="severe"' if inc["severity"] >= 2 else ""
+    return (f'<tr{severe} data-incident="{e(inc["id"], quote=True)}">'
+            f"<td><code>{e(inc['id'])}</code></td><td>{e(_clock(inc['start']))}</td>"
+            f'<td class="num">{e(_duration(inc["duration_s"]))}</td><td>{kpis}</td>'
+            f'<td class="num">{_fmt(inc["peak_score"])}</td><td class="num">{_fmt(inc["severity"], 2)}</td>'
+            f'<td class="band">{bands}</td>{extra}</tr>')
+
+
+def _muted_html(summary: dict, anchors: dict[str, str]) -> list[str]:
+    """The incidents mute rules held back, folded: listed so that a rule muting too much shows."""
+    e = html.escape
+    muted = summary.get("muted_incidents") or []
+    if not muted:
+        return []
+    out = [f'<details class="muted"><summary>Muted: {len(muted)} incident{"s" if len(muted) != 1 else ""} '
+           "matching a mute rule a reviewer confirmed (not alerted)</summary>",
+           '<p class="quiet">Each of its KPIs matches an active rule: same KPI and direction, its span within the '
+           "rule's time of day (UTC), its severity at most the rule's. <code>kpiguard review mutes</code> lists the "
+           "rules, <code>kpiguard review unmute --rule ID</code> lifts one.</p>",
+           '<table class="incidents muted"><thead><tr><th>incident</th><th>start (UTC)</th><th>duration</th>'
+           "<th>KPIs</th><th>peak score</th><th>severity</th><th>observed vs expected (band)</th><th>muted by</th>"
+           "</tr></thead><tbody>"]
+    for inc in muted:
+        rules = "<br>".join(e(mutes_mod.describe(r)) for r in inc.get("muted_by") or [])
+        out.append(_incident_row(inc, anchors, f'<td class="rule">{rules}</td>'))
+    out += ["</tbody></table>", "</details>"]
     return out
 
 
@@ -274,6 +314,9 @@ def _banners(summary: dict) -> list[str]:
         out.append(f'<p class="banner alarm-check"><strong>Alarm rate {_ratio(alarm.get("ratio"))}× the budget: '
                    "likely a model/data mismatch (model trained on other data, or data outside the training "
                    f"range).</strong>{e(detail)}</p>")
+    if summary.get("mutes_unavailable"):
+        out.append('<p class="banner mutes-unavailable"><strong>Mute rules not applied:</strong> the review store '
+                   f"could not be read, so every incident is listed and alerted ({e(summary['mutes_unavailable'])}).</p>")
     trained = summary.get("training_range") or {}
     if trained.get("outside"):
         days = trained.get("days_outside")

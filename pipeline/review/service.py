@@ -1,6 +1,8 @@
 """What a reviewer does, for ``kpiguard review``, ``kpiguard serve`` and the DVC stage ``labels``:
 list a day's incidents with their verdicts, give a verdict, report a missed anomaly, mark a day
-reviewed, and export the label set (:mod:`pipeline.data.review_labels`) that training merges.
+reviewed, see the mute rules the dismissals suggest and confirm or lift one
+(:mod:`pipeline.data.review_mutes`), and export the label set (:mod:`pipeline.data.review_labels`)
+that training merges.
 
 Incidents are looked up in the day's scored partition (the ids of its report), so a verdict on an
 incident that does not exist is refused with the ids that do.
@@ -14,6 +16,7 @@ import pandas as pd
 
 from pipeline.batch import daily
 from pipeline.data import review_labels as labels_mod
+from pipeline.data import review_mutes as mutes_mod
 from pipeline.errors import ReviewError
 from pipeline.io.outputs import replace_dir_atomic
 from pipeline.params import Params
@@ -25,11 +28,14 @@ def open_store(params: Params) -> ReviewStore:
 
 
 def day_review(params: Params, day: str, output: str | None = None) -> dict:
-    """The day's incidents (most severe first), each with its latest verdicts per KPI; whether the day
-    is marked reviewed; the misses reported on it."""
+    """The day's incidents (most severe first), each with its latest verdicts per KPI and the mute rules
+    that mute it (``muted_by``: ids; muted incidents are listed too, since they can be reviewed); whether
+    the day is marked reviewed; the misses reported on it."""
     found = daily.day_incidents(params, day, output)
     with open_store(params) as store:
         verdicts, misses, days = store.verdicts(), store.misses(), store.reviewed_days()
+        rules = store.mute_rules()
+    muted_by = {i["id"]: [r["id"] for r in i["muted_by"]] for i in mutes_mod.apply_mutes(found, rules)[1]}
     by_incident = {i: part for i, part in verdicts.groupby("incident_id")} if len(verdicts) else {}
     day = pd.Timestamp(day).date().isoformat()
     listed = []
@@ -40,7 +46,7 @@ def day_review(params: Params, day: str, output: str | None = None) -> dict:
                                          for _, r in part.iterrows()}
         listed.append({"id": inc["id"], "start": inc["start"], "end": inc["end"], "kpis": inc["kpis"],
                        "severity": inc["severity"], "peak_score": inc["peak_score"], "verdicts": given,
-                       "verdict": _overall(given, inc["kpis"])})
+                       "verdict": _overall(given, inc["kpis"]), "muted_by": muted_by.get(inc["id"], [])})
     on_day = misses[(misses["start_at"].dt.date.astype(str) <= day) & (misses["end_at"].dt.date.astype(str) >= day)] \
         if len(misses) else misses
     return {"day": day, "reviewed": day in days, "incidents": listed,
@@ -73,6 +79,30 @@ def report_miss(params: Params, kpi: str, start, end, reviewer: str, note: str |
 def mark_reviewed(params: Params, day: str, reviewer: str) -> dict:
     with open_store(params) as store:
         return store.mark_reviewed(day, reviewer)
+
+
+def mute_overview(params: Params, all_rules: bool = False) -> dict:
+    """The mute rules the dismissals suggest (:func:`pipeline.data.review_mutes.suggestions`, with
+    ``reviews.mute_tolerance``) and the rules confirmed (active ones; ``all_rules``: lifted ones too)."""
+    with open_store(params) as store:
+        verdicts, rules = store.verdicts(), store.mute_rules(active=not all_rules)
+    active = [r for r in rules if r["disabled_at"] is None]
+    return {"tolerance": params.reviews.mute_tolerance,
+            "suggestions": mutes_mod.suggestions(verdicts, active, params.reviews.mute_tolerance), "rules": rules}
+
+
+def confirm_mute(params: Params, kpi: str, direction: str, window_from: str, window_to: str, max_severity,
+                 reviewer: str, note: str | None = None, incidents: list[str] | None = None) -> dict:
+    """Store a mute rule a reviewer confirms (:meth:`ReviewStore.add_mute`): from then on, reports list
+    what it matches as muted and alerts leave it out."""
+    with open_store(params) as store:
+        return store.add_mute(kpi, direction, window_from, window_to, max_severity, reviewer, note=note,
+                              incidents=incidents)
+
+
+def lift_mute(params: Params, rule_id, reviewer: str) -> dict:
+    with open_store(params) as store:
+        return store.disable_mute(rule_id, reviewer)
 
 
 def current_spans(params: Params) -> pd.DataFrame:

@@ -4,7 +4,10 @@ deployment, through SQLAlchemy.
 
 Append-only: a new verdict on an incident does not overwrite the old one, it is a new row, and the
 latest per (incident, KPI) is the one that counts (:meth:`ReviewStore.verdicts`), so who changed their
-mind, and when, stays on record. Every write is one transaction.
+mind, and when, stays on record. Every write is one transaction. Each verdict row keeps the pattern of
+the alarm it was given on (direction, severity, peak time: schema version 2), from which
+:mod:`pipeline.data.review_mutes` suggests mute rules; the rules a reviewer confirms are kept here too, and
+lifting one disables it rather than deleting it.
 
 The schema is the code's: :data:`SCHEMA_VERSION` and :data:`MIGRATIONS` (one function per version,
 applied in order inside one transaction, recorded in ``kpiguard_review_schema``). A store written by a
@@ -13,32 +16,48 @@ newer kpiguard is refused rather than guessed at.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from pipeline.data.review_labels import VERDICTS
+from pipeline.data import review_mutes as mutes_mod
+from pipeline.data.review_labels import FALSE_ALARM, VERDICTS
+from pipeline.data.review_mutes import RULE_ROWS as MUTE_ROWS
 from pipeline.errors import ReviewError
 
 METADATA = sa.MetaData()
 SCHEMA = sa.Table("kpiguard_review_schema", METADATA, sa.Column("version", sa.Integer, primary_key=True))
-VERDICT_ROWS = sa.Table(
-    "kpiguard_review_verdicts", METADATA,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("incident_id", sa.String(64), nullable=False),
-    sa.Column("day", sa.String(10), nullable=False),
-    sa.Column("kpi_id", sa.String(512), nullable=False),
-    # the KPI's span in the incident when the verdict was given: the labels do not depend on re-scoring
-    sa.Column("start_at", sa.DateTime, nullable=False),
-    sa.Column("end_at", sa.DateTime, nullable=False),
-    sa.Column("verdict", sa.String(16), nullable=False),
-    sa.Column("note", sa.Text),
-    sa.Column("reviewer", sa.String(128), nullable=False),
-    sa.Column("created_at", sa.DateTime, nullable=False),
-    sa.Index("ix_kpiguard_review_verdicts_incident", "incident_id", "kpi_id"),
-)
+
+
+def _verdict_table(metadata: sa.MetaData, *added: sa.Column) -> sa.Table:
+    return sa.Table(
+        "kpiguard_review_verdicts", metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("incident_id", sa.String(64), nullable=False),
+        sa.Column("day", sa.String(10), nullable=False),
+        sa.Column("kpi_id", sa.String(512), nullable=False),
+        # the KPI's span in the incident when the verdict was given: the labels do not depend on re-scoring
+        sa.Column("start_at", sa.DateTime, nullable=False),
+        sa.Column("end_at", sa.DateTime, nullable=False),
+        sa.Column("verdict", sa.String(16), nullable=False),
+        sa.Column("note", sa.Text),
+        sa.Column("reviewer", sa.String(128), nullable=False),
+        sa.Column("created_at", sa.DateTime, nullable=False),
+        *added,
+        sa.Index("ix_kpiguard_review_verdicts_incident", "incident_id", "kpi_id"),
+    )
+
+
+def _pattern_columns() -> list[sa.Column]:
+    """Schema version 2: the pattern of the alarm a verdict was given on (pipeline.data.review_mutes); rows
+    written before it have none, and never suggest a mute."""
+    return [sa.Column("direction", sa.String(8)), sa.Column("severity", sa.Float), sa.Column("peak_at", sa.DateTime)]
+
+
+VERDICT_ROWS = _verdict_table(METADATA, *_pattern_columns())
 MISS_ROWS = sa.Table(
     "kpiguard_review_misses", METADATA,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -55,13 +74,20 @@ DAY_ROWS = sa.Table(
     sa.Column("reviewer", sa.String(128), nullable=False),
     sa.Column("created_at", sa.DateTime, nullable=False),
 )
-
-
 def _v1(conn) -> None:
-    METADATA.create_all(conn, tables=[VERDICT_ROWS, MISS_ROWS, DAY_ROWS])
+    # the verdicts as version 1 had them: version 2 adds its columns to existing stores and new ones alike
+    METADATA.create_all(conn, tables=[MISS_ROWS, DAY_ROWS])
+    _verdict_table(sa.MetaData()).create(conn)
 
 
-MIGRATIONS = {1: _v1}  # version -> the step that brings the schema from version - 1 to it
+def _v2(conn) -> None:
+    for column in _pattern_columns():
+        conn.execute(sa.text(f"ALTER TABLE {VERDICT_ROWS.name} ADD COLUMN {column.name} "
+                             f"{column.type.compile(conn.dialect)}"))
+    MUTE_ROWS.create(conn)
+
+
+MIGRATIONS = {1: _v1, 2: _v2}  # version -> the step that brings the schema from version - 1 to it
 SCHEMA_VERSION = max(MIGRATIONS)
 
 
@@ -154,7 +180,8 @@ class ReviewStore:
         now = _now()
         rows = [{"incident_id": incident["id"], "day": day, "kpi_id": name,
                  "start_at": _db(extent[0] if extent else k["start"]), "end_at": _db(extent[1] if extent else k["end"]),
-                 "verdict": verdict, "note": note, "reviewer": _reviewer(reviewer), "created_at": now}
+                 "verdict": verdict, "note": note, "reviewer": _reviewer(reviewer), "created_at": now,
+                 **_pattern(k)}
                 for name, k in chosen.items()]
         try:
             with self.engine.begin() as conn:
@@ -192,6 +219,71 @@ class ReviewStore:
             raise self.error(exc) from None
         return {"day": day, "reviewed": True}
 
+    def add_mute(self, kpi: str, direction: str, window_from: str, window_to: str, max_severity,
+                 reviewer: str, note: str | None = None, incidents: list[str] | None = None) -> dict:
+        """Confirm a mute rule (:mod:`pipeline.data.review_mutes`): ``kpi`` moving ``direction`` between
+        ``window_from`` and ``window_to`` (``HH:MM``, UTC), up to ``max_severity``. ``incidents``: the
+        dismissed incidents it is made from (a suggestion's), each with a verdict on ``kpi``.
+
+        Refused (ReviewError) for a KPI without a false alarm in the store, since a rule mutes a
+        pattern somebody dismissed (rule ``mute_kpi_dismissed``), for an incident with no verdict on it
+        (``mute_incidents_known``), and for a rule that an active one already is (``mute_rule_new``)."""
+        rule = mutes_mod.checked_rule(kpi, direction, window_from, window_to, max_severity)
+        where = f"mute rule on {rule['kpi_id']!r}"
+        incidents = list(dict.fromkeys(i.strip() for i in incidents or [] if i and i.strip()))
+        values = {"kpi_id": rule["kpi_id"], "direction": rule["direction"], "from_time": rule["from"],
+                  "to_time": rule["to"], "max_severity": rule["max_severity"], "reviewer": _reviewer(reviewer),
+                  "note": note, "created_at": _now(), "incident_ids": json.dumps(incidents)}
+        try:
+            with self.engine.begin() as conn:
+                on_kpi = set(conn.execute(sa.select(VERDICT_ROWS.c.incident_id).where(
+                    VERDICT_ROWS.c.kpi_id == rule["kpi_id"], VERDICT_ROWS.c.verdict == FALSE_ALARM)).scalars())
+                if not on_kpi:
+                    dismissed = sorted(set(conn.execute(sa.select(VERDICT_ROWS.c.kpi_id).where(
+                        VERDICT_ROWS.c.verdict == FALSE_ALARM)).scalars()))
+                    raise ReviewError(where, "mute_kpi_dismissed",
+                                      f"no false alarm on KPI {rule['kpi_id']!r} was ever dismissed, so there is no "
+                                      f"pattern to mute; KPIs with dismissals: {', '.join(dismissed[:10]) or 'none'}")
+                unknown = [i for i in incidents if i not in on_kpi]
+                if unknown:
+                    raise ReviewError(where, "mute_incidents_known",
+                                      f"incidents {', '.join(unknown)} have no false-alarm verdict on "
+                                      f"{rule['kpi_id']!r} (--incidents names the dismissals the rule is made of)")
+                same = conn.execute(sa.select(MUTE_ROWS.c.id).where(
+                    MUTE_ROWS.c.disabled_at.is_(None), MUTE_ROWS.c.kpi_id == rule["kpi_id"],
+                    MUTE_ROWS.c.direction == rule["direction"], MUTE_ROWS.c.from_time == rule["from"],
+                    MUTE_ROWS.c.to_time == rule["to"], MUTE_ROWS.c.max_severity == rule["max_severity"])).first()
+                if same is not None:
+                    raise ReviewError(where, "mute_rule_new", f"active rule #{same[0]} is this rule already")
+                new = conn.execute(sa.insert(MUTE_ROWS).values(**values)).inserted_primary_key[0]
+        except SQLAlchemyError as exc:
+            raise self.error(exc) from None
+        return mutes_mod.rule_record({**values, "id": int(new), "disabled_at": None, "disabled_by": None})
+
+    def disable_mute(self, rule_id, reviewer: str) -> dict:
+        """Lift mute rule ``rule_id``: it stays on record, disabled, and mutes nothing from now on."""
+        try:
+            number = int(str(rule_id).lstrip("#"))
+        except ValueError:
+            raise ReviewError(f"mute rule {rule_id!r}", "mute_rule_known", "a rule id is a number, as "
+                              "`kpiguard review mutes` lists them") from None
+        try:
+            with self.engine.begin() as conn:
+                row = conn.execute(sa.select(MUTE_ROWS).where(MUTE_ROWS.c.id == number)).mappings().first()
+                if row is None:
+                    raise ReviewError(f"mute rule #{number}", "mute_rule_known",
+                                      "there is no such rule; `kpiguard review mutes` lists them")
+                if row["disabled_at"] is not None:
+                    raise ReviewError(f"mute rule #{number}", "mute_rule_active",
+                                      f"it was lifted already, at {row['disabled_at']:%Y-%m-%d %H:%M} UTC by "
+                                      f"{row['disabled_by']}")
+                done = {"disabled_at": _now(), "disabled_by": _reviewer(reviewer)}
+                conn.execute(sa.update(MUTE_ROWS).where(MUTE_ROWS.c.id == number, MUTE_ROWS.c.disabled_at.is_(None))
+                             .values(**done))
+        except SQLAlchemyError as exc:
+            raise self.error(exc) from None
+        return mutes_mod.rule_record({**dict(row), **done})
+
     @staticmethod
     def _mark(conn, day: str, reviewer: str, now: dt.datetime) -> None:
         if conn.execute(sa.select(DAY_ROWS.c.day).where(DAY_ROWS.c.day == day)).first() is None:
@@ -207,6 +299,17 @@ class ReviewStore:
 
     def misses(self) -> pd.DataFrame:
         return self._read(MISS_ROWS)
+
+    def mute_rules(self, active: bool = True) -> list[dict]:
+        """The mute rules (``active``: those not lifted), oldest first, as :mod:`pipeline.data.review_mutes` takes them."""
+        try:
+            with self.engine.connect() as conn:
+                query = sa.select(MUTE_ROWS).order_by(MUTE_ROWS.c.id)
+                if active:
+                    query = query.where(MUTE_ROWS.c.disabled_at.is_(None))
+                return [mutes_mod.rule_record(dict(r)) for r in conn.execute(query).mappings().all()]
+        except SQLAlchemyError as exc:
+            raise self.error(exc, "review_store_reachable") from None
 
     def reviewed_days(self) -> list[str]:
         return sorted(self._read(DAY_ROWS)["day"].astype(str)) if self._count(DAY_ROWS) else []
@@ -226,11 +329,20 @@ class ReviewStore:
         except SQLAlchemyError as exc:
             raise self.error(exc, "review_store_reachable") from None
         frame = pd.DataFrame([dict(r) for r in rows], columns=[c.name for c in table.c])
-        for column in ("start_at", "end_at", "created_at"):
+        for column in ("start_at", "end_at", "created_at", "peak_at"):
             if column in frame:
                 frame[column] = pd.to_datetime(frame[column]).dt.tz_localize("UTC") if len(frame) else \
                     pd.Series(dtype="datetime64[ns, UTC]")
         return frame
+
+
+def _pattern(kpi_incident: dict) -> dict:
+    """The verdict row's columns of the alarm's pattern (schema version 2)."""
+    severity = kpi_incident.get("severity")
+    peak = kpi_incident.get("peak_at")
+    return {"direction": mutes_mod.direction_of(kpi_incident),
+            "severity": float(severity) if severity is not None else None,
+            "peak_at": _db(peak) if peak is not None else None}
 
 
 def parse_range(start, end, what: str) -> tuple[pd.Timestamp, pd.Timestamp]:
