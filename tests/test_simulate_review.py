@@ -183,6 +183,12 @@ def test_the_simulation_runs_the_review_loop_end_to_end(tmp_path):
     assert len(misses) == sum(g["misses_reported"] for g in given) and len(days) == 6
     md = (out / "results.md").read_text()
     assert "| after reviews | served |" in md and "Ceiling: `stacked_gbdt`" in md
+    # every row's final-block figure (oracle), served row included, and the same when recomputed from the files
+    for row in rounds:
+        assert row["final_by_detector_oracle"][row["champion"]] == row["final"]["metric"]
+    assert simulate_review.main(["--oracle-rows", "--out", str(out), *argv[argv.index("--params"):]]) == 0
+    again = json.loads((out / "results.json").read_text())["rounds"]
+    assert [r["final_by_detector_oracle"] for r in again] == [r["final_by_detector_oracle"] for r in rounds]
 
 
 def test_a_confirmation_can_carry_the_anomalys_own_extent(tmp_path):

@@ -118,6 +118,21 @@ def block_metrics(part: pd.DataFrame, alarms: np.ndarray, delay: int, metric: st
             "alarms_per_kpi_day": float(alarms.sum() / max(1, kpis) / max(days, 1e-9))}
 
 
+def detector_finals(params, full: pd.DataFrame, names, round_dir: Path, rows: np.ndarray, delay: int,
+                    metric: str) -> dict:
+    """Every scored detector's headline figure on ``rows`` (the final block) with its own validation threshold:
+    test labels score it, so it is an **oracle** view of what the champion rule could have picked, never an
+    input to it."""
+    out = {}
+    for name in names:
+        path = round_dir / "work" / "scores" / f"{name}.npy"
+        if not path.exists():
+            continue
+        _, alarms, _ = served_alarms(params, name, full, np.load(path))
+        out[name] = block_metrics(full[rows], alarms[rows], delay, metric)["metric"]
+    return out
+
+
 def review_round(store, part: pd.DataFrame, scores: np.ndarray, alarms: np.ndarray, threshold, gap,
                  miss_probability: float, rng: np.random.Generator, days: list[str], extent: bool = False) -> dict:
     """The simulated reviewer on one round's rows (``part``: the round's rows of the windows frame, with the
@@ -257,6 +272,8 @@ def simulate(base, train_spec: str, out: Path, detectors: list[str], rounds: int
         stamps = full[TIMESTAMP]
         in_final = test & (stamps >= final).to_numpy()
         row["final"] = block_metrics(full[in_final], alarms[in_final], ev.delay, metric)
+        row["final_by_detector_oracle"] = detector_finals(params, full, report["summary"], round_dir, in_final,
+                                                          ev.delay, metric)
         if r < rounds:
             nxt = test & (stamps < bounds[r + 1]).to_numpy()
             row["next_round"] = block_metrics(full[nxt], alarms[nxt], ev.delay, metric)
@@ -269,6 +286,29 @@ def simulate(base, train_spec: str, out: Path, detectors: list[str], rounds: int
         log.info("round %d: %s served, final %s %s", r, champion, metric, row["final"]["metric"])
         _write(out, plan, rows, ceiling_row, ceiling_final, started, setup)
     return _write(out, plan, rows, ceiling_row, ceiling_final, started, setup)
+
+
+def add_oracle_rows(base, out: Path) -> dict:
+    """Add :func:`detector_finals` to each round of a finished simulation in ``out`` (one written before the
+    simulation recorded them), from its saved sources and scores; ``base``: the params it ran with."""
+    from pipeline.data.prep import load_splits
+    from pipeline.tools import bench
+
+    out = Path(out)
+    report = json.loads((out / "results.json").read_text())
+    final, metric = pd.Timestamp(report["final_from"]), report.get("metric", "aiops_f1")
+    for row in report["rounds"]:
+        r = row["round"]
+        round_dir = out / f"round-{r}"
+        sources = (f"csv:{out / 'sources' / f'round-{r}-train.parquet'}", f"csv:{out / 'sources' / f'round-{r}-test.parquet'}")
+        params = bench.bench_params(base, *sources, round_dir, "split")
+        full = load_splits(Path(params.paths.windows))
+        rows = ((full["split"] == "test") & (full[TIMESTAMP] >= final)).to_numpy()
+        row["final_by_detector_oracle"] = detector_finals(params, full, row["detectors"], round_dir, rows,
+                                                          base.evaluate.delay, metric)
+    write_json_atomic(out / "results.json", report)
+    write_text_atomic(out / "results.md", markdown(report))
+    return report
 
 
 def _write(out: Path, plan: dict, rows: list, ceiling_row: dict, ceiling_final: dict | None, started: float,
@@ -301,8 +341,8 @@ def markdown(report: dict) -> str:
              f"Ceiling: `{CEILING}` with every label, final block `{metric}` {_f(ceiling)}.", "",
              "| after reviews | served | path | reviewed events (train) | verdicts so far (confirmed / dismissed) "
              f"| misses reported so far | next round `{metric}` | final block `{metric}` | share of ceiling "
-             "| final event recall / precision |",
-             "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| final event recall / precision | best row on the final block (oracle) |",
+             "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     confirmed = dismissed = reported = marked = 0
     for row in report["rounds"]:
         fin, nxt = row.get("final") or {}, row.get("next_round") or {}
@@ -311,7 +351,7 @@ def markdown(report: dict) -> str:
         lines.append(f"| {row['round']} | {row['champion']} | {'label-free' if row['label_free'] else 'labelled'} "
                      f"| {events if events is not None else 0} | {confirmed} / {dismissed} | {reported} "
                      f"| {_f(headline(nxt))} | {_f(headline(fin))} | {_f(share, '.0%')} "
-                     f"| {_f(fin.get('event_recall'))} / {_f(fin.get('event_precision'))} |")
+                     f"| {_f(fin.get('event_recall'))} / {_f(fin.get('event_precision'))} | {_best(row)} |")
         review = row.get("review") or {}
         confirmed += review.get("confirmed", 0)
         dismissed += review.get("false_alarm", 0)
@@ -320,6 +360,14 @@ def markdown(report: dict) -> str:
     lines += ["", f"Verdicts given in all: {confirmed} confirmed, {dismissed} dismissed; {reported} misses reported"
               + (f"; {marked} further anomalies marked inside confirmed incidents." if marked else ".")]
     return "\n".join(lines) + "\n"
+
+
+def _best(row: dict) -> str:
+    rows = {n: v for n, v in (row.get("final_by_detector_oracle") or {}).items() if v is not None and n != "random"}
+    if not rows:
+        return "–"
+    name = max(rows, key=rows.get)
+    return f"{name} {rows[name]:.3f}"
 
 
 def _segments(part: pd.DataFrame) -> pd.DataFrame:
@@ -351,7 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.params import load_params
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--train", required=True, help="a labelled source spec (aiops:FILE, nab:DIR, csv:PATH)")
+    ap.add_argument("--train", help="a labelled source spec (aiops:FILE, nab:DIR, csv:PATH)")
+    ap.add_argument("--oracle-rows", action="store_true",
+                    help="only add every detector's final-block figure (oracle) to the finished simulation in --out")
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--detectors", default="sequence_novelty,stacked_gbdt,diff_z,seasonal_residual",
                     help="the rows that compete each round (evaluate.default_detector among them)")
@@ -373,6 +423,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         base = load_params(args.params, args.overrides)
+        if args.oracle_rows:
+            print(markdown(add_oracle_rows(base, args.out)))
+            return 0
+        if not args.train:
+            raise ValueError("--train is required (a labelled source spec)")
         report = simulate(base, args.train, args.out, [d.strip() for d in args.detectors.split(",") if d.strip()],
                           args.rounds, args.round_length, args.history, args.final_fraction, args.shift_unit,
                           args.min_history, args.miss_probability, args.seed, args.extent, args.metric,
