@@ -346,11 +346,12 @@ def markdown(report: dict) -> str:
     confirmed = dismissed = reported = marked = 0
     for row in report["rounds"]:
         fin, nxt = row.get("final") or {}, row.get("next_round") or {}
-        share = None if ceiling in (None, 0) or headline(fin) is None else headline(fin) / ceiling
+        # a share of a ceiling at or below 0 (NAB: 0 is the detector that never alarms) means nothing
+        share = None if ceiling is None or ceiling <= 0 or headline(fin) is None else headline(fin) / ceiling
         events = row["labels"].get("events")
         lines.append(f"| {row['round']} | {row['champion']} | {'label-free' if row['label_free'] else 'labelled'} "
                      f"| {events if events is not None else 0} | {confirmed} / {dismissed} | {reported} "
-                     f"| {_f(headline(nxt))} | {_f(headline(fin))} | {_f(share, '.0%')} "
+                     f"| {_f(headline(nxt))} | {_f(headline(fin))} | {_f(share, '.1%')} "
                      f"| {_f(fin.get('event_recall'))} / {_f(fin.get('event_precision'))} | {_best(row)} |")
         review = row.get("review") or {}
         confirmed += review.get("confirmed", 0)
