@@ -118,6 +118,34 @@ def block_metrics(part: pd.DataFrame, alarms: np.ndarray, delay: int, metric: st
             "alarms_per_kpi_day": float(alarms.sum() / max(1, kpis) / max(days, 1e-9))}
 
 
+def block_draws(part: pd.DataFrame, alarms: np.ndarray, metric: str, ev) -> np.ndarray | None:
+    """The headline's bootstrap draws over the block's labelled segments (``evaluate.bootstrap_draws`` and
+    ``bootstrap_seed``, as every champion figure's: the same seed for every model, so two models' draws on
+    one block are paired); None for a metric without a segment decomposition (``nab_standard``)."""
+    from pipeline.eval import bootstrap as B
+    from pipeline.eval.selection import segment_f1_draws
+
+    if metric not in B.BOOTSTRAP_METRICS:
+        return None
+    return segment_f1_draws(part[LABEL].to_numpy(), alarms, part[MISSING].to_numpy(dtype=bool),
+                            part[KPI_ID].to_numpy(), metric, ev)
+
+
+def add_intervals(block: dict, draws: np.ndarray | None, ceiling_draws: np.ndarray | None, level: float) -> dict:
+    """``block`` with the ``level`` interval of its headline (``interval``) and of its share of the ceiling
+    (``share_interval``: the paired draws' ratio), where there are draws."""
+    from pipeline.eval import bootstrap as B
+
+    if draws is None:
+        return block
+    block["interval"] = B.interval(draws, level)
+    if ceiling_draws is not None and len(ceiling_draws) == len(draws):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(ceiling_draws > 0, draws / ceiling_draws, np.nan)
+        block["share_interval"] = B.interval(ratio, level)
+    return block
+
+
 def detector_finals(params, full: pd.DataFrame, names, round_dir: Path, rows: np.ndarray, delay: int,
                     metric: str) -> dict:
     """Every scored detector's headline figure on ``rows`` (the final block) with its own validation threshold:
@@ -234,7 +262,7 @@ def simulate(base, train_spec: str, out: Path, detectors: list[str], rounds: int
                write_source(final_rows, out / "sources" / "final.parquet", True))
     ceiling = bench.run(base, *sources, [CEILING], ceiling_dir, protocol="split", progress=False)
     ceiling_row = ceiling["summary"][CEILING]
-    ceiling_final = None
+    ceiling_final = ceiling_draws = None
     if ceiling_row.get("status") == "ok":
         params = bench.bench_params(base, *sources, ceiling_dir, "split")
         ceiling_full = load_splits(Path(params.paths.windows))
@@ -242,6 +270,8 @@ def simulate(base, train_spec: str, out: Path, detectors: list[str], rounds: int
                                      np.load(ceiling_dir / "work" / "scores" / f"{CEILING}.npy"))
         test = (ceiling_full["split"] == "test").to_numpy()
         ceiling_final = block_metrics(ceiling_full[test], alarms[test], ev.delay, metric)
+        ceiling_draws = block_draws(ceiling_full[test], alarms[test], metric, ev)
+        add_intervals(ceiling_final, ceiling_draws, None, ev.bootstrap_level)
 
     rows = []
     for r in range(rounds + 1):
@@ -271,7 +301,9 @@ def simulate(base, train_spec: str, out: Path, detectors: list[str], rounds: int
         test = (full["split"] == "test").to_numpy()
         stamps = full[TIMESTAMP]
         in_final = test & (stamps >= final).to_numpy()
-        row["final"] = block_metrics(full[in_final], alarms[in_final], ev.delay, metric)
+        row["final"] = add_intervals(block_metrics(full[in_final], alarms[in_final], ev.delay, metric),
+                                     block_draws(full[in_final], alarms[in_final], metric, ev), ceiling_draws,
+                                     ev.bootstrap_level)
         row["final_by_detector_oracle"] = detector_finals(params, full, report["summary"], round_dir, in_final,
                                                           ev.delay, metric)
         if r < rounds:
@@ -288,24 +320,41 @@ def simulate(base, train_spec: str, out: Path, detectors: list[str], rounds: int
     return _write(out, plan, rows, ceiling_row, ceiling_final, started, setup)
 
 
-def add_oracle_rows(base, out: Path) -> dict:
-    """Add :func:`detector_finals` to each round of a finished simulation in ``out`` (one written before the
-    simulation recorded them), from its saved sources and scores; ``base``: the params it ran with."""
+def rescore(base, out: Path) -> dict:
+    """Recompute, from a finished simulation's saved sources and scores in ``out``, what a later version of
+    this tool records: every row's final-block figure (:func:`detector_finals`) and the intervals of the
+    served model's and the ceiling's (:func:`add_intervals`); ``base``: the params it ran with."""
     from pipeline.data.prep import load_splits
     from pipeline.tools import bench
 
     out = Path(out)
     report = json.loads((out / "results.json").read_text())
-    final, metric = pd.Timestamp(report["final_from"]), report.get("metric", "aiops_f1")
-    for row in report["rounds"]:
-        r = row["round"]
-        round_dir = out / f"round-{r}"
-        sources = (f"csv:{out / 'sources' / f'round-{r}-train.parquet'}", f"csv:{out / 'sources' / f'round-{r}-test.parquet'}")
-        params = bench.bench_params(base, *sources, round_dir, "split")
+    final, metric, ev = pd.Timestamp(report["final_from"]), report.get("metric", "aiops_f1"), base.evaluate
+
+    def final_block(round_dir: Path, train: str, test: str) -> tuple:
+        params = bench.bench_params(base, f"csv:{out / 'sources' / train}", f"csv:{out / 'sources' / test}",
+                                    round_dir, "split")
         full = load_splits(Path(params.paths.windows))
-        rows = ((full["split"] == "test") & (full[TIMESTAMP] >= final)).to_numpy()
+        return params, full, ((full["split"] == "test") & (full[TIMESTAMP] >= final)).to_numpy()
+
+    ceiling_draws = None
+    if report["ceiling"].get("final") is not None:
+        params, full, rows = final_block(out / "ceiling", "ceiling-train.parquet", "final.parquet")
+        _, alarms, _ = served_alarms(params, CEILING, full, np.load(out / "ceiling" / "work" / "scores" / f"{CEILING}.npy"))
+        report["ceiling"]["final"] = block_metrics(full[rows], alarms[rows], ev.delay, metric)
+        ceiling_draws = block_draws(full[rows], alarms[rows], metric, ev)
+        add_intervals(report["ceiling"]["final"], ceiling_draws, None, ev.bootstrap_level)
+    for row in report["rounds"]:
+        r, champion = row["round"], row["champion"]
+        round_dir = out / f"round-{r}"
+        params, full, rows = final_block(round_dir, f"round-{r}-train.parquet", f"round-{r}-test.parquet")
         row["final_by_detector_oracle"] = detector_finals(params, full, row["detectors"], round_dir, rows,
-                                                          base.evaluate.delay, metric)
+                                                          ev.delay, metric)
+        if champion is not None:
+            _, alarms, _ = served_alarms(params, champion, full, np.load(round_dir / "work" / "scores" / f"{champion}.npy"))
+            row["final"] = add_intervals(block_metrics(full[rows], alarms[rows], ev.delay, metric),
+                                         block_draws(full[rows], alarms[rows], metric, ev), ceiling_draws,
+                                         ev.bootstrap_level)
     write_json_atomic(out / "results.json", report)
     write_text_atomic(out / "results.md", markdown(report))
     return report
@@ -338,7 +387,10 @@ def markdown(report: dict) -> str:
              f"{report['final_from']}; misses reported with probability {report['miss_probability']}; "
              f"confirmations label {CONFIRMS[report['extent']]}; "
              f"{report['hardware']}; wall time {report['wall_s']} s.", "",
-             f"Ceiling: `{CEILING}` with every label, final block `{metric}` {_f(ceiling)}.", "",
+             f"Ceiling: `{CEILING}` with every label, final block `{metric}` {_f(ceiling)}"
+             f"{_bounds((report['ceiling'].get('final') or {}).get('interval'))}.", "",
+             "Intervals: 90% bootstrap over the final block's labelled segments, paired with the ceiling's for "
+             "the share (where the metric has a segment decomposition).", "",
              "| after reviews | served | path | reviewed events (train) | verdicts so far (confirmed / dismissed) "
              f"| misses reported so far | next round `{metric}` | final block `{metric}` | share of ceiling "
              "| final event recall / precision | best row on the final block (oracle) |",
@@ -351,7 +403,8 @@ def markdown(report: dict) -> str:
         events = row["labels"].get("events")
         lines.append(f"| {row['round']} | {row['champion']} | {'label-free' if row['label_free'] else 'labelled'} "
                      f"| {events if events is not None else 0} | {confirmed} / {dismissed} | {reported} "
-                     f"| {_f(headline(nxt))} | {_f(headline(fin))} | {_f(share, '.1%')} "
+                     f"| {_f(headline(nxt))} | {_f(headline(fin))}{_bounds(fin.get('interval'))} "
+                     f"| {_f(share, '.1%')}{_bounds(fin.get('share_interval') if share is not None else None, '.0%')} "
                      f"| {_f(fin.get('event_recall'))} / {_f(fin.get('event_precision'))} | {_best(row)} |")
         review = row.get("review") or {}
         confirmed += review.get("confirmed", 0)
@@ -361,6 +414,10 @@ def markdown(report: dict) -> str:
     lines += ["", f"Verdicts given in all: {confirmed} confirmed, {dismissed} dismissed; {reported} misses reported"
               + (f"; {marked} further anomalies marked inside confirmed incidents." if marked else ".")]
     return "\n".join(lines) + "\n"
+
+
+def _bounds(bounds, fmt: str = ".3f") -> str:
+    return "" if not bounds else f" [{format(bounds[0], fmt)}, {format(bounds[1], fmt)}]"
 
 
 def _best(row: dict) -> str:
@@ -401,8 +458,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", help="a labelled source spec (aiops:FILE, nab:DIR, csv:PATH)")
-    ap.add_argument("--oracle-rows", action="store_true",
-                    help="only add every detector's final-block figure (oracle) to the finished simulation in --out")
+    ap.add_argument("--rescore", action="store_true",
+                    help="only recompute the finished simulation in --out from its saved scores: every row's "
+                         "final-block figure (oracle) and the intervals")
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--detectors", default="sequence_novelty,stacked_gbdt,diff_z,seasonal_residual",
                     help="the rows that compete each round (evaluate.default_detector among them)")
@@ -424,8 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         base = load_params(args.params, args.overrides)
-        if args.oracle_rows:
-            print(markdown(add_oracle_rows(base, args.out)))
+        if args.rescore:
+            print(markdown(rescore(base, args.out)))
             return 0
         if not args.train:
             raise ValueError("--train is required (a labelled source spec)")
