@@ -229,3 +229,28 @@ def test_review_cli(scored, tmp_path, capsys):
     assert cli.main(["review", "miss", "--kpi", "cpu", "--start", "2026-01-28T20:00Z", "--end", "2026-01-28",
                      "--reviewer", "ann", *base]) == 2
     assert "rule 'time_range'" in capsys.readouterr().err
+
+
+def test_a_verdict_can_carry_the_anomalys_extent_from_the_cli(scored, tmp_path, capsys):
+    """`review verdict --start/--end`: the label covers where the anomaly began, not where the alarm did; an
+    extent that misses the incident's span is a clear error (exit 2, the rule named)."""
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(scored.as_dict(), sort_keys=False))
+    base = ["--params", str(params_file)]
+    incident = daily.day_incidents(scored, DAY)[0]
+    kpi = incident["per_kpi"][0]
+    began = pd.Timestamp(kpi["start"]) - pd.Timedelta("20min")  # before the first alarm
+    assert cli.main(["review", "verdict", "--date", DAY, "--incident", incident["id"], "--verdict", "confirmed",
+                     "--kpi", kpi["kpi_id"], "--start", began.isoformat(), "--end", kpi["end"],
+                     "--reviewer", "ann", *base]) == 0
+    with ReviewStore(scored.reviews.store) as store:
+        stored = store.verdicts().iloc[0]
+    assert pd.Timestamp(stored["start_at"]).tz_localize(None) == began.tz_convert("UTC").tz_localize(None)
+    assert pd.Timestamp(stored["end_at"]).tz_localize(None) == pd.Timestamp(kpi["end"]).tz_convert("UTC").tz_localize(None)
+    capsys.readouterr()
+    far = pd.Timestamp(kpi["start"]) - pd.Timedelta("6h")
+    assert cli.main(["review", "verdict", "--date", DAY, "--incident", incident["id"], "--verdict", "confirmed",
+                     "--kpi", kpi["kpi_id"], "--start", far.isoformat(), "--end", (far + pd.Timedelta("5min")).isoformat(),
+                     "--reviewer", "ann", *base]) == 2
+    err = capsys.readouterr().err
+    assert "rule 'extent_overlaps_incident'" in err and "Traceback" not in err

@@ -29,7 +29,11 @@ history the first model learns from is the ``--history`` before round 1. A KPI w
    marked reviewed; the label set is exported (:func:`pipeline.review.service.export`) for the next round.
 
 **The ceiling**: ``stacked_gbdt`` trained on all of history and rounds with every label, scored on the same
-final block. ``out/results.json`` holds every round; ``out/results.md`` the table.
+final block. Each final-block figure has its bootstrap interval over the block's labelled segments, and its
+share of the ceiling the interval of the paired draws' ratio (:func:`add_intervals`); every scored row's own
+final-block figure is recorded beside the served one, as an **oracle** view (test labels) of what the
+champion rule could have picked. ``out/results.json`` holds every round; ``out/results.md`` the table;
+``--rescore`` recomputes both from a finished run's saved scores.
 """
 from __future__ import annotations
 
