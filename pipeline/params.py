@@ -103,15 +103,7 @@ class PrometheusParams(_Section):
     @field_validator("step", "range")
     @classmethod
     def _positive(cls, v: str, info) -> str:
-        import pandas as pd
-
-        try:
-            ok = pd.Timedelta(v) > pd.Timedelta(0)
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ValueError(f"{info.field_name} must be a positive duration such as 1m or 30D, got {v!r}")
-        return v
+        return _checked_duration(v, info.field_name, positive=True)
 
     @field_validator("start", "end")
     @classmethod
@@ -155,11 +147,7 @@ class SyntheticParams(_Section):
     @field_validator("interval")
     @classmethod
     def _interval(cls, v: str) -> str:
-        import pandas as pd
-
-        if pd.Timedelta(v) <= pd.Timedelta(0):
-            raise ValueError(f"interval must be positive, got {v!r}")
-        return v
+        return _checked_duration(v, "interval", positive=True)
 
     @model_validator(mode="after")
     def _range(self):
@@ -349,27 +337,10 @@ class ScoreParams(_Section):
                              f"@daily or @hourly, got {v!r}")
         return v
 
-    @field_validator("context", "training_range_tolerance", "alert_lookback")
+    @field_validator("context", "training_range_tolerance", "alert_lookback", "incident_gap")
     @classmethod
     def _duration(cls, v: str, info) -> str:
-        import pandas as pd
-
-        try:
-            duration = pd.Timedelta(v)
-        except ValueError:
-            raise ValueError(f"{info.field_name} must be a duration such as 3D or 12h, got {v!r}") from None
-        if duration < pd.Timedelta(0):
-            raise ValueError(f"{info.field_name} must not be negative, got {v!r}")
-        return v
-
-    @field_validator("incident_gap")
-    @classmethod
-    def _incident_gap(cls, v: str) -> str:
-        import pandas as pd
-
-        if pd.Timedelta(v) < pd.Timedelta(0):
-            raise ValueError(f"incident_gap must be a duration >= 0 (e.g. 30min), got {v!r}")
-        return v
+        return _checked_duration(v, info.field_name)
 
 
 class StorageParams(_Section):
@@ -478,16 +449,24 @@ class ReviewParams(_Section):
     @field_validator("mute_tolerance")
     @classmethod
     def _mute_tolerance(cls, v: str) -> str:
-        import pandas as pd
-
-        try:
-            tolerance = pd.Timedelta(v)
-        except ValueError:
-            raise ValueError(f"mute_tolerance must be a duration such as 30min or 1h, got {v!r}") from None
         # 12 h each side is the whole day: every dismissal of a KPI would look like one pattern
-        if not pd.Timedelta(0) <= tolerance < pd.Timedelta("12h"):
-            raise ValueError(f"mute_tolerance must be at least 0 and under 12h, got {v!r}")
-        return v
+        return _checked_duration(v, "mute_tolerance", below="12h")
+
+
+def _checked_duration(v: str, field: str, positive: bool = False, below: str | None = None) -> str:
+    """``v`` when pandas reads it as a duration that is at least 0 (above 0: ``positive``) and under
+    ``below``; else the ValueError that names ``field``: the one check of every duration param."""
+    import pandas as pd
+
+    try:
+        duration = pd.Timedelta(v)
+    except (ValueError, TypeError):
+        raise ValueError(f"{field} must be a duration such as 30min, 12h or 3D, got {v!r}") from None
+    if duration < pd.Timedelta(0) or (positive and duration == pd.Timedelta(0)):
+        raise ValueError(f"{field} must be a {'positive' if positive else 'non-negative'} duration, got {v!r}")
+    if below is not None and duration >= pd.Timedelta(below):
+        raise ValueError(f"{field} must be under {below}, got {v!r}")
+    return v
 
 
 def _database_url(v: str, field: str, example: str) -> str:

@@ -74,6 +74,8 @@ DAY_ROWS = sa.Table(
     sa.Column("reviewer", sa.String(128), nullable=False),
     sa.Column("created_at", sa.DateTime, nullable=False),
 )
+
+
 def _v1(conn) -> None:
     # the verdicts as version 1 had them: version 2 adds its columns to existing stores and new ones alike
     METADATA.create_all(conn, tables=[MISS_ROWS, DAY_ROWS])
