@@ -47,6 +47,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from pipeline.data.contract import utc_timestamp
 from pipeline.errors import AlertError
 from pipeline.io.storage import shown_url
 from pipeline.params import AlertParams, Params
@@ -97,7 +98,7 @@ def push(params: Params, found: list[dict], *, now: pd.Timestamp, report_url: st
     incident), and ``incidents``: the incident ids of each. Raises :class:`AlertError` (with the
     summary) when a sink could not be served, after the ledger recorded what was delivered.
     """
-    cfg, now = params.alerts, _utc(now)
+    cfg, now = params.alerts, utc_timestamp(now)
     sinks = cfg.sinks()
     result = {"now": now.isoformat(), "incidents": len(found), "sinks": {}}
     if not sinks:
@@ -170,7 +171,7 @@ class Ledger:
             raise self.error(exc, "ledger_reachable") from None
         return [{**r, "kpis": json.loads(r["kpis"]), "labels": json.loads(r["labels"]) if r["labels"] else None,
                  "payload": json.loads(r["payload"]) if r["payload"] else None,
-                 "start_at": _utc(r["start_at"]), "end_at": _utc(r["end_at"])} for r in found]
+                 "start_at": utc_timestamp(r["start_at"]), "end_at": utc_timestamp(r["end_at"])} for r in found]
 
     def claim(self, sink: str, alert, row: dict | None) -> tuple[str | None, dict | None]:
         """(claim token, row) when this run may deliver ``alert`` now; (None, None) when another run is."""
@@ -556,14 +557,9 @@ def _gap(gap: pd.Timedelta) -> str:
     return f"{minutes:g} min"
 
 
-def _utc(value) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
-
 def _db(ts: pd.Timestamp) -> dt.datetime:
     """A UTC datetime for the ledger (SQLite keeps it without offset, PostgreSQL as timestamptz)."""
-    return _utc(ts).to_pydatetime()
+    return utc_timestamp(ts).to_pydatetime()
 
 
 def _wall() -> dt.datetime:

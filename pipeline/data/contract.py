@@ -106,6 +106,12 @@ def epoch_unit(values: np.ndarray, source: str, column: str = TIMESTAMP) -> str:
     return EPOCH_UNITS[int(found[0])][0]
 
 
+def utc_timestamp(value) -> pd.Timestamp:
+    """One timestamp in UTC: a naive one is read as UTC, an aware one converted."""
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
 def to_utc(col: pd.Series, source: str, timezone: str = "UTC", groups: pd.Series | None = None,
            column: str = TIMESTAMP) -> pd.Series:
     """Parse a timestamp column to ``datetime64[ns, UTC]``.

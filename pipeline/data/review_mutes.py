@@ -38,6 +38,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
+from pipeline.data.contract import utc_timestamp
 from pipeline.data.review_labels import FALSE_ALARM
 from pipeline.errors import ReviewError
 
@@ -79,7 +80,7 @@ def direction_of(kpi_incident: dict) -> str:
 def window_of(start, end, tolerance: str | pd.Timedelta) -> tuple[int, int]:
     """(from, to) in minutes of the day of the span ``start`` – ``end`` widened by ``tolerance`` on both
     sides, rounded outwards to whole minutes; (0, 1440) when it covers the whole day."""
-    start, end, tolerance = _utc(start), _utc(end), pd.Timedelta(tolerance)
+    start, end, tolerance = utc_timestamp(start), utc_timestamp(end), pd.Timedelta(tolerance)
     first, last = (start - tolerance).floor("min"), (end + tolerance).ceil("min")
     if last - first >= pd.Timedelta(days=1):
         return 0, DAY_MINUTES
@@ -109,7 +110,7 @@ def mute_matches(rule: dict, kpi_incident: dict) -> bool:
 
 def within(start, end, window_from: int, window_to: int) -> bool:
     """Whether the span ``start`` – ``end`` lies, by time of day, in the window (minutes, both inclusive)."""
-    start, end = _utc(start), _utc(end)
+    start, end = utc_timestamp(start), utc_timestamp(end)
     span = (end - start).total_seconds()
     window = _length(window_from, window_to) * 60
     if window_from == 0 and window_to == DAY_MINUTES:
@@ -308,12 +309,7 @@ def read_active_rules(url: str) -> list[dict]:
 
 
 def _iso(value) -> str | None:
-    return None if value is None else _utc(value).isoformat()
-
-
-def _utc(value) -> pd.Timestamp:
-    stamp = pd.Timestamp(value)
-    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return None if value is None else utc_timestamp(value).isoformat()
 
 
 def _seconds_of_day(stamp: pd.Timestamp) -> float:

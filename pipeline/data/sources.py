@@ -38,7 +38,7 @@ import pandas as pd
 
 from models.frame import KPI_ID, LABEL, TIMESTAMP, VALUE
 from pipeline.data import synthetic
-from pipeline.data.contract import DTYPES, empty_frame, to_canonical, to_float, to_utc
+from pipeline.data.contract import DTYPES, empty_frame, to_canonical, to_float, to_utc, utc_timestamp
 from pipeline.errors import DataError
 from pipeline.io import storage
 from pipeline.params import CsvColumns, Params
@@ -219,8 +219,8 @@ def read_prometheus(arg: str, params: Params, start=None, end=None) -> pd.DataFr
     base, promql = _prometheus_target(arg)
     shown = f"prometheus:{storage.shown_url(base)} query {promql!r}"
     step = pd.Timedelta(cfg.step)
-    stop = _utc(end if end is not None else cfg.end if cfg.end is not None else pd.Timestamp.now(tz="UTC"))
-    first = _utc(start) if start is not None else (_utc(cfg.start) if cfg.start is not None else stop - pd.Timedelta(cfg.range))
+    stop = utc_timestamp(end if end is not None else cfg.end if cfg.end is not None else pd.Timestamp.now(tz="UTC"))
+    first = utc_timestamp(start) if start is not None else (utc_timestamp(cfg.start) if cfg.start is not None else stop - pd.Timedelta(cfg.range))
     first, stop = first.ceil(step), stop  # steps at first, first + step, ... < stop
     if stop <= first:
         raise DataError(shown, "prometheus_range", f"empty range: start {first} is not before end {stop}")
@@ -391,15 +391,10 @@ def _between(frame: pd.DataFrame, start, end) -> pd.DataFrame:
         return frame
     keep = np.ones(len(frame), dtype=bool)
     if start is not None:
-        keep &= (frame[TIMESTAMP] >= _utc(start)).to_numpy()
+        keep &= (frame[TIMESTAMP] >= utc_timestamp(start)).to_numpy()
     if end is not None:
-        keep &= (frame[TIMESTAMP] < _utc(end)).to_numpy()
+        keep &= (frame[TIMESTAMP] < utc_timestamp(end)).to_numpy()
     return frame.loc[keep]
-
-
-def _utc(value) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def _sorted(frame: pd.DataFrame) -> pd.DataFrame:

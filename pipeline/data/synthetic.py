@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from models.frame import KPI_ID, LABEL, TIMESTAMP, VALUE
-from pipeline.data.contract import DTYPES
+from pipeline.data.contract import DTYPES, utc_timestamp
 from pipeline.params import SyntheticParams
 
 KINDS = ("spike", "dip", "level_shift", "variance_burst", "stuck", "gap")
@@ -63,8 +63,8 @@ def generate(p: SyntheticParams, start=None, end=None, return_events: bool = Fal
     row per injected anomaly that overlaps the range: ``kpi_id``, ``kind``, ``start``, ``end``
     (exclusive, UTC) and ``points`` (grid points covered).
     """
-    t0 = _utc(p.start if start is None else start)
-    t1 = _utc(p.end if end is None else end)
+    t0 = utc_timestamp(p.start if start is None else start)
+    t1 = utc_timestamp(p.end if end is None else end)
     step = int(pd.Timedelta(p.interval).value)
     if step <= 0:
         raise ValueError(f"interval must be positive, got {p.interval!r}")
@@ -109,11 +109,6 @@ def injected_events(p: SyntheticParams, start=None, end=None) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------
-
-
-def _utc(value) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def _ceil_div(a: int, b: int) -> int:
