@@ -111,15 +111,15 @@ def block_metrics(part: pd.DataFrame, alarms: np.ndarray, delay: int, metric: st
     with no probation, since the block follows the history the model learnt from), ``aiops_f1``, event
     recall and precision, the labelled segments and the alarm rate."""
     from pipeline.eval import metrics
+    from pipeline.eval.selection import kpi_points_per_day
+    from pipeline.eval.thresholds import alarms_per_kpi_day
 
     args = (part[LABEL].to_numpy(), alarms, part[MISSING].to_numpy(), part[KPI_ID].to_numpy())
-    kpis = part[KPI_ID].nunique()
-    days = (~part[MISSING].to_numpy()).sum() / max(1, kpis) / _points_per_day(part)
     headline = metrics.METRICS[metric].compute(*args, delay=delay, probation=0)
     return {"metric": headline, "aiops_f1": metrics.aiops_f1(*args, delay=delay),
             "event_recall": metrics.event_recall(*args),
             "event_precision": metrics.event_precision(*args), "segments": int(_segments(part).shape[0]),
-            "alarms_per_kpi_day": float(alarms.sum() / max(1, kpis) / max(days, 1e-9))}
+            "alarms_per_kpi_day": alarms_per_kpi_day(alarms, args[2], args[3], kpi_points_per_day(part))}
 
 
 def block_draws(part: pd.DataFrame, alarms: np.ndarray, metric: str, ev) -> np.ndarray | None:
@@ -445,11 +445,6 @@ def _segments(part: pd.DataFrame) -> pd.DataFrame:
 
 def _ns(stamps: pd.Series) -> np.ndarray:
     return pd.to_datetime(stamps, utc=True).dt.as_unit("ns").astype("int64").to_numpy()
-
-
-def _points_per_day(part: pd.DataFrame) -> float:
-    step = part.groupby(KPI_ID, observed=True)[TIMESTAMP].diff().median()
-    return pd.Timedelta("1D") / step if pd.notna(step) and step > pd.Timedelta(0) else 1.0
 
 
 def _f(v, fmt: str = ".3f") -> str:
