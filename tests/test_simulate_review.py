@@ -240,3 +240,16 @@ def test_with_extents_a_long_confirmed_incident_labels_each_anomaly_not_the_stre
     assert (naive(verdicts["start_at"].iloc[0]), naive(verdicts["end_at"].iloc[0])) == \
         (naive(stamps[40]), naive(stamps[42]))
     assert (naive(misses["start_at"].iloc[0]), naive(misses["end_at"].iloc[0])) == (naive(stamps[46]), naive(stamps[47]))
+
+
+def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, capsys):
+    base = ["--out", str(tmp_path / "sim"), "--params", str(REPO / "params.yaml")]
+    cases = [(["--train", "synthetic:", "--metric", "auc_roc"], "--metric auc_roc"),
+             (["--train", "synthetic:", "--round-length", "bogus"], "--round-length 'bogus' is not a duration"),
+             (["--train", "synthetic:", "-S", "synthetic.end=2026-01-10"], "no KPI has 7 days"),
+             (["--rescore"], "no finished simulation to rescore"),
+             ([], "--train is required")]
+    for args, message in cases:
+        assert simulate_review.main([*args, *base]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (args, err)

@@ -53,6 +53,7 @@ from pipeline.io.outputs import write_json_atomic, write_text_atomic
 log = logging.getLogger(__name__)
 
 CEILING = "stacked_gbdt"
+REPORTED_METRICS = ("aiops_f1", "nab_standard", "rpa_f1", "event_recall", "point_f1")  # thresholded: alarms are served
 REVIEWER = "simulated-reviewer"
 CONFIRMS = {True: "the anomaly's extent", False: "the alarms' span"}  # what a confirmation's label covers
 
@@ -88,6 +89,17 @@ def shifted(truth: pd.DataFrame, plan: dict) -> pd.DataFrame:
         out = out[out[TIMESTAMP] >= plan["start"]]
     out[LABEL] = out[LABEL].astype("int8")
     return out.sort_values([KPI_ID, TIMESTAMP], kind="stable").reset_index(drop=True)
+
+
+def duration(option: str, text: str) -> pd.Timedelta:
+    """``text`` as a positive duration, or a ValueError naming ``option``."""
+    try:
+        value = pd.Timedelta(text)
+    except (ValueError, TypeError):
+        raise ValueError(f"{option} {text!r} is not a duration such as 7D, 12h or 30min") from None
+    if value <= pd.Timedelta(0):
+        raise ValueError(f"{option} {text!r} must be positive")
+    return value
 
 
 def write_source(frame: pd.DataFrame, path: Path, labels: bool) -> str:
@@ -235,27 +247,33 @@ def simulate(base, train_spec: str, out: Path, detectors: list[str], rounds: int
     from pipeline.tools import bench
 
     started = time.perf_counter()
+    if metric not in REPORTED_METRICS:
+        raise ValueError(f"--metric {metric}: the simulation reports a thresholded metric: {', '.join(REPORTED_METRICS)}")
+    length_td = duration("--round-length", length)
+    spans = {"--history": None if history in (None, "all") else duration("--history", history),
+             "--shift-unit": duration("--shift-unit", shift_unit),
+             "--min-history": duration("--min-history", min_history) if min_history else length_td}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     raw = base.as_dict()
     raw["reviews"] = {**raw["reviews"], "store": f"sqlite:///{(out / 'reviews.db').resolve()}", "apply": True}
     base = parse_params(raw, source="simulate_review")
     (out / "reviews.db").unlink(missing_ok=True)  # a rerun starts from no verdict: idempotent
-    length_td = pd.Timedelta(length)
     truth = read_source(train_spec, base)
     if LABEL not in truth.columns:
         raise ValueError(f"{train_spec}: no labels, so nothing to answer from; the simulation needs a labelled source")
-    plan = timeline(truth, rounds, length_td, None if history in (None, "all") else pd.Timedelta(history),
-                    final_fraction, pd.Timedelta(shift_unit), pd.Timedelta(min_history or length))
+    plan = timeline(truth, rounds, length_td, spans["--history"], final_fraction, spans["--shift-unit"],
+                    spans["--min-history"])
+    if not plan["shifts"]:
+        raise ValueError(f"{train_spec}: no KPI has {spans['--min-history']} of history before round 1 "
+                         f"({rounds} rounds of {length} before each KPI's final {final_fraction:.0%}); use fewer or "
+                         "shorter rounds, or a smaller --min-history")
     data = shifted(truth, plan)
     bounds, final = plan["rounds"], plan["final"]
     log.info("simulate_review: %d KPIs (%d left out), rounds from %s, final block from %s",
              len(plan["shifts"]), len(plan["dropped"]), bounds[0], final)
     final_rows = data[data[TIMESTAMP] >= final]
     rng = np.random.default_rng(seed)
-    if metric not in ("aiops_f1", "nab_standard", "rpa_f1", "event_recall", "point_f1"):
-        raise ValueError(f"--metric {metric}: the simulation reports a thresholded metric: aiops_f1, nab_standard, "
-                         "rpa_f1, event_recall or point_f1")
     setup = {"command": command, "train": train_spec, "detectors": detectors, "metric": metric,
              "miss_probability": miss_probability,
              "extent": extent, "seed": seed}
@@ -332,6 +350,8 @@ def rescore(base, out: Path) -> dict:
     from pipeline.tools import bench
 
     out = Path(out)
+    if not (out / "results.json").is_file():
+        raise ValueError(f"{out}: no finished simulation to rescore (no results.json)")
     report = json.loads((out / "results.json").read_text())
     final, metric, ev = pd.Timestamp(report["final_from"]), report.get("metric", "aiops_f1"), base.evaluate
 
